@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Private Redis and Postgres servers for xcam, on loopback, with their data under .xcam/ in the
+# checkout.  `up` is idempotent (it reuses running servers), `down` stops them, `env` prints the
+# URLs as shell exports.  If REDIS_URL / DATABASE_URL are already set, those servers are used and
+# nothing is started for them.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+state="$root/.xcam"
+envfile="$state/services.env"
+pg_bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
+
+as_root() { if [[ $EUID -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+ensure_packages() {
+  local missing=()
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  [[ -n "$pg_bin" && -x "$pg_bin/postgres" ]] || missing+=(postgresql)
+  if ((${#missing[@]})); then
+    echo "==> installing ${missing[*]} from Debian"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+    pg_bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
+    # Debian starts cluster services on install; we run our own private ones.
+    as_root systemctl disable --now redis-server postgresql >/dev/null 2>&1 || true
+  fi
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Postgres refuses to run as root: as root we run it as the unprivileged "postgres" user
+# the Debian package creates.
+pg() { if [[ $EUID -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+load_state() { [[ -f "$envfile" ]] && . "$envfile"; true; }
+
+redis_alive() { [[ -n "${XCAM_REDIS_PORT:-}" ]] && redis-cli -p "$XCAM_REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
+pg_alive() { [[ -n "${XCAM_PG_PORT:-}" ]] && "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "$XCAM_PG_PORT"; }
+
+start_redis() {
+  if redis_alive; then return; fi
+  XCAM_REDIS_PORT="${XCAM_REDIS_PORT:-$(free_port)}"
+  mkdir -p "$state/redis"
+  # Append-only persistence so a restarted Redis keeps its queues, as a production one would.
+  redis-server --port "$XCAM_REDIS_PORT" --bind 127.0.0.1 --dir "$state/redis" \
+    --appendonly yes --save "" --daemonize yes --pidfile "$state/redis/redis.pid" \
+    --logfile "$state/redis/redis.log" >/dev/null
+  for _ in $(seq 50); do redis_alive && return; sleep 0.1; done
+  echo "redis did not start; see $state/redis/redis.log" >&2; exit 1
+}
+
+start_postgres() {
+  if pg_alive; then return; fi
+  XCAM_PG_PORT="${XCAM_PG_PORT:-$(free_port)}"
+  local data="$state/pg/data"
+  mkdir -p "$state/pg"
+  if [[ $EUID -eq 0 ]]; then chown -R postgres: "$state/pg"; chmod o+x "$state" "$root"; fi
+  if [[ ! -f "$data/PG_VERSION" ]]; then
+    echo "==> initialising a private Postgres cluster in $data"
+    pg "$pg_bin/initdb" -D "$data" -U xcam --auth=trust --encoding=UTF8 --no-locale >/dev/null
+  fi
+  pg "$pg_bin/pg_ctl" -D "$data" -l "$state/pg/postgres.log" -w -t 30 start \
+    -o "-h 127.0.0.1 -p $XCAM_PG_PORT -k $state/pg -c max_connections=400 -c fsync=off" >/dev/null
+  "$pg_bin/psql" -h 127.0.0.1 -p "$XCAM_PG_PORT" -U xcam -d postgres -tAc \
+    "SELECT 1 FROM pg_database WHERE datname='xcam'" | grep -q 1 ||
+    "$pg_bin/createdb" -h 127.0.0.1 -p "$XCAM_PG_PORT" -U xcam xcam
+}
+
+write_env() {
+  {
+    echo "XCAM_REDIS_PORT=${XCAM_REDIS_PORT:-}"
+    echo "XCAM_PG_PORT=${XCAM_PG_PORT:-}"
+    echo "XCAM_PG_BIN=$pg_bin"
+    if [[ -n "${XCAM_REDIS_PORT:-}" ]]; then echo "REDIS_URL=\${REDIS_URL:-redis://127.0.0.1:$XCAM_REDIS_PORT/}"; fi
+    if [[ -n "${XCAM_PG_PORT:-}" ]]; then echo "DATABASE_URL=\${DATABASE_URL:-postgres://xcam@127.0.0.1:$XCAM_PG_PORT/xcam}"; fi
+  } > "$envfile"
+}
+
+cmd="${1:-up}"
+case "$cmd" in
+  up)
+    mkdir -p "$state"
+    load_state
+    ensure_packages
+    [[ -n "${REDIS_URL:-}" ]] || start_redis
+    [[ -n "${DATABASE_URL:-}" ]] || start_postgres
+    write_env
+    ;;
+  down)
+    load_state
+    if redis_alive; then redis-cli -p "$XCAM_REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true; fi
+    if pg_alive; then pg "$pg_bin/pg_ctl" -D "$state/pg/data" -m fast -w stop >/dev/null; fi
+    echo "==> stopped xcam's private Redis and Postgres"
+    ;;
+  env)
+    load_state
+    for v in REDIS_URL DATABASE_URL XCAM_PG_BIN; do
+      [[ -n "${!v:-}" ]] && echo "export $v='${!v}'"
+    done
+    ;;
+  *) echo "usage: $0 up|down|env" >&2; exit 2 ;;
+esac

@@ -1,0 +1,43 @@
+//! Postgres: the schema's migrations and every query xcam runs, as free functions per table.
+//! All SQL binds its parameters; nothing user-supplied is ever formatted into a statement.
+
+pub mod workers;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+use crate::config::{DatabaseArgs, SERVICES_HINT, required};
+
+/// The schema, embedded in the binary. `xcam migrate` and `xcam serve` apply it; workers never do.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Opens the pool, failing with one line that names DATABASE_URL and how to start Postgres.
+pub async fn connect(args: &DatabaseArgs) -> anyhow::Result<PgPool> {
+    let url = required(&args.database_url, "DATABASE_URL", SERVICES_HINT)?;
+    let pool = PgPoolOptions::new()
+        .max_connections(args.max_connections)
+        .acquire_timeout(args.acquire_timeout)
+        .connect(url)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach Postgres at DATABASE_URL ({}): {e}; {SERVICES_HINT}", redact(url)))?;
+    Ok(pool)
+}
+
+/// Applies every pending migration.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR
+        .run(pool)
+        .await
+        .map_err(|e| anyhow::anyhow!("applying migrations failed: {e}"))
+}
+
+/// A connection URL with its password blanked, fit for an error message.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<unparseable URL>".to_owned(),
+    }
+}

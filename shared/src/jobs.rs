@@ -1,0 +1,99 @@
+//! The job that travels through Redis (one per image), and the apalis queue set-up both sides use.
+//!
+//! Each model has its own queue, so a worker only takes work for models it has loaded.
+//! Task ids are the item ids: pushing the same item twice is a no-op in apalis-redis
+//! (`HSETNX` on the queue's data hash), which is what makes the reconciler's re-push safe.
+
+use std::time::Duration;
+
+use apalis_redis::{Config, ConnectionManager, RedisStorage};
+use redis::aio::ConnectionManagerConfig;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::config::{RedisArgs, SERVICES_HINT, required};
+
+/// One image to explain. New fields must carry `#[serde(default)]`: a payload that no longer
+/// decodes would stop the worker that fetched it (apalis treats it as a backend error).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GradCamJobV1 {
+    pub batch_id: Uuid,
+    pub item_id: Uuid,
+    /// Key of the image bytes in the blob store.
+    pub blob_key: String,
+    /// Model bundle name; also selects the queue.
+    pub model: String,
+    /// `gradcam`, `gradcam++` or `hirescam`.
+    pub method: String,
+    /// `top1`, `positive`, `all`, or a comma-separated list of label names.
+    pub labels: String,
+    /// The upload request's id, so one id traces an image from upload to result.
+    #[serde(default)]
+    pub request_id: Option<String>,
+}
+
+/// The queue for one model's jobs. No `:` in it: apalis-redis' pub/sub channel parser splits on it.
+pub fn queue_name(prefix: &str, model: &str) -> String {
+    format!("{prefix}.gradcam.{model}")
+}
+
+/// How quickly a dead worker's jobs go back to the queue, and how workers poll.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueTuning {
+    /// A worker that has not heartbeated for this long is presumed dead; its jobs are re-queued.
+    pub orphan_after: Duration,
+    /// How many job ids one fetch moves into a worker's in-flight set. Keep it close to the
+    /// worker's concurrency: more would hoard jobs that idle peers could run.
+    pub fetch_batch: usize,
+}
+
+impl Default for QueueTuning {
+    fn default() -> Self {
+        Self {
+            orphan_after: Duration::from_secs(15),
+            fetch_batch: 8,
+        }
+    }
+}
+
+/// apalis-redis' config for a queue, with the defaults that bite (300 s orphan window,
+/// type-name queue names) replaced.
+pub fn queue_config(queue: &str, tuning: QueueTuning) -> Config {
+    let heartbeat = (tuning.orphan_after / 3).max(Duration::from_secs(1));
+    Config::default()
+        .queue(queue)
+        .batch_size(tuning.fetch_batch.max(1))
+        .heartbeat_interval(heartbeat)
+        .missed_heartbeats(3)
+}
+
+/// Connects to Redis with a 5 s response timeout. redis-rs' default of 500 ms turns one slow
+/// reply into a fatal worker error (apalis-redis #76).
+pub async fn connect(args: &RedisArgs) -> anyhow::Result<ConnectionManager> {
+    let url = required(&args.redis_url, "REDIS_URL", SERVICES_HINT)?;
+    let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("REDIS_URL is not a valid Redis URL: {e}"))?;
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(Duration::from_secs(5)))
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_number_of_retries(2);
+    ConnectionManager::new_with_config(client, config)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach Redis at REDIS_URL ({}): {e}; {SERVICES_HINT}", crate::db::redact(url)))
+}
+
+/// The storage handle for one model's queue.
+pub fn storage(conn: ConnectionManager, queue: &str, tuning: QueueTuning) -> RedisStorage<GradCamJobV1> {
+    RedisStorage::new(conn).with_config(queue_config(queue, tuning))
+}
+
+/// Jobs waiting in a queue (pending plus scheduled retries), read straight from the keys
+/// because apalis-redis 1.0's own counters are broken.
+pub async fn queue_depth(conn: &mut ConnectionManager, queue: &str) -> redis::RedisResult<u64> {
+    let config = queue_config(queue, QueueTuning::default());
+    let (active, scheduled): (u64, u64) = redis::pipe()
+        .llen(config.active_jobs_list())
+        .zcard(config.scheduled_jobs_set())
+        .query_async(conn)
+        .await?;
+    Ok(active + scheduled)
+}

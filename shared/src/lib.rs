@@ -1,0 +1,17 @@
+//! What the xcam producer (`xcam`) and workers (`xcam-worker`) share.
+//!
+//! - [`config`]: the typed, env-backed configuration groups each binary flattens into its CLI.
+//! - [`telemetry`]: one tracing set-up for every binary.
+//! - [`db`]: the Postgres schema (migrations) and every query, with bound parameters only.
+//! - [`jobs`]: the job payload that travels through Redis, and the apalis queue set-up.
+//! - [`blob`]: where image bytes, overlays and raw CAMs live (Postgres only holds their keys).
+//! - [`bundle`]: model bundle manifests (`model.toml`) and their checksum verification.
+//! - [`imaging`]: decoding radiographs into one grayscale plane.
+
+pub mod blob;
+pub mod bundle;
+pub mod config;
+pub mod db;
+pub mod imaging;
+pub mod jobs;
+pub mod telemetry;
