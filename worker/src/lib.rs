@@ -1,1 +1,14 @@
+//! xcam's worker: loads model bundles with libtorch, explains images with Grad-CAM, and
+//! (`xcam-worker run`) consumes the batch pipeline's jobs from Redis.
+//!
+//! - [`engine`]: the model on its device, owned by an inference thread that batches requests.
+//! - [`render`]: overlays and `.npy` maps.
+//! - [`explain`], [`bench`]: the `explain` and `bench` subcommands.
+//! - [`cli`]: the command line.
 
+pub mod bench;
+pub mod cli;
+pub mod device;
+pub mod engine;
+pub mod explain;
+pub mod render;

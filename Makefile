@@ -1,0 +1,50 @@
+# xcam: the two commands a new user runs are `make demo` and `make test`.
+# Everything they need is provisioned here, idempotently: libtorch (a per-user venv holding the
+# PyPI torch wheel), and private Redis and Postgres servers on loopback.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+TORCH_VENV := $(shell . scripts/torch-env.sh && echo $$TORCH_VENV)
+# torch-sys asks the venv's Python where libtorch is.
+export LIBTORCH_USE_PYTORCH := 1
+export PATH := $(TORCH_VENV)/bin:$(PATH)
+export CARGO_TERM_COLOR ?= never
+SERVICES_ENV = eval "$$(scripts/services.sh env)"
+CARGO_JOBS ?= 2
+
+.PHONY: help setup torch services down build test lint demo bench bench-pipeline clean-services
+
+help:
+	@echo "make demo    run the whole job end to end on local Redis and Postgres"
+	@echo "make test    the whole test suite (lint included)"
+	@echo "make bench   Grad-CAM vs forward-only vs pytorch-grad-cam, one run, side by side"
+	@echo "make down    stop the private Redis and Postgres"
+
+torch:
+	@scripts/setup-torch.sh
+
+services:
+	@scripts/services.sh up
+
+down:
+	@scripts/services.sh down
+
+setup: torch services
+
+build: torch
+	cargo build --release -j $(CARGO_JOBS) --bins
+
+lint: torch
+	cargo fmt --all --check
+	cargo clippy -j $(CARGO_JOBS) --all-targets -- -D warnings
+
+test: setup lint
+	$(SERVICES_ENV); cargo test -j $(CARGO_JOBS) --workspace
+
+demo: setup build
+	$(SERVICES_ENV); scripts/demo.sh
+
+bench: torch build
+	scripts/bench.sh

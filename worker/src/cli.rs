@@ -1,0 +1,126 @@
+//! The `xcam-worker` command line: one typed config, parsed once.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use xcam_shared::{bundle, config::TelemetryArgs};
+
+use crate::{
+    bench,
+    device::DeviceSpec,
+    engine::{BatchOptions, Engine, LabelSelection, LoadedModel, Method, Target},
+    explain,
+};
+
+#[derive(Debug, Parser)]
+#[command(name = "xcam-worker", version, about = "Run chest X-ray classifiers with libtorch and explain them with Grad-CAM.")]
+pub struct Cli {
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Explain images from files: writes <stem>.overlay.png, <stem>.cam.npy and <stem>.json.
+    Explain(ExplainArgs),
+    /// Measure forward-only and Grad-CAM throughput of a bundle, side by side.
+    Bench(BenchArgs),
+}
+
+/// Which model and where it runs.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Directory holding model bundles (each a subdirectory with model.toml).
+    #[arg(long = "models-dir", env = "XCAM_MODELS_DIR", default_value = "models")]
+    pub models_dir: PathBuf,
+    /// Device: auto (first GPU if any, else CPU), cpu, or cuda:N.
+    #[arg(long, env = "XCAM_DEVICE", default_value = "auto")]
+    pub device: DeviceSpec,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// A bundle directory, or a bundle name under --models-dir.
+    #[arg(long)]
+    pub model: String,
+    /// An image to explain (PNG, JPEG or TIFF); repeat for more.
+    #[arg(long = "image", required = true)]
+    pub images: Vec<PathBuf>,
+    /// gradcam, gradcam++ or hirescam.
+    #[arg(long, default_value = "gradcam")]
+    pub method: Method,
+    /// top1, positive, all, or label names separated by commas.
+    #[arg(long, default_value = "top1")]
+    pub labels: LabelSelection,
+    /// Where to write the outputs.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Largest number of images run together.
+    #[arg(long = "max-batch", default_value_t = 8)]
+    pub max_batch: usize,
+    #[command(flatten)]
+    pub model_args: ModelArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// A bundle directory, or a bundle name under --models-dir.
+    #[arg(long)]
+    pub model: String,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Seconds per loop (forward-only and Grad-CAM each).
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    #[arg(long, default_value = "gradcam")]
+    pub method: Method,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub model_args: ModelArgs,
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Explain(args) => {
+            let bundle = bundle::resolve(&args.model, &args.model_args.models_dir)?;
+            let options = BatchOptions { max_batch: args.max_batch.max(1), ..BatchOptions::default() };
+            let engine = Engine::start(bundle, args.model_args.device, options)?;
+            let target = Target { method: args.method, labels: args.labels };
+            let results = explain::run(&engine, &args.images, &target, &args.out)?;
+            for (path, e) in args.images.iter().zip(&results) {
+                let cams: Vec<String> = e
+                    .cams
+                    .iter()
+                    .map(|c| match c.peak {
+                        Some([x, y]) => format!("{} peak ({x}, {y})", c.label),
+                        None => format!("{} blank", c.label),
+                    })
+                    .collect();
+                println!("{}: {} {:.3} [{}] on {}", path.display(), e.top_label, e.top_probability, cams.join("; "), e.device);
+            }
+            println!("wrote {} image(s) into {}", results.len(), args.out.display());
+            Ok(())
+        }
+        Command::Bench(args) => {
+            let bundle = bundle::resolve(&args.model, &args.model_args.models_dir)?;
+            let device = args.model_args.device.resolve().map_err(anyhow::Error::msg)?;
+            let model = LoadedModel::load(bundle, device).context("loading the model")?;
+            let report = bench::run(&model, args.batch.max(1), args.seconds, args.method)?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("model {} on {} ({} threads), batch {}, {}", report.model, report.device, report.threads, report.batch, report.method);
+                println!("  forward only   {:>8.1} images/s", report.forward_images_per_s);
+                println!("  Grad-CAM       {:>8.1} images/s", report.gradcam_images_per_s);
+                println!("  ratio          {:>8.2}× forward", report.ratio);
+            }
+            Ok(())
+        }
+    }
+}

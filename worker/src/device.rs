@@ -1,0 +1,71 @@
+//! Which device inference runs on: `auto`, `cpu` or `cuda:N`, and what was actually used.
+
+use std::{fmt, str::FromStr};
+
+use tch::{Cuda, Device};
+
+/// What the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// The first GPU if libtorch sees one, else the CPU.
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| format!("unknown device {s:?}: use auto, cpu or cuda:N")),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// The device to use; an explicit GPU that libtorch cannot see is an error, not a silent
+    /// fall-back to the CPU.
+    pub fn resolve(self) -> Result<Device, String> {
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Auto if Cuda::is_available() => Ok(Device::Cuda(0)),
+            Self::Auto => Ok(Device::Cpu),
+            Self::Cuda(n) => {
+                let count = usize::try_from(Cuda::device_count()).unwrap_or(0);
+                if n < count {
+                    Ok(Device::Cuda(n))
+                } else {
+                    Err(format!("cuda:{n} was requested but libtorch sees {count} CUDA device(s)"))
+                }
+            }
+        }
+    }
+}
+
+/// The name a device is reported under (`cpu`, `cuda:0`).
+pub fn describe(device: Device) -> String {
+    match device {
+        Device::Cuda(n) => format!("cuda:{n}"),
+        Device::Mps => "mps".into(),
+        Device::Vulkan => "vulkan".into(),
+        _ => "cpu".into(),
+    }
+}

@@ -1,0 +1,220 @@
+//! The Grad-CAM engine: a model on a device, owned by one inference thread fed through a
+//! channel. Requests that arrive close together are run as one batch (up to `max_batch` images,
+//! waiting at most `max_wait` for the batch to fill), so callers get dynamic batching for free.
+//!
+//! Inference and autograd never run on the async executor: callers `await` a oneshot reply.
+//! Pre- and post-processing (resizing, upsampling to the original size, summaries, overlays)
+//! run on the caller's (blocking) thread, so they overlap with the model's work.
+
+pub mod cam;
+pub mod model;
+pub mod preprocess;
+pub mod summary;
+
+use std::{
+    panic::AssertUnwindSafe,
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use tch::Tensor;
+use tokio::sync::oneshot;
+use xcam_shared::{bundle::Bundle, imaging::GrayImage};
+
+pub use cam::{LabelSelection, Method};
+pub use model::{LoadedModel, Target};
+pub use summary::{CamSummary, Explanation};
+
+use crate::device::{DeviceSpec, describe};
+
+/// What can go wrong in the engine. `is_permanent()` says whether retrying could help.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    #[error("model bundle {bundle}: {reason}")]
+    Model { bundle: String, reason: String },
+    #[error("{0}")]
+    Device(String),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("inference failed: {0}")]
+    Inference(String),
+    #[error("the inference thread has stopped")]
+    Stopped,
+}
+
+impl EngineError {
+    /// A bad request stays bad; an inference failure (e.g. out of GPU memory) or a stopped
+    /// engine may not recur on another attempt or another worker.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, EngineError::BadRequest(_) | EngineError::Model { .. })
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            EngineError::Model { .. } => "model_error",
+            EngineError::Device(_) => "device_error",
+            EngineError::BadRequest(_) => "bad_request",
+            EngineError::Inference(_) => "inference_failed",
+            EngineError::Stopped => "engine_stopped",
+        }
+    }
+}
+
+/// Batching knobs.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchOptions {
+    pub max_batch: usize,
+    pub max_wait: Duration,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        Self { max_batch: 8, max_wait: Duration::from_millis(20) }
+    }
+}
+
+/// One image's reply from the inference thread.
+#[derive(Debug)]
+pub struct Inferred {
+    pub output: model::RawOutput,
+    /// How many images ran in the same batch.
+    pub batch_size: usize,
+    /// Wall time of that batch on the inference thread.
+    pub batch_ms: f64,
+}
+
+struct Request {
+    input: Tensor,
+    target: Target,
+    reply: oneshot::Sender<Result<Inferred, EngineError>>,
+}
+
+/// A handle on the inference thread; cheap to clone. The thread ends when every handle is dropped.
+#[derive(Clone)]
+pub struct Engine {
+    tx: mpsc::Sender<Request>,
+    bundle: Bundle,
+    device: String,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("model", &self.bundle.name()).field("device", &self.device).finish()
+    }
+}
+
+impl Engine {
+    /// Loads the bundle on the device (on the new thread, which then owns it) and returns once
+    /// the model is warm.
+    pub fn start(bundle: Bundle, device: DeviceSpec, options: BatchOptions) -> Result<Self, EngineError> {
+        let device = device.resolve().map_err(EngineError::Device)?;
+        let (tx, rx) = mpsc::channel::<Request>();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let for_thread = bundle.clone();
+        thread::Builder::new()
+            .name(format!("infer-{}-{}", bundle.name(), describe(device)))
+            .spawn(move || match LoadedModel::load(for_thread, device) {
+                Ok(model) => {
+                    let _ = ready_tx.send(Ok(()));
+                    serve(&model, &rx, options);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            })
+            .map_err(|e| EngineError::Device(format!("cannot start the inference thread: {e}")))?;
+        ready_rx.recv().map_err(|_| EngineError::Stopped)??;
+        Ok(Self { tx, bundle, device: describe(device) })
+    }
+
+    pub fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
+    /// The device actually used (`cpu`, `cuda:0`).
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    /// Validates a target against this model.
+    pub fn check_target(&self, target: &Target) -> Result<(), EngineError> {
+        target.labels.validate(self.bundle.labels()).map_err(EngineError::BadRequest)
+    }
+
+    /// Queues one prepared image; the reply comes when its batch has run.
+    pub fn submit(&self, input: Tensor, target: Target) -> Result<oneshot::Receiver<Result<Inferred, EngineError>>, EngineError> {
+        self.check_target(&target)?;
+        let spec = &self.bundle.manifest.input;
+        let want = [i64::from(spec.channels), i64::from(spec.height), i64::from(spec.width)];
+        if input.size() != want {
+            return Err(EngineError::BadRequest(format!("input has shape {:?}, the model takes {want:?}", input.size())));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Request { input, target, reply }).map_err(|_| EngineError::Stopped)?;
+        Ok(rx)
+    }
+
+    /// Decodes nothing, blocks on nothing async: prepares, runs and summarises one image.
+    /// For callers on a blocking thread (the CLI, `spawn_blocking`).
+    pub fn explain_blocking(&self, image: &GrayImage, target: Target) -> Result<(Explanation, Inferred), EngineError> {
+        let prepared = preprocess::prepare(image, &self.bundle.manifest.input);
+        let rx = self.submit(prepared.input, target)?;
+        let inferred = rx.blocking_recv().map_err(|_| EngineError::Stopped)??;
+        let explanation = summary::finish(&inferred.output, &prepared.geometry, &self.bundle, &self.device);
+        Ok((explanation, inferred))
+    }
+}
+
+/// The inference thread's loop: gather a batch, run it, reply, until every sender is gone.
+fn serve(model: &LoadedModel, rx: &mpsc::Receiver<Request>, options: BatchOptions) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        let deadline = Instant::now() + options.max_wait;
+        while batch.len() < options.max_batch {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        run_batch(model, batch);
+    }
+}
+
+fn run_batch(model: &LoadedModel, batch: Vec<Request>) {
+    let started = Instant::now();
+    let size = batch.len();
+    let (inputs, rest): (Vec<Tensor>, Vec<(Target, oneshot::Sender<_>)>) =
+        batch.into_iter().map(|r| (r.input, (r.target, r.reply))).unzip();
+    let targets: Vec<Target> = rest.iter().map(|(t, _)| t.clone()).collect();
+    // A libtorch error surfaces as a Rust panic in some tch calls; it must fail this batch,
+    // not kill the thread every later job depends on.
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let x = Tensor::stack(&inputs, 0);
+        model.explain(&x, &targets)
+    }))
+    .unwrap_or_else(|panic| {
+        let reason = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| "libtorch panicked".into());
+        Err(EngineError::Inference(reason))
+    });
+    let batch_ms = started.elapsed().as_secs_f64() * 1e3;
+    tracing::debug!(model = model.bundle.name(), batch = size, ms = batch_ms, "ran batch");
+    match result {
+        Ok(outputs) => {
+            for (output, (_, reply)) in outputs.into_iter().zip(rest) {
+                let _ = reply.send(Ok(Inferred { output, batch_size: size, batch_ms }));
+            }
+        }
+        Err(e) => {
+            for (_, reply) in rest {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}

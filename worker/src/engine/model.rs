@@ -1,0 +1,144 @@
+//! A loaded bundle: the two TorchScript halves on one device, and the two passes the worker
+//! runs — forward only, and forward plus one head backward per explained label.
+
+use tch::{CModule, Device, Kind, Tensor};
+use xcam_shared::bundle::Bundle;
+
+use super::{EngineError, cam::{self, LabelSelection, Method}};
+
+/// One image's share of a batch: what to explain and how.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub method: Method,
+    pub labels: LabelSelection,
+}
+
+/// The map of one explained label, still at the target layer's resolution (on the CPU).
+#[derive(Debug)]
+pub struct RawCam {
+    pub label: usize,
+    pub method: Method,
+    /// h×w, ReLU'd, not normalised.
+    pub map: Tensor,
+    pub raw_max: f32,
+}
+
+/// What the model says about one image.
+#[derive(Debug)]
+pub struct RawOutput {
+    pub probabilities: Vec<f32>,
+    pub cams: Vec<RawCam>,
+}
+
+pub struct LoadedModel {
+    pub bundle: Bundle,
+    pub device: Device,
+    features: CModule,
+    head: CModule,
+}
+
+impl std::fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModel").field("bundle", &self.bundle.dir).field("device", &self.device).finish()
+    }
+}
+
+impl LoadedModel {
+    /// Loads both halves onto `device` and warms them up: TorchScript's profiling executor makes
+    /// the first calls several times slower, and a wrong-shaped bundle should fail here, not on
+    /// the first job.
+    pub fn load(bundle: Bundle, device: Device) -> Result<Self, EngineError> {
+        let load = |path: std::path::PathBuf| {
+            let mut m = CModule::load_on_device(&path, device).map_err(|e| EngineError::Model {
+                bundle: bundle.dir.display().to_string(),
+                reason: format!("cannot load {}: {e}", path.display()),
+            })?;
+            m.set_eval();
+            Ok::<_, EngineError>(m)
+        };
+        let model = Self { features: load(bundle.features_path())?, head: load(bundle.head_path())?, device, bundle };
+        let spec = &model.bundle.manifest.input;
+        let dummy = Tensor::zeros(
+            [2, i64::from(spec.channels), i64::from(spec.height), i64::from(spec.width)],
+            (Kind::Float, Device::Cpu),
+        );
+        for _ in 0..3 {
+            let probabilities = model.forward_only(&dummy)?;
+            let labels = model.bundle.labels().len();
+            if probabilities.size() != [2, labels as i64] {
+                return Err(EngineError::Model {
+                    bundle: model.bundle.dir.display().to_string(),
+                    reason: format!("the head outputs {:?} for a batch of 2, but model.toml lists {labels} labels", probabilities.size()),
+                });
+            }
+            let targets = vec![Target { method: Method::GradCam, labels: LabelSelection::Top1 }; 2];
+            model.explain(&dummy, &targets)?;
+        }
+        Ok(model)
+    }
+
+    fn model_error(&self, e: tch::TchError) -> EngineError {
+        EngineError::Inference(format!("{}: {e}", self.bundle.name()))
+    }
+
+    /// Probabilities (sigmoid of the logits: labels are independent findings) for a batch.
+    pub fn forward_only(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+        tch::no_grad(|| {
+            let a = self.features.forward_ts(&[x.to_device(self.device)]).map_err(|e| self.model_error(e))?;
+            let logits = self.head.forward_ts(&[a]).map_err(|e| self.model_error(e))?;
+            Ok(logits.sigmoid().to_device(Device::Cpu))
+        })
+    }
+
+    /// Probabilities and CAMs for a batch (N×C×H×W on any device) with one target per image.
+    ///
+    /// The backbone runs once without autograd; the head is differentiated with respect to its
+    /// input A once per explained-label *slot*: slot s sums, over the images, the logit of each
+    /// image's s-th explained label. Images do not interact in eval mode, so that one backward
+    /// gives every image its own gradient.
+    pub fn explain(&self, x: &Tensor, targets: &[Target]) -> Result<Vec<RawOutput>, EngineError> {
+        let n = targets.len();
+        let activations = tch::no_grad(|| self.features.forward_ts(&[x.to_device(self.device)])).map_err(|e| self.model_error(e))?;
+        let a = activations.detach().set_requires_grad(true);
+        let logits = self.head.forward_ts(&[&a]).map_err(|e| self.model_error(e))?;
+        let probs = logits.detach().sigmoid().to_device(Device::Cpu);
+        let num_labels = logits.size()[1];
+        let manifest = &self.bundle.manifest.model;
+
+        let mut outputs: Vec<RawOutput> = (0..n)
+            .map(|i| {
+                let probabilities = Vec::<f32>::try_from(probs.get(i as i64)).unwrap_or_default();
+                RawOutput { probabilities, cams: Vec::new() }
+            })
+            .collect();
+        let picks: Vec<Vec<usize>> = outputs
+            .iter()
+            .zip(targets)
+            .map(|(o, t)| t.labels.pick(&o.probabilities, &manifest.thresholds, &manifest.labels))
+            .collect();
+        let slots = picks.iter().map(Vec::len).max().unwrap_or(0);
+        let a_cpu = a.detach().to_device(Device::Cpu);
+
+        for slot in 0..slots {
+            let mut mask = vec![0f32; n * num_labels as usize];
+            for (i, p) in picks.iter().enumerate() {
+                if let Some(&label) = p.get(slot) {
+                    mask[i * num_labels as usize + label] = 1.0;
+                }
+            }
+            let mask = Tensor::from_slice(&mask).view([n as i64, num_labels]).to_device(self.device);
+            let score = (&logits * mask).sum(Kind::Float);
+            let keep_graph = slot + 1 < slots;
+            let grads = Tensor::f_run_backward(&[score], &[&a], keep_graph, false).map_err(|e| self.model_error(e))?;
+            let g = grads[0].to_device(Device::Cpu);
+            for (i, p) in picks.iter().enumerate() {
+                let Some(&label) = p.get(slot) else { continue };
+                let method = targets[i].method;
+                let map = cam::cam(method, &a_cpu.get(i as i64), &g.get(i as i64));
+                let raw_max = map.max().double_value(&[]) as f32;
+                outputs[i].cams.push(RawCam { label, method, map, raw_max });
+            }
+        }
+        Ok(outputs)
+    }
+}
