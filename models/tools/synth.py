@@ -75,9 +75,9 @@ def draw(rng: np.random.Generator, height: int, width: int, p_finding: float = 0
     findings: list[Finding] = []
     if rng.random() < p_finding:
         cx, cy = _point_in_lung(rng, lungs)
-        r = rng.uniform(0.022, 0.05)
+        r = rng.uniform(0.026, 0.05)
         d2 = ((xx - cx) / r) ** 2 + ((yy - cy) / (r * width / height)) ** 2
-        img += rng.uniform(0.22, 0.35) * np.exp(-d2 * 1.2) * (1 / (1 + np.exp((np.sqrt(d2) - 1.2) * 6)))
+        img += rng.uniform(0.28, 0.42) * np.exp(-d2 * 1.2) * (1 / (1 + np.exp((np.sqrt(d2) - 1.2) * 6)))
         findings.append(Finding("nodule", _box(cx, cy, 1.2 * r, 1.2 * r * width / height, width, height)))
     if rng.random() < p_finding:
         cx, cy = _point_in_lung(rng, lungs)
@@ -91,7 +91,7 @@ def draw(rng: np.random.Generator, height: int, width: int, p_finding: float = 0
             xs += [px - pr, px + pr]
             ys += [py - pr, py + pr]
         texture = 0.75 + 0.25 * rng.random(img.shape).astype(np.float32)
-        img += rng.uniform(0.16, 0.26) * patch * texture * lung_mask
+        img += rng.uniform(0.2, 0.3) * patch * texture * lung_mask
         box = (min(xs) * width, min(ys) * height, max(xs) * width, max(ys) * height)
         findings.append(Finding("opacity", _clip(box, width, height)))
 

@@ -40,6 +40,7 @@ def backbone() -> nn.Sequential:
     return nn.Sequential(
         *block(1, 16, 2, k=5),  # 64x64
         *block(16, 32, 2),  # 32x32
+        *block(32, 32, 1),
         *block(32, 64, 2),  # 16x16
         *block(64, 64, 1),
     )
@@ -77,8 +78,8 @@ def evaluate(features, head, x, y) -> list[float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "demo")
-    p.add_argument("--train", type=int, default=8000, help="training images")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--train", type=int, default=6000, help="training images")
+    p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.manual_seed(TRAIN_SEED)
@@ -92,7 +93,7 @@ def main() -> None:
     features = backbone()
     head = GapLinearHead(nn.Linear(64, len(synth.LABELS)), relu=False)
     params = list(features.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=1e-4)
+    opt = torch.optim.AdamW(params, lr=3e-3, weight_decay=1e-4)
     steps = args.epochs * ((len(x) + 31) // 32)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     loss_fn = nn.BCEWithLogitsLoss()
@@ -122,7 +123,7 @@ def main() -> None:
     write_bundle(
         out, features, head, name="demo", version="1.0.0", labels=synth.LABELS, thresholds=[0.5, 0.5],
         height=SIZE, width=SIZE, channels=1, normalize={"kind": "mean_std", "mean": [MEAN], "std": [STD]},
-        resize="stretch", target_layer="features.11 (last ReLU, 64x16x16)",
+        resize="stretch", target_layer="features.14 (last ReLU, 64x16x16)",
         description="Demo classifier for synthetic chest radiographs: nodule and opacity.",
         provenance=f"models/tools/train_demo.py, synthetic data (synth.py) seed {TRAIN_SEED}, "
                    f"{len(x)} images, {args.epochs} epochs; validation AUC "

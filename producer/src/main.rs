@@ -1,1 +1,9 @@
-fn main(){}
+use clap::Parser;
+use xcam_producer::cli::{self, Cli};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    xcam_shared::telemetry::init(&cli.telemetry);
+    cli::run(cli).await
+}

@@ -14,4 +14,5 @@ pub mod config;
 pub mod db;
 pub mod imaging;
 pub mod jobs;
+pub mod targets;
 pub mod telemetry;

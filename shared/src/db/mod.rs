@@ -1,6 +1,10 @@
 //! Postgres: the schema's migrations and every query xcam runs, as free functions per table.
 //! All SQL binds its parameters; nothing user-supplied is ever formatted into a statement.
 
+pub mod batches;
+pub mod items;
+pub mod logs;
+pub mod results;
 pub mod workers;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};

@@ -1,0 +1,38 @@
+//! The `xcam` command line.
+
+use clap::{Parser, Subcommand};
+use xcam_shared::config::{DatabaseArgs, TelemetryArgs};
+
+use crate::config::ServeArgs;
+
+#[derive(Debug, Parser)]
+#[command(name = "xcam", version, about = "Batch Grad-CAM for chest X-ray classifiers: the API server and its command line.")]
+pub struct Cli {
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API (applies migrations first).
+    Serve(Box<ServeArgs>),
+    /// Apply the database migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => crate::serve(*args).await,
+        Command::Migrate { db } => {
+            let pool = xcam_shared::db::connect(&db).await?;
+            xcam_shared::db::migrate(&pool).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! `xcam serve`'s typed configuration.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Args;
+use xcam_shared::config::{BlobArgs, DatabaseArgs, RedisArgs};
+
+use crate::ingest::ArchiveLimits;
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "XCAM_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+    /// Directory holding model bundles (each a subdirectory with model.toml).
+    #[arg(long = "models-dir", env = "XCAM_MODELS_DIR", default_value = "models")]
+    pub models_dir: PathBuf,
+    /// Where uploads are spooled while they are checked (default: the system temp dir).
+    #[arg(long = "upload-dir", env = "XCAM_UPLOAD_DIR")]
+    pub upload_dir: Option<PathBuf>,
+    /// Largest accepted upload, in bytes.
+    #[arg(long = "max-upload-bytes", env = "XCAM_MAX_UPLOAD_BYTES", default_value_t = 4 << 30)]
+    pub max_upload_bytes: u64,
+    /// Most entries an archive may hold.
+    #[arg(long = "max-entries", env = "XCAM_MAX_ENTRIES", default_value_t = 100_000)]
+    pub max_entries: usize,
+    /// Most bytes all entries of an archive may inflate to.
+    #[arg(long = "max-total-uncompressed", env = "XCAM_MAX_TOTAL_UNCOMPRESSED", default_value_t = 16 << 30)]
+    pub max_total_uncompressed: u64,
+    /// Most bytes one entry may inflate to.
+    #[arg(long = "max-entry-bytes", env = "XCAM_MAX_ENTRY_BYTES", default_value_t = 256 << 20)]
+    pub max_entry_bytes: u64,
+    /// Highest compression ratio an entry may have (zip bombs reach thousands).
+    #[arg(long = "max-compression-ratio", env = "XCAM_MAX_COMPRESSION_RATIO", default_value_t = 200)]
+    pub max_compression_ratio: u64,
+    /// How often the reconciler looks for queued items whose job is missing from Redis.
+    #[arg(long = "reconcile-every", env = "XCAM_RECONCILE_EVERY", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub reconcile_every: Duration,
+    /// A worker silent for this long is presumed dead and its jobs go to another worker.
+    #[arg(long = "orphan-after", env = "XCAM_ORPHAN_AFTER", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub orphan_after: Duration,
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub blob: BlobArgs,
+}
+
+impl ServeArgs {
+    pub fn limits(&self) -> ArchiveLimits {
+        ArchiveLimits {
+            max_entries: self.max_entries,
+            max_total_uncompressed: self.max_total_uncompressed,
+            max_entry_bytes: self.max_entry_bytes,
+            max_compression_ratio: self.max_compression_ratio,
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Batches: upload, status, listing, cancellation.
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    extract::{DefaultBodyLimit, Multipart, Path, Query, State},
+    http::{HeaderMap, StatusCode},
+    routing::{get, post},
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+use xcam_shared::{
+    db::{
+        self,
+        batches::{BatchRecord, ItemCounts, NewBatch},
+    },
+    targets::{LabelSelection, Method},
+};
+
+use super::parse_batch_id;
+use crate::{
+    error::{ApiError, ApiResult},
+    ingest::{self, BatchRequest, archive, upload},
+    state::AppState,
+};
+
+pub(super) fn router(max_upload: u64) -> Router<AppState> {
+    // The multipart extractor's 2 MB default would refuse any real archive; the upload route
+    // gets the configured limit (plus room for the form's other fields), and only it does.
+    let body_limit = usize::try_from(max_upload.saturating_add(1 << 20)).unwrap_or(usize::MAX);
+    Router::new()
+        .route("/v1/batches", post(create_batch).layer(DefaultBodyLimit::max(body_limit)).get(list_batches))
+        .route("/v1/batches/{id}", get(get_batch))
+        .route("/v1/batches/{id}/cancel", post(cancel_batch))
+}
+
+/// `POST /v1/batches`: multipart `file` (ZIP), `model`, optional `method`, `labels`,
+/// `pseudonymize_names`. Answers 202 once the archive is stored and checked.
+async fn create_batch(State(state): State<AppState>, headers: HeaderMap, multipart: Multipart) -> ApiResult<(StatusCode, Json<Value>)> {
+    let settings = state.settings.clone();
+    let form = upload::read_form(multipart, &settings.upload_dir, settings.max_upload_bytes).await?;
+    let spool = form.spool.ok_or_else(|| ApiError::InvalidRequest("the form has no `file` field".into()))?;
+    let model_name = form.model.ok_or_else(|| ApiError::InvalidRequest("the form has no `model` field".into()))?;
+    let bundle = state.model(&model_name)?.clone();
+    let method: Method = form
+        .method
+        .as_deref()
+        .unwrap_or("gradcam")
+        .parse()
+        .map_err(|message| ApiError::Unprocessable { code: "invalid_method", message })?;
+    let labels: LabelSelection = form.labels.as_deref().unwrap_or("top1").parse().map_err(|message| ApiError::Unprocessable { code: "invalid_labels", message })?;
+    labels.validate(bundle.labels()).map_err(|message| ApiError::Unprocessable { code: "unknown_label", message })?;
+
+    let spool = Arc::new(spool);
+    let path = spool.to_path_buf();
+    let limits = settings.limits;
+    let scan = tokio::task::spawn_blocking(move || archive::scan(&path, limits))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))??;
+
+    let batch_id = Uuid::now_v7();
+    let (method, labels) = (method.to_string(), labels.to_string());
+    db::batches::insert(
+        &state.db,
+        &NewBatch {
+            id: batch_id,
+            model_name: bundle.name(),
+            model_version: &bundle.manifest.model.version,
+            method: &method,
+            labels: &labels,
+            archive_bytes: form.bytes as i64,
+            pseudonymize_names: form.pseudonymize_names,
+        },
+    )
+    .await?;
+    let request = BatchRequest {
+        batch_id,
+        model: bundle.name().to_owned(),
+        method,
+        labels,
+        pseudonymize_names: form.pseudonymize_names,
+        request_id: headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned),
+    };
+    let images = scan.images.len();
+    let skipped = scan.skipped;
+    tokio::spawn(ingest::ingest(state.clone(), request, spool, scan));
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "id": batch_id,
+            "status": "ingesting",
+            "images": images,
+            "skipped": skipped,
+            "links": links(batch_id),
+        })),
+    ))
+}
+
+fn links(id: Uuid) -> Value {
+    json!({
+        "self": format!("/v1/batches/{id}"),
+        "results": format!("/v1/batches/{id}/results"),
+        "csv": format!("/v1/batches/{id}/results.csv"),
+        "cancel": format!("/v1/batches/{id}/cancel"),
+    })
+}
+
+/// A batch as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct BatchView {
+    #[serde(flatten)]
+    pub batch: BatchRecord,
+    pub counts: ItemCounts,
+    /// Share of items that reached an outcome, in [0, 1].
+    pub progress: f64,
+    /// Items finished per second since the first one started.
+    pub throughput_per_s: Option<f64>,
+    pub eta_seconds: Option<f64>,
+    pub links: Value,
+}
+
+async fn view(state: &AppState, batch: BatchRecord) -> ApiResult<BatchView> {
+    let counts = db::batches::counts(&state.db, batch.id).await?;
+    let done = counts.succeeded + counts.failed + counts.rejected + counts.cancelled;
+    let progress = if counts.total > 0 { done as f64 / counts.total as f64 } else { 0.0 };
+    let processed = (counts.succeeded + counts.failed) as f64;
+    let open = (counts.queued + counts.running) as f64;
+    let throughput = counts.first_started.map(|start| {
+        let end = if open > 0.0 { Utc::now() } else { counts.last_finished.unwrap_or_else(Utc::now) };
+        processed / ((end - start).num_milliseconds().max(1) as f64 / 1e3)
+    });
+    let eta = throughput.filter(|t| *t > 0.0).map(|t| open / t);
+    let id = batch.id;
+    Ok(BatchView { batch, counts, progress, throughput_per_s: throughput, eta_seconds: eta, links: links(id) })
+}
+
+async fn get_batch(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<BatchView>> {
+    let id = parse_batch_id(&id)?;
+    let batch = db::batches::get(&state.db, id).await?.ok_or_else(|| ApiError::BatchNotFound(id.to_string()))?;
+    Ok(Json(view(&state, batch).await?))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    limit: Option<i64>,
+    /// `created_at` of the last batch of the previous page.
+    before: Option<DateTime<Utc>>,
+}
+
+async fn list_batches(State(state): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
+    let limit = q.limit.unwrap_or(20).clamp(1, 200);
+    let batches = db::batches::list(&state.db, q.before, limit).await?;
+    let next = (batches.len() as i64 == limit).then(|| batches.last().map(|b| b.created_at)).flatten();
+    let mut views = Vec::with_capacity(batches.len());
+    for b in batches {
+        views.push(view(&state, b).await?);
+    }
+    Ok(Json(json!({ "batches": views, "next_before": next })))
+}
+
+async fn cancel_batch(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let id = parse_batch_id(&id)?;
+    db::batches::get(&state.db, id).await?.ok_or_else(|| ApiError::BatchNotFound(id.to_string()))?;
+    match db::batches::cancel(&state.db, id).await? {
+        Some(cancelled) => Ok(Json(json!({ "id": id, "status": "cancelled", "cancelled_items": cancelled }))),
+        None => Err(ApiError::Conflict(format!("batch {id} has already ended"))),
+    }
+}

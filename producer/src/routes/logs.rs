@@ -1,0 +1,123 @@
+//! `GET /v1/logs`: operators' queries over the inference log.
+
+use axum::{
+    Json, Router,
+    extract::{Query, State},
+    http::header,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::json;
+use xcam_shared::db::logs::{self, LogFilter, LogRecord};
+
+use super::results::csv_line;
+use crate::{
+    error::{ApiError, ApiResult},
+    state::AppState,
+};
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new().route("/v1/logs", get(query_logs))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct LogQuery {
+    /// RFC 3339 time, or a duration back from now (`24h`, `7d`).
+    since: Option<String>,
+    until: Option<String>,
+    model: Option<String>,
+    status: Option<String>,
+    batch: Option<String>,
+    worker: Option<String>,
+    label: Option<String>,
+    min_ms: Option<f32>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+    /// `json` (default) or `csv`.
+    format: Option<String>,
+}
+
+/// A point in time given as RFC 3339 or as "that long ago".
+pub(crate) fn parse_when(raw: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(raw) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let ago = humantime::parse_duration(raw).map_err(|_| format!("{raw:?} is neither an RFC 3339 time nor a duration like 24h or 7d"))?;
+    chrono::Duration::from_std(ago).map(|d| now - d).map_err(|_| format!("{raw:?} is too far back"))
+}
+
+fn parse_cursor(raw: &str) -> Option<(DateTime<Utc>, i64)> {
+    let (micros, id) = raw.split_once('.')?;
+    Some((DateTime::from_timestamp_micros(micros.parse().ok()?)?, id.parse().ok()?))
+}
+
+fn cursor_of(r: &LogRecord) -> String {
+    format!("{}.{}", r.ts.timestamp_micros(), r.id)
+}
+
+async fn query_logs(State(state): State<AppState>, Query(q): Query<LogQuery>) -> ApiResult<Response> {
+    let bad = |field: &str, msg: String| ApiError::Unprocessable { code: "invalid_filter", message: format!("{field}: {msg}") };
+    let now = Utc::now();
+    let filter = LogFilter {
+        since: q.since.as_deref().map(|s| parse_when(s, now)).transpose().map_err(|e| bad("since", e))?,
+        until: q.until.as_deref().map(|s| parse_when(s, now)).transpose().map_err(|e| bad("until", e))?,
+        model: q.model.filter(|s| !s.is_empty()),
+        status: q.status.filter(|s| !s.is_empty()),
+        batch: q.batch.filter(|s| !s.is_empty()).map(|b| b.parse()).transpose().map_err(|_| bad("batch", "not a batch id".into()))?,
+        worker: q.worker.filter(|s| !s.is_empty()),
+        label: q.label.filter(|s| !s.is_empty()),
+        min_ms: q.min_ms,
+        before: q.cursor.as_deref().map(|c| parse_cursor(c).ok_or_else(|| bad("cursor", "malformed cursor".into()))).transpose()?,
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let rows = logs::query(&state.db, &filter, limit).await?;
+    let next = (rows.len() as i64 == limit).then(|| rows.last().map(cursor_of)).flatten();
+    match q.format.as_deref().unwrap_or("json") {
+        "json" => Ok(Json(json!({ "entries": rows, "next_cursor": next })).into_response()),
+        "csv" => {
+            let mut out = csv_line(&LOG_COLUMNS.map(str::to_owned)).to_vec();
+            for r in &rows {
+                out.extend_from_slice(&csv_line(&log_cells(r)));
+            }
+            let mut response = ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response();
+            if let Some(next) = next.and_then(|n| n.parse().ok()) {
+                response.headers_mut().insert("x-next-cursor", next);
+            }
+            Ok(response)
+        }
+        other => Err(bad("format", format!("{other:?}: use json or csv"))),
+    }
+}
+
+const LOG_COLUMNS: [&str; 18] = [
+    "id", "timestamp", "model_name", "model_version", "prediction", "probability", "filename", "processing_time_ms",
+    "queue_wait_ms", "batch_id", "item_id", "attempt", "status", "error_code", "error_message", "worker_id", "device",
+    "dynamic_batch_size",
+];
+
+fn log_cells(r: &LogRecord) -> Vec<String> {
+    let s = |v: &Option<String>| v.clone().unwrap_or_default();
+    let n = |v: Option<f32>| v.map(|x| x.to_string()).unwrap_or_default();
+    vec![
+        r.id.to_string(),
+        r.ts.to_rfc3339(),
+        r.model_name.clone(),
+        s(&r.model_version),
+        s(&r.prediction),
+        n(r.probability),
+        r.filename.clone(),
+        r.processing_time_ms.to_string(),
+        n(r.queue_wait_ms),
+        r.batch_id.map(|b| b.to_string()).unwrap_or_default(),
+        r.item_id.map(|b| b.to_string()).unwrap_or_default(),
+        r.attempt.to_string(),
+        r.status.clone(),
+        s(&r.error_code),
+        s(&r.error_message),
+        r.worker_id.clone(),
+        r.device.clone(),
+        r.dynamic_batch_size.map(|b| b.to_string()).unwrap_or_default(),
+    ]
+}

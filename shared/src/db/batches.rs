@@ -1,0 +1,223 @@
+//! `batches`: one row per uploaded archive. Its status follows its items (see [`refresh`]).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+/// A new batch, as the upload handler knows it before ingestion.
+#[derive(Debug, Clone)]
+pub struct NewBatch<'a> {
+    pub id: Uuid,
+    pub model_name: &'a str,
+    pub model_version: &'a str,
+    pub method: &'a str,
+    pub labels: &'a str,
+    pub archive_bytes: i64,
+    pub pseudonymize_names: bool,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct BatchRecord {
+    pub id: Uuid,
+    pub model_name: String,
+    pub model_version: String,
+    pub method: String,
+    pub labels: String,
+    pub status: String,
+    pub archive_bytes: i64,
+    pub total_entries: i32,
+    pub skipped_entries: i32,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub pseudonymize_names: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub ingested_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// Items of a batch by status, plus the figures progress and ETA are computed from.
+#[derive(Debug, Clone, Default, Serialize, sqlx::FromRow)]
+pub struct ItemCounts {
+    pub total: i64,
+    pub rejected: i64,
+    pub queued: i64,
+    pub running: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    pub cancelled: i64,
+    /// When the first item started and the last finished.
+    #[serde(skip)]
+    pub first_started: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub last_finished: Option<DateTime<Utc>>,
+}
+
+/// `SELECT <every column> FROM batches <rest>`, as a literal so sqlx sees static SQL.
+macro_rules! select_batches {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, model_name, model_version, method, labels, status, archive_bytes, total_entries, ",
+            "skipped_entries, error_code, error_message, pseudonymize_names, created_at, updated_at, ingested_at, ",
+            "started_at, finished_at FROM batches ",
+            $rest
+        )
+    };
+}
+
+pub async fn insert(db: impl PgExecutor<'_>, b: &NewBatch<'_>) -> sqlx::Result<()> {
+    sqlx::query(
+        r#"INSERT INTO batches (id, model_name, model_version, method, labels, archive_bytes, pseudonymize_names)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)"#,
+    )
+    .bind(b.id)
+    .bind(b.model_name)
+    .bind(b.model_version)
+    .bind(b.method)
+    .bind(b.labels)
+    .bind(b.archive_bytes)
+    .bind(b.pseudonymize_names)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<BatchRecord>> {
+    sqlx::query_as::<_, BatchRecord>(select_batches!("WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+/// Newest first; `before` is the `created_at` of the last batch of the previous page.
+pub async fn list(db: impl PgExecutor<'_>, before: Option<DateTime<Utc>>, limit: i64) -> sqlx::Result<Vec<BatchRecord>> {
+    sqlx::query_as::<_, BatchRecord>(select_batches!(
+        "WHERE ($1::timestamptz IS NULL OR created_at < $1) ORDER BY created_at DESC LIMIT $2"
+    ))
+    .bind(before)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+pub async fn counts(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<ItemCounts> {
+    sqlx::query_as::<_, ItemCounts>(
+        r#"SELECT count(*) AS total,
+                  count(*) FILTER (WHERE status = 'rejected') AS rejected,
+                  count(*) FILTER (WHERE status = 'queued') AS queued,
+                  count(*) FILTER (WHERE status = 'running') AS running,
+                  count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
+                  count(*) FILTER (WHERE status = 'failed') AS failed,
+                  count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+                  min(started_at) AS first_started,
+                  max(finished_at) AS last_finished
+           FROM items WHERE batch_id = $1"#,
+    )
+    .bind(id)
+    .fetch_one(db)
+    .await
+}
+
+/// Ingestion is done: record what the archive held and open the batch for work.
+pub async fn mark_ingested(db: impl PgExecutor<'_>, id: Uuid, total_entries: i32, skipped_entries: i32) -> sqlx::Result<()> {
+    sqlx::query(
+        r#"UPDATE batches SET status = 'queued', total_entries = $2, skipped_entries = $3,
+                  ingested_at = now(), updated_at = now()
+           WHERE id = $1 AND status = 'ingesting'"#,
+    )
+    .bind(id)
+    .bind(total_entries)
+    .bind(skipped_entries)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The batch cannot be processed at all (e.g. its archive turned out corrupt during ingestion).
+pub async fn mark_failed(db: impl PgExecutor<'_>, id: Uuid, code: &str, message: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        r#"UPDATE batches SET status = 'failed', error_code = $2, error_message = $3,
+                  finished_at = now(), updated_at = now()
+           WHERE id = $1"#,
+    )
+    .bind(id)
+    .bind(code)
+    .bind(message)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Cancels a batch: queued items become `cancelled`; running ones finish. Returns how many
+/// items were cancelled, or `None` if the batch had already ended.
+pub async fn cancel(db: &sqlx::PgPool, id: Uuid) -> sqlx::Result<Option<u64>> {
+    let mut tx = db.begin().await?;
+    let updated = sqlx::query(
+        r#"UPDATE batches SET status = 'cancelled', updated_at = now()
+           WHERE id = $1 AND status IN ('ingesting', 'queued', 'running')"#,
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Ok(None);
+    }
+    let items = sqlx::query(
+        r#"UPDATE items SET status = 'cancelled', finished_at = now()
+           WHERE batch_id = $1 AND status = 'queued'"#,
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    refresh(db, id).await?;
+    Ok(Some(items.rows_affected()))
+}
+
+/// Derives the batch's status from its items' and stamps its start and end.
+///
+/// ingesting and cancelled are left alone (but a cancelled batch still gets its end time);
+/// otherwise: queued until an item starts, running while any is open, then succeeded (all
+/// succeeded), failed (none did) or completed_with_errors.
+pub async fn refresh(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<()> {
+    sqlx::query(
+        r#"WITH c AS (
+               SELECT count(*) FILTER (WHERE status IN ('queued', 'running')) AS open,
+                      count(*) FILTER (WHERE status = 'succeeded') AS ok,
+                      count(*) FILTER (WHERE status <> 'queued') AS touched,
+                      count(*) AS total,
+                      min(started_at) AS first_started
+               FROM items WHERE batch_id = $1)
+           UPDATE batches b SET
+               status = CASE
+                   WHEN b.status IN ('ingesting', 'cancelled') THEN b.status
+                   WHEN c.open > 0 AND c.touched = 0 THEN 'queued'
+                   WHEN c.open > 0 THEN 'running'
+                   WHEN c.total > 0 AND c.ok = c.total THEN 'succeeded'
+                   WHEN c.ok = 0 THEN 'failed'
+                   ELSE 'completed_with_errors' END,
+               started_at = COALESCE(b.started_at, c.first_started),
+               finished_at = CASE WHEN c.open = 0 AND b.status <> 'ingesting'
+                                  THEN COALESCE(b.finished_at, now()) END,
+               updated_at = now()
+           FROM c WHERE b.id = $1"#,
+    )
+    .bind(id)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The per-batch summary of rejected entries by code (for the validation report).
+pub async fn rejection_codes(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Vec<(String, i64)>> {
+    sqlx::query_as::<_, (String, i64)>(
+        r#"SELECT COALESCE(error_code, 'unknown'), count(*) FROM items
+           WHERE batch_id = $1 AND status IN ('rejected', 'failed') GROUP BY 1 ORDER BY 2 DESC"#,
+    )
+    .bind(id)
+    .fetch_all(db)
+    .await
+}
+

@@ -1,0 +1,145 @@
+//! `items`: one row per archive entry that was an image, with its status machine:
+//! queued → running → succeeded | failed, queued → cancelled, or rejected at ingestion.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgExecutor, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+/// An item as ingestion writes it.
+#[derive(Debug, Clone)]
+pub struct NewItem {
+    pub id: Uuid,
+    pub entry_index: i32,
+    pub entry_name: String,
+    pub sha256: Option<String>,
+    pub blob_key: Option<String>,
+    pub byte_size: Option<i64>,
+    /// `queued`, or `rejected` with a code and message.
+    pub status: &'static str,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub warnings: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ItemRecord {
+    pub id: Uuid,
+    pub batch_id: Uuid,
+    pub entry_index: i32,
+    pub entry_name: String,
+    pub sha256: Option<String>,
+    pub blob_key: Option<String>,
+    pub status: String,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub attempts: i32,
+    pub worker_id: Option<String>,
+    pub queued_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// Inserts items in chunks (Postgres caps a statement at 65 535 bound parameters).
+pub async fn insert_all(conn: &mut sqlx::PgConnection, batch_id: Uuid, items: &[NewItem]) -> sqlx::Result<()> {
+    for chunk in items.chunks(1000) {
+        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
+            "INSERT INTO items (id, batch_id, entry_index, entry_name, sha256, blob_key, byte_size, status, \
+             error_code, error_message, warnings, finished_at) ",
+        );
+        q.push_values(chunk, |mut row, it| {
+            row.push_bind(it.id)
+                .push_bind(batch_id)
+                .push_bind(it.entry_index)
+                .push_bind(&it.entry_name)
+                .push_bind(&it.sha256)
+                .push_bind(&it.blob_key)
+                .push_bind(it.byte_size)
+                .push_bind(it.status)
+                .push_bind(&it.error_code)
+                .push_bind(&it.error_message)
+                .push_bind(&it.warnings)
+                .push("CASE WHEN ")
+                .push_bind_unseparated(it.status)
+                .push_unseparated(" = 'rejected' THEN now() END");
+        });
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+pub async fn get(db: impl PgExecutor<'_>, batch_id: Uuid, id: Uuid) -> sqlx::Result<Option<ItemRecord>> {
+    sqlx::query_as::<_, ItemRecord>(
+        r#"SELECT id, batch_id, entry_index, entry_name, sha256, blob_key, status, error_code, error_message,
+                  attempts, worker_id, queued_at, started_at, finished_at
+           FROM items WHERE batch_id = $1 AND id = $2"#,
+    )
+    .bind(batch_id)
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+/// What a worker learns when it claims an item.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Claim {
+    pub entry_name: String,
+    pub queued_at: DateTime<Utc>,
+    pub attempts: i32,
+}
+
+/// Marks an item running for this attempt. Returns `None` when the item must not run: it was
+/// cancelled, or it already has its final outcome (a duplicate delivery).
+pub async fn claim(db: impl PgExecutor<'_>, id: Uuid, worker: &str) -> sqlx::Result<Option<Claim>> {
+    sqlx::query_as::<_, Claim>(
+        r#"UPDATE items SET status = 'running', attempts = attempts + 1, worker_id = $2,
+                  started_at = COALESCE(started_at, now())
+           WHERE id = $1 AND status IN ('queued', 'running')
+           RETURNING entry_name, queued_at, attempts"#,
+    )
+    .bind(id)
+    .bind(worker)
+    .fetch_optional(db)
+    .await
+}
+
+/// Records the item's final outcome (`succeeded` or `failed`).
+pub async fn finish(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    status: &str,
+    error: Option<(&str, &str)>,
+    worker: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        r#"UPDATE items SET status = $2, error_code = $3, error_message = $4, worker_id = $5, finished_at = now()
+           WHERE id = $1 AND status IN ('queued', 'running')"#,
+    )
+    .bind(id)
+    .bind(status)
+    .bind(error.map(|e| e.0))
+    .bind(error.map(|e| e.1))
+    .bind(worker)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Items that should have a job in Redis, queued before `older_than` ago, oldest first.
+pub async fn open_before(
+    db: impl PgExecutor<'_>,
+    older_than: std::time::Duration,
+    limit: i64,
+) -> sqlx::Result<Vec<(Uuid, Uuid, String, String, String, String, String)>> {
+    sqlx::query_as(
+        r#"SELECT i.id, i.batch_id, i.blob_key, b.model_name, b.method, b.labels, i.status
+           FROM items i JOIN batches b ON b.id = i.batch_id
+           WHERE i.status IN ('queued', 'running') AND i.blob_key IS NOT NULL
+             AND i.queued_at < now() - make_interval(secs => $1)
+           ORDER BY i.queued_at LIMIT $2"#,
+    )
+    .bind(older_than.as_secs_f64())
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}

@@ -1,0 +1,132 @@
+//! `inference_log`: one row per attempt, and the operators' queries over it. The filter query is
+//! the only dynamic SQL in xcam; it is assembled with `QueryBuilder::push_bind`, so every
+//! user-supplied value travels as a bound parameter.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgExecutor, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct NewLogEntry<'a> {
+    pub model_name: &'a str,
+    pub model_version: &'a str,
+    pub prediction: Option<&'a str>,
+    pub probability: Option<f32>,
+    pub filename: &'a str,
+    pub processing_time_ms: f32,
+    pub queue_wait_ms: Option<f32>,
+    pub batch_id: Uuid,
+    pub item_id: Uuid,
+    pub attempt: i32,
+    /// `succeeded`, `failed` or `retrying`.
+    pub status: &'a str,
+    pub error_code: Option<&'a str>,
+    pub error_message: Option<&'a str>,
+    pub worker_id: &'a str,
+    pub device: &'a str,
+    pub dynamic_batch_size: Option<i32>,
+}
+
+pub async fn insert(db: impl PgExecutor<'_>, e: &NewLogEntry<'_>) -> sqlx::Result<()> {
+    sqlx::query(
+        r#"INSERT INTO inference_log (model_name, model_version, prediction, probability, filename,
+                                      processing_time_ms, queue_wait_ms, batch_id, item_id, attempt, status,
+                                      error_code, error_message, worker_id, device, dynamic_batch_size)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"#,
+    )
+    .bind(e.model_name)
+    .bind(e.model_version)
+    .bind(e.prediction)
+    .bind(e.probability)
+    .bind(e.filename)
+    .bind(e.processing_time_ms)
+    .bind(e.queue_wait_ms)
+    .bind(e.batch_id)
+    .bind(e.item_id)
+    .bind(e.attempt)
+    .bind(e.status)
+    .bind(e.error_code)
+    .bind(e.error_message)
+    .bind(e.worker_id)
+    .bind(e.device)
+    .bind(e.dynamic_batch_size)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct LogRecord {
+    pub id: i64,
+    pub ts: DateTime<Utc>,
+    pub model_name: String,
+    pub model_version: Option<String>,
+    pub prediction: Option<String>,
+    pub probability: Option<f32>,
+    pub filename: String,
+    pub processing_time_ms: f32,
+    pub queue_wait_ms: Option<f32>,
+    pub batch_id: Option<Uuid>,
+    pub item_id: Option<Uuid>,
+    pub attempt: i32,
+    pub status: String,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub worker_id: String,
+    pub device: String,
+    pub dynamic_batch_size: Option<i32>,
+}
+
+/// Filters of a log query; `None` means "any".
+#[derive(Debug, Clone, Default)]
+pub struct LogFilter {
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub model: Option<String>,
+    pub status: Option<String>,
+    pub batch: Option<Uuid>,
+    pub worker: Option<String>,
+    pub label: Option<String>,
+    pub min_ms: Option<f32>,
+    /// Keyset cursor: rows strictly older than this (ts, id).
+    pub before: Option<(DateTime<Utc>, i64)>,
+}
+
+/// Newest first, at most `limit` rows.
+pub async fn query(db: impl PgExecutor<'_>, f: &LogFilter, limit: i64) -> sqlx::Result<Vec<LogRecord>> {
+    let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
+        "SELECT id, ts, model_name, model_version, prediction, probability, filename, processing_time_ms, \
+         queue_wait_ms, batch_id, item_id, attempt, status, error_code, error_message, worker_id, device, \
+         dynamic_batch_size FROM inference_log WHERE true",
+    );
+    if let Some(v) = f.since {
+        q.push(" AND ts >= ").push_bind(v);
+    }
+    if let Some(v) = f.until {
+        q.push(" AND ts < ").push_bind(v);
+    }
+    if let Some(v) = &f.model {
+        q.push(" AND model_name = ").push_bind(v.clone());
+    }
+    if let Some(v) = &f.status {
+        q.push(" AND status = ").push_bind(v.clone());
+    }
+    if let Some(v) = f.batch {
+        q.push(" AND batch_id = ").push_bind(v);
+    }
+    if let Some(v) = &f.worker {
+        q.push(" AND worker_id = ").push_bind(v.clone());
+    }
+    if let Some(v) = &f.label {
+        q.push(" AND prediction = ").push_bind(v.clone());
+    }
+    if let Some(v) = f.min_ms {
+        q.push(" AND processing_time_ms >= ").push_bind(v);
+    }
+    if let Some((ts, id)) = f.before {
+        q.push(" AND (ts, id) < (").push_bind(ts).push(", ").push_bind(id).push(")");
+    }
+    q.push(" ORDER BY ts DESC, id DESC LIMIT ").push_bind(limit);
+    q.build_query_as::<LogRecord>().fetch_all(db).await
+}

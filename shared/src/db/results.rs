@@ -1,0 +1,133 @@
+//! `results`: one row per item that succeeded. Written as an upsert keyed by the item, so a job
+//! delivered twice still leaves exactly one result.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgExecutor, types::Json};
+use uuid::Uuid;
+
+/// One explained label as stored.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct StoredCam {
+    pub label: String,
+    pub method: String,
+    pub peak: Option<[u32; 2]>,
+    pub bbox: Option<[u32; 4]>,
+    pub raw_max: f32,
+    pub overlay_key: String,
+    pub cam_key: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewResult<'a> {
+    pub item_id: Uuid,
+    pub batch_id: Uuid,
+    pub model_name: &'a str,
+    pub model_version: &'a str,
+    /// Label → probability.
+    pub predictions: serde_json::Value,
+    pub top_label: &'a str,
+    pub top_probability: f32,
+    pub method: &'a str,
+    pub cams: &'a [StoredCam],
+    pub image_width: i32,
+    pub image_height: i32,
+    pub device: &'a str,
+    pub worker_id: &'a str,
+    pub attempt: i32,
+    pub processing_ms: f32,
+    pub queue_wait_ms: f32,
+}
+
+pub async fn upsert(db: impl PgExecutor<'_>, r: &NewResult<'_>) -> sqlx::Result<()> {
+    let first = r.cams.first();
+    sqlx::query(
+        r#"INSERT INTO results (item_id, batch_id, model_name, model_version, predictions, top_label,
+                                top_probability, method, cams, overlay_key, cam_key, image_width, image_height,
+                                device, worker_id, attempt, processing_ms, queue_wait_ms)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+           ON CONFLICT (item_id) DO UPDATE SET
+               predictions = EXCLUDED.predictions, top_label = EXCLUDED.top_label,
+               top_probability = EXCLUDED.top_probability, method = EXCLUDED.method, cams = EXCLUDED.cams,
+               overlay_key = EXCLUDED.overlay_key, cam_key = EXCLUDED.cam_key, device = EXCLUDED.device,
+               worker_id = EXCLUDED.worker_id, attempt = EXCLUDED.attempt,
+               processing_ms = EXCLUDED.processing_ms, queue_wait_ms = EXCLUDED.queue_wait_ms,
+               updated_at = now()"#,
+    )
+    .bind(r.item_id)
+    .bind(r.batch_id)
+    .bind(r.model_name)
+    .bind(r.model_version)
+    .bind(&r.predictions)
+    .bind(r.top_label)
+    .bind(r.top_probability)
+    .bind(r.method)
+    .bind(Json(r.cams))
+    .bind(first.map(|c| c.overlay_key.as_str()))
+    .bind(first.map(|c| c.cam_key.as_str()))
+    .bind(r.image_width)
+    .bind(r.image_height)
+    .bind(r.device)
+    .bind(r.worker_id)
+    .bind(r.attempt)
+    .bind(r.processing_ms)
+    .bind(r.queue_wait_ms)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// An item joined with its result (if any): one row of a batch's report.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ReportRow {
+    pub item_id: Uuid,
+    pub entry_index: i32,
+    pub entry_name: String,
+    pub sha256: Option<String>,
+    pub status: String,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub warnings: serde_json::Value,
+    pub attempts: i32,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub model_name: Option<String>,
+    pub model_version: Option<String>,
+    pub predictions: Option<serde_json::Value>,
+    pub top_label: Option<String>,
+    pub top_probability: Option<f32>,
+    pub method: Option<String>,
+    pub cams: Option<Json<Vec<StoredCam>>>,
+    pub image_width: Option<i32>,
+    pub image_height: Option<i32>,
+    pub device: Option<String>,
+    pub worker_id: Option<String>,
+    pub processing_ms: Option<f32>,
+    pub queue_wait_ms: Option<f32>,
+}
+
+/// A page of a batch's report in entry order, starting after entry `after`.
+pub async fn report_page(db: impl PgExecutor<'_>, batch_id: Uuid, after: i32, limit: i64) -> sqlx::Result<Vec<ReportRow>> {
+    sqlx::query_as::<_, ReportRow>(
+        r#"SELECT i.id AS item_id, i.entry_index, i.entry_name, i.sha256, i.status, i.error_code, i.error_message,
+                  i.warnings, i.attempts, i.finished_at, r.model_name, r.model_version, r.predictions,
+                  r.top_label, r.top_probability, r.method, r.cams, r.image_width, r.image_height,
+                  r.device, COALESCE(r.worker_id, i.worker_id) AS worker_id, r.processing_ms, r.queue_wait_ms
+           FROM items i LEFT JOIN results r ON r.item_id = i.id
+           WHERE i.batch_id = $1 AND i.entry_index > $2
+           ORDER BY i.entry_index LIMIT $3"#,
+    )
+    .bind(batch_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// The stored CAMs of one item.
+pub async fn cams(db: impl PgExecutor<'_>, item_id: Uuid) -> sqlx::Result<Option<Vec<StoredCam>>> {
+    let row: Option<(Json<Vec<StoredCam>>,)> = sqlx::query_as("SELECT cams FROM results WHERE item_id = $1")
+        .bind(item_id)
+        .fetch_optional(db)
+        .await?;
+    Ok(row.map(|r| r.0.0))
+}
