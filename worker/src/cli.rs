@@ -28,6 +28,8 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Measure forward-only and Grad-CAM throughput of a bundle, side by side.
     Bench(BenchArgs),
+    /// Consume the batch pipeline's jobs from Redis until SIGINT/SIGTERM.
+    Run(Box<crate::pipeline::RunArgs>),
 }
 
 /// Which model and where it runs.
@@ -106,6 +108,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             println!("wrote {} image(s) into {}", results.len(), args.out.display());
             Ok(())
+        }
+        Command::Run(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(crate::pipeline::run(*args))
         }
         Command::Bench(args) => {
             let bundle = bundle::resolve(&args.model, &args.model_args.models_dir)?;

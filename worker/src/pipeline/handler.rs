@@ -1,0 +1,235 @@
+//! One job: claim the item, fetch and decode the image, explain it, store the artefacts and
+//! the result, log the attempt.
+//!
+//! Failures are sorted into permanent ones (the image or the request is bad: the item fails at
+//! once with its code) and transient ones (Postgres, the blob store or the engine is unwell: the
+//! job is retried by the queue with growing delays, and past the retry budget the item fails
+//! with the last error).
+
+use std::{sync::Arc, time::Instant};
+
+use apalis::prelude::{BoxDynError, Data};
+use chrono::Utc;
+use sqlx::PgPool;
+use xcam_shared::{
+    blob::{self, BlobError, BlobStore},
+    db::{self, logs::NewLogEntry, results::{NewResult, StoredCam}},
+    imaging,
+    jobs::GradCamJobV1,
+    targets::{LabelSelection, Method},
+};
+
+use crate::{
+    engine::{Engine, EngineError, Explanation, Inferred, Target, preprocess, summary},
+    render,
+};
+
+/// What every job of one model's queue shares.
+pub struct JobContext {
+    pub db: PgPool,
+    pub blobs: BlobStore,
+    pub engine: Engine,
+    pub worker_id: String,
+    pub retry_budget: u32,
+}
+
+/// Why an attempt failed, and whether trying again could help.
+#[derive(Debug, thiserror::Error)]
+enum JobError {
+    #[error("{message}")]
+    Permanent { code: &'static str, message: String },
+    #[error("{message}")]
+    Transient { code: &'static str, message: String },
+    /// Postgres itself is unreachable: nothing can be recorded, the queue must retry.
+    #[error("postgres: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<BlobError> for JobError {
+    fn from(e: BlobError) -> Self {
+        match e {
+            BlobError::NotFound { .. } => JobError::Permanent { code: "image_missing", message: "the image is no longer in the blob store".into() },
+            other => JobError::Transient { code: "blob_store_unavailable", message: other.to_string() },
+        }
+    }
+}
+
+impl From<EngineError> for JobError {
+    fn from(e: EngineError) -> Self {
+        let (code, message) = (e.code(), e.to_string());
+        if e.is_permanent() { JobError::Permanent { code, message } } else { JobError::Transient { code, message } }
+    }
+}
+
+struct Outcome {
+    explanation: Explanation,
+    cams: Vec<StoredCam>,
+    inferred: Inferred,
+}
+
+/// The apalis handler. `Ok` means the queue is done with the job (whatever the item's outcome,
+/// which lives in Postgres); `Err` asks the queue to retry.
+pub async fn handle(job: GradCamJobV1, ctx: Data<Arc<JobContext>>) -> Result<(), BoxDynError> {
+    let ctx: &JobContext = &ctx;
+    let started = Instant::now();
+    let span = tracing::info_span!("job", item = %job.item_id, batch = %job.batch_id, request_id = job.request_id.as_deref().unwrap_or(""));
+    let _enter = span.enter();
+    let Some(claim) = db::items::claim(&ctx.db, job.item_id, &ctx.worker_id).await? else {
+        tracing::debug!("item is cancelled or already finished; skipping");
+        return Ok(());
+    };
+    let queue_wait_ms = (Utc::now() - claim.queued_at).num_milliseconds().max(0) as f32;
+    drop(_enter);
+
+    let result = explain(ctx, &job).await;
+    let processing_ms = started.elapsed().as_secs_f64() as f32 * 1e3;
+    let manifest = &ctx.engine.bundle().manifest.model;
+    let mut log = NewLogEntry {
+        model_name: &manifest.name,
+        model_version: &manifest.version,
+        prediction: None,
+        probability: None,
+        filename: &claim.entry_name,
+        processing_time_ms: processing_ms,
+        queue_wait_ms: Some(queue_wait_ms),
+        batch_id: job.batch_id,
+        item_id: job.item_id,
+        attempt: claim.attempts,
+        status: "succeeded",
+        error_code: None,
+        error_message: None,
+        worker_id: &ctx.worker_id,
+        device: ctx.engine.device(),
+        dynamic_batch_size: None,
+    };
+    match result {
+        Ok(outcome) => {
+            let e = &outcome.explanation;
+            log.prediction = Some(&e.top_label);
+            log.probability = Some(e.top_probability);
+            log.dynamic_batch_size = Some(outcome.inferred.batch_size as i32);
+            let predictions = serde_json::to_value(&e.predictions)?;
+            let method = outcome.cams.first().map_or(job.method.as_str(), |c| c.method.as_str());
+            db::results::upsert(
+                &ctx.db,
+                &NewResult {
+                    item_id: job.item_id,
+                    batch_id: job.batch_id,
+                    model_name: &manifest.name,
+                    model_version: &manifest.version,
+                    predictions,
+                    top_label: &e.top_label,
+                    top_probability: e.top_probability,
+                    method,
+                    cams: &outcome.cams,
+                    image_width: e.width as i32,
+                    image_height: e.height as i32,
+                    device: ctx.engine.device(),
+                    worker_id: &ctx.worker_id,
+                    attempt: claim.attempts,
+                    processing_ms,
+                    queue_wait_ms,
+                },
+            )
+            .await?;
+            db::items::finish(&ctx.db, job.item_id, "succeeded", None, &ctx.worker_id).await?;
+            record(ctx, &log, job.batch_id, true).await?;
+            Ok(())
+        }
+        Err(JobError::Database(e)) => Err(e.into()),
+        Err(JobError::Permanent { code, message }) => {
+            tracing::warn!(item = %job.item_id, code, %message, "item failed");
+            fail(ctx, &mut log, &job, code, &message).await
+        }
+        Err(JobError::Transient { code, message }) if claim.attempts >= ctx.retry_budget as i32 => {
+            tracing::warn!(item = %job.item_id, code, %message, attempts = claim.attempts, "item failed after its retry budget");
+            fail(ctx, &mut log, &job, code, &message).await
+        }
+        Err(JobError::Transient { code, message }) => {
+            tracing::warn!(item = %job.item_id, code, %message, attempt = claim.attempts, "attempt failed; the queue will retry");
+            log.status = "retrying";
+            log.error_code = Some(code);
+            log.error_message = Some(&message);
+            db::logs::insert(&ctx.db, &log).await?;
+            Err(message.into())
+        }
+    }
+}
+
+async fn fail<'a>(ctx: &JobContext, log: &mut NewLogEntry<'a>, job: &GradCamJobV1, code: &'a str, message: &'a str) -> Result<(), BoxDynError> {
+    db::items::finish(&ctx.db, job.item_id, "failed", Some((code, message)), &ctx.worker_id).await?;
+    log.status = "failed";
+    log.error_code = Some(code);
+    log.error_message = Some(message);
+    record(ctx, log, job.batch_id, false).await?;
+    Ok(())
+}
+
+async fn record(ctx: &JobContext, log: &NewLogEntry<'_>, batch: uuid::Uuid, succeeded: bool) -> sqlx::Result<()> {
+    db::logs::insert(&ctx.db, log).await?;
+    db::batches::refresh(&ctx.db, batch).await?;
+    db::workers::count_job(&ctx.db, &ctx.worker_id, succeeded).await
+}
+
+async fn explain(ctx: &JobContext, job: &GradCamJobV1) -> Result<Outcome, JobError> {
+    let bad = |code, message: String| JobError::Permanent { code, message };
+    let method: Method = job.method.parse().map_err(|m| bad("invalid_method", m))?;
+    let labels: LabelSelection = job.labels.parse().map_err(|m| bad("invalid_labels", m))?;
+    let target = Target { method, labels };
+    ctx.engine.check_target(&target)?;
+
+    let bytes = ctx.blobs.get(&job.blob_key).await?;
+    let spec = ctx.engine.bundle().manifest.input.clone();
+    // Decoding and resizing are CPU work: a blocking thread, never the executor.
+    let (image, prepared) = tokio::task::spawn_blocking(move || {
+        imaging::decode(&bytes).map(|image| {
+            let prepared = preprocess::prepare(&image, &spec);
+            (image, prepared)
+        })
+    })
+    .await
+    .map_err(|e| JobError::Transient { code: "internal", message: e.to_string() })?
+    .map_err(|e| bad(e.code(), e.to_string()))?;
+
+    let geometry = prepared.geometry;
+    let inferred = ctx
+        .engine
+        .submit(prepared.input, target)?
+        .await
+        .map_err(|_| JobError::Transient { code: "engine_stopped", message: "the inference thread stopped".into() })??;
+
+    let engine = ctx.engine.clone();
+    let item = job.item_id;
+    let (explanation, files, inferred) = tokio::task::spawn_blocking(move || {
+        let explanation = summary::finish(&inferred.output, &geometry, engine.bundle(), engine.device());
+        let files: Result<Vec<_>, image::ImageError> = explanation
+            .cams
+            .iter()
+            .map(|c| {
+                let overlay = render::overlay_png(&image, &c.map)?;
+                let npy = render::npy_f32(&c.map, image.width, image.height);
+                Ok((blob::derived_key(item, &c.label, "overlay.png"), overlay, blob::derived_key(item, &c.label, "cam.npy"), npy))
+            })
+            .collect();
+        (explanation, files, inferred)
+    })
+    .await
+    .map_err(|e| JobError::Transient { code: "internal", message: e.to_string() })?;
+    let files = files.map_err(|e| JobError::Transient { code: "render_failed", message: e.to_string() })?;
+
+    let mut cams = Vec::with_capacity(files.len());
+    for (cam, (overlay_key, overlay, cam_key, npy)) in explanation.cams.iter().zip(files) {
+        ctx.blobs.put(&overlay_key, overlay.into()).await?;
+        ctx.blobs.put(&cam_key, npy.into()).await?;
+        cams.push(StoredCam {
+            label: cam.label.clone(),
+            method: cam.method.clone(),
+            peak: cam.peak,
+            bbox: cam.bbox,
+            raw_max: cam.raw_max,
+            overlay_key,
+            cam_key,
+        });
+    }
+    Ok(Outcome { explanation, cams, inferred })
+}

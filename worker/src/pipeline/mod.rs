@@ -1,0 +1,160 @@
+//! `xcam-worker run`: consume the batch pipeline's jobs from Redis and record results in
+//! Postgres.
+//!
+//! Delivery is at least once (apalis-redis): every write is idempotent (results are upserted
+//! by item, an item that already has its outcome is skipped), so a job delivered twice still
+//! leaves one result. A worker killed mid-job has its jobs re-queued by its peers once it has
+//! missed its heartbeats for `--orphan-after`.
+
+mod handler;
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context;
+use apalis::prelude::*;
+use clap::Args;
+use xcam_shared::{
+    blob::BlobStore,
+    bundle,
+    config::{BlobArgs, DatabaseArgs, RedisArgs},
+    db,
+    jobs::{self, QueueTuning},
+};
+
+use crate::{
+    cli::ModelArgs,
+    engine::{BatchOptions, Engine},
+};
+
+pub use handler::JobContext;
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Model bundle to serve (a name under --models-dir, or a directory); repeat for several.
+    #[arg(long = "model", required = true)]
+    pub models: Vec<String>,
+    /// Most images run through the model together.
+    #[arg(long = "max-batch", env = "XCAM_MAX_BATCH", default_value_t = 8)]
+    pub max_batch: usize,
+    /// Longest wait for a batch to fill, in milliseconds.
+    #[arg(long = "max-wait-ms", env = "XCAM_MAX_WAIT_MS", default_value_t = 20)]
+    pub max_wait_ms: u64,
+    /// A worker silent for this long is presumed dead; its jobs go to the others.
+    #[arg(long = "orphan-after", env = "XCAM_ORPHAN_AFTER", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub orphan_after: Duration,
+    /// How often an idle worker looks for new jobs.
+    #[arg(long = "poll-interval", env = "XCAM_POLL_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
+    /// Attempts a job gets when it fails for a reason that may pass (blob store, engine).
+    #[arg(long = "retry-budget", env = "XCAM_RETRY_BUDGET", default_value_t = 5)]
+    pub retry_budget: u32,
+    /// This worker's name (default: host-pid-random); unique per process start.
+    #[arg(long = "worker-name", env = "XCAM_WORKER_NAME")]
+    pub worker_name: Option<String>,
+    #[command(flatten)]
+    pub model_args: ModelArgs,
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub blob: BlobArgs,
+}
+
+/// Runs until SIGINT/SIGTERM: in-flight jobs finish, nothing new is taken.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let db = db::connect(&args.db).await?;
+    let redis = jobs::connect(&args.redis).await?;
+    let blobs = match &args.blob.blob_url {
+        Some(url) => BlobStore::open(url)?,
+        None => BlobStore::local(std::path::Path::new(".xcam/blobs"))?,
+    };
+    let options = BatchOptions { max_batch: args.max_batch.max(1), max_wait: Duration::from_millis(args.max_wait_ms) };
+    let mut engines = BTreeMap::new();
+    for spec in &args.models {
+        let bundle = bundle::resolve(spec, &args.model_args.models_dir)?;
+        let name = bundle.name().to_owned();
+        // Model loading and warm-up are CPU work: keep them off the executor.
+        let device = args.model_args.device;
+        let engine = tokio::task::spawn_blocking(move || Engine::start(bundle, device, options)).await?.with_context(|| format!("loading model {spec}"))?;
+        engines.insert(name, engine);
+    }
+    let device = engines.values().next().map(|e| e.device().to_owned()).unwrap_or_default();
+    let host = hostname();
+    let worker_id = args.worker_name.clone().unwrap_or_else(|| format!("{host}-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]));
+    let model_names: Vec<String> = engines.keys().cloned().collect();
+    db::workers::register(&db, &worker_id, &host, std::process::id() as i32, &device, &model_names).await?;
+    tracing::info!(worker = %worker_id, %device, models = ?model_names, max_batch = options.max_batch, max_wait_ms = args.max_wait_ms, "worker ready");
+
+    let heartbeat = tokio::spawn(heartbeat(db.clone(), worker_id.clone()));
+    let tuning = QueueTuning { orphan_after: args.orphan_after, fetch_batch: options.max_batch };
+    let mut monitor = Monitor::new().shutdown_timeout(Duration::from_secs(120));
+    for (model, engine) in engines {
+        let ctx = Arc::new(JobContext {
+            db: db.clone(),
+            blobs: blobs.clone(),
+            engine,
+            worker_id: worker_id.clone(),
+            retry_budget: args.retry_budget,
+        });
+        let queue = jobs::queue_name(&args.redis.queue_prefix, &model);
+        let (conn, poll, concurrency) = (redis.clone(), args.poll_interval, options.max_batch * 2);
+        let name = format!("{worker_id}-{model}");
+        monitor = monitor.register(move |restarts| {
+            // A fresh apalis name per restart: re-registering a name seen moments ago is refused.
+            WorkerBuilder::new(format!("{name}-{restarts}"))
+                .backend(jobs::storage(conn.clone(), &queue, tuning).poll_with_interval(poll))
+                .concurrency(concurrency)
+                .parallelize(tokio::spawn)
+                .catch_panic()
+                .data(ctx.clone())
+                .build(handler::handle)
+        });
+    }
+    let monitor = monitor.should_restart(|w, e| {
+        tracing::error!(worker = w.name(), error = %e, "queue consumer died; restarting it");
+        true
+    });
+
+    let signalled = Arc::new(AtomicBool::new(false));
+    let flag = signalled.clone();
+    let result = monitor
+        .run_with_signal(async move {
+            crate::shutdown_signal().await;
+            tracing::info!("shutting down: finishing in-flight jobs");
+            flag.store(true, Ordering::SeqCst);
+            Ok(())
+        })
+        .await;
+    heartbeat.abort();
+    db::workers::stopped(&db, &worker_id).await.ok();
+    result.context("the worker's job monitor failed")?;
+    anyhow::ensure!(signalled.load(Ordering::SeqCst), "every queue consumer stopped without a shutdown signal");
+    tracing::info!(worker = %worker_id, "stopped");
+    Ok(())
+}
+
+async fn heartbeat(db: sqlx::PgPool, worker: String) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        if let Err(e) = db::workers::heartbeat(&db, &worker).await {
+            tracing::warn!(error = %e, "heartbeat to Postgres failed");
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
