@@ -25,7 +25,7 @@ impl FromStr for DeviceSpec {
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
                 .map(Self::Cuda)
-                .ok_or_else(|| format!("unknown device {s:?}: use auto, cpu or cuda:N")),
+                .ok_or_else(|| format!("unknown device {s:?} (set by --device or XCAM_DEVICE): use auto, cpu or cuda:N")),
         }
     }
 }
