@@ -72,7 +72,9 @@ async fn demo_samples_go_through_the_pipeline_and_match_the_explain_command() {
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
         drop(entry);
-        let (e, _) = engine.explain_blocking(&imaging::decode(&bytes).unwrap(), Target { method: Method::GradCam, labels: LabelSelection::Top1 }).unwrap();
+        let image = imaging::decode(&bytes).unwrap();
+        let target = Target { method: Method::GradCam, labels: LabelSelection::Top1 };
+        let (e, _) = tokio::task::block_in_place(|| engine.explain_blocking(&image, target)).unwrap();
         for (label, p) in &e.predictions {
             let got: f32 = row[&format!("p_{label}")].parse().unwrap();
             assert!((got - p).abs() < 1e-4, "{}: p_{label} {got} vs explain {p}", row["entry_name"]);
@@ -182,7 +184,16 @@ async fn bad_uploads_get_stable_codes_and_leave_nothing_behind() {
     assert_eq!((status, body["code"].as_str()), (400, Some("invalid_zip")), "{body}");
     let (status, body) = api.upload(zip_of(&[("notes.txt", b"hello".to_vec()), ("__MACOSX/._a.png", b"x".to_vec())]), &[("model", "demo")]).await;
     assert_eq!((status, body["code"].as_str()), (422, Some("no_images")), "{body}");
-    let big = zip_of(&[("noise.png", (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect())]);
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let noise: Vec<u8> = (0..300_000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 56) as u8
+        })
+        .collect();
+    let big = zip_of(&[("noise.png", noise)]);
     let (status, body) = api.upload(big, &[("model", "demo")]).await;
     assert_eq!((status, body["code"].as_str()), (413, Some("upload_too_large")), "{body}");
     let (status, body) = api.upload(zip_owned(&one_png), &[("model", "no-such-model")]).await;
