@@ -20,6 +20,7 @@ help:
 	@echo "make demo    run the whole job end to end on local Redis and Postgres"
 	@echo "make test    the whole test suite (lint included)"
 	@echo "make bench   Grad-CAM vs forward-only vs pytorch-grad-cam, one run, side by side"
+	@echo "make bench-pipeline  the whole pipeline vs the engine alone; producer memory on a 1 GiB ZIP"
 	@echo "make down    stop the private Redis and Postgres"
 
 torch:
@@ -48,3 +49,6 @@ demo: setup build
 
 bench: torch build
 	scripts/bench.sh
+
+bench-pipeline: setup build
+	$(SERVICES_ENV); scripts/bench-pipeline.sh

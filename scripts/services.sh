@@ -87,9 +87,15 @@ case "$cmd" in
     ;;
   down)
     load_state
+    # The demo's API and worker, if `make demo` left them running.
+    for pid in "$state"/run/*.pid; do
+      [[ -f "$pid" ]] || continue
+      kill "$(cat "$pid")" 2>/dev/null || true
+      rm -f "$pid"
+    done
     if redis_alive; then redis-cli -p "$XCAM_REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true; fi
     if pg_alive; then pg "$pg_bin/pg_ctl" -D "$state/pg/data" -m fast -w stop >/dev/null; fi
-    echo "==> stopped xcam's private Redis and Postgres"
+    echo "==> stopped xcam's private Redis and Postgres (and the demo's API and worker)"
     ;;
   env)
     load_state

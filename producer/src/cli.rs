@@ -6,7 +6,11 @@ use xcam_shared::config::{DatabaseArgs, TelemetryArgs};
 use crate::config::ServeArgs;
 
 #[derive(Debug, Parser)]
-#[command(name = "xcam", version, about = "Batch Grad-CAM for chest X-ray classifiers: the API server and its command line.")]
+#[command(
+    name = "xcam",
+    version,
+    about = "Batch Grad-CAM for chest X-ray classifiers: the API server and its command line."
+)]
 pub struct Cli {
     #[command(flatten)]
     pub telemetry: TelemetryArgs,

@@ -22,7 +22,11 @@ pub struct ServeArgs {
     #[arg(long = "max-upload-bytes", env = "XCAM_MAX_UPLOAD_BYTES", default_value_t = 4 << 30)]
     pub max_upload_bytes: u64,
     /// Most entries an archive may hold.
-    #[arg(long = "max-entries", env = "XCAM_MAX_ENTRIES", default_value_t = 100_000)]
+    #[arg(
+        long = "max-entries",
+        env = "XCAM_MAX_ENTRIES",
+        default_value_t = 100_000
+    )]
     pub max_entries: usize,
     /// Most bytes all entries of an archive may inflate to.
     #[arg(long = "max-total-uncompressed", env = "XCAM_MAX_TOTAL_UNCOMPRESSED", default_value_t = 16 << 30)]
@@ -31,7 +35,11 @@ pub struct ServeArgs {
     #[arg(long = "max-entry-bytes", env = "XCAM_MAX_ENTRY_BYTES", default_value_t = 256 << 20)]
     pub max_entry_bytes: u64,
     /// Highest compression ratio an entry may have (zip bombs reach thousands).
-    #[arg(long = "max-compression-ratio", env = "XCAM_MAX_COMPRESSION_RATIO", default_value_t = 200)]
+    #[arg(
+        long = "max-compression-ratio",
+        env = "XCAM_MAX_COMPRESSION_RATIO",
+        default_value_t = 200
+    )]
     pub max_compression_ratio: u64,
     /// How often the reconciler looks for queued items whose job is missing from Redis.
     #[arg(long = "reconcile-every", env = "XCAM_RECONCILE_EVERY", default_value = "30s", value_parser = humantime::parse_duration)]

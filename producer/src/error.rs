@@ -32,7 +32,9 @@ pub enum ApiError {
     #[error("{message}")]
     ArchiveLimit { code: &'static str, message: String },
     /// 422 `no_images`: the archive holds no image xcam can read.
-    #[error("the archive holds no images (PNG, JPEG or TIFF); {skipped} other entries were skipped")]
+    #[error(
+        "the archive holds no images (PNG, JPEG or TIFF); {skipped} other entries were skipped"
+    )]
     NoImages { skipped: usize },
     /// 422 `unknown_model`.
     #[error("unknown model {name:?}; available: {available}")]
@@ -62,10 +64,12 @@ impl ApiError {
             ApiError::InvalidZip(_) | ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::BatchNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::UploadTooLarge { .. } | ApiError::ArchiveLimit { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::NoImages { .. } | ApiError::UnknownModel { .. } | ApiError::Unprocessable { .. } => {
-                StatusCode::UNPROCESSABLE_ENTITY
+            ApiError::UploadTooLarge { .. } | ApiError::ArchiveLimit { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
             }
+            ApiError::NoImages { .. }
+            | ApiError::UnknownModel { .. }
+            | ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -98,7 +102,10 @@ impl IntoResponse for ApiError {
             };
             tracing::error!(code = self.code(), error.cause_chain = %cause, "request failed");
         }
-        let body = ErrorBody { code: self.code(), message: self.to_string() };
+        let body = ErrorBody {
+            code: self.code(),
+            message: self.to_string(),
+        };
         (status, Json(body)).into_response()
     }
 }
@@ -106,7 +113,9 @@ impl IntoResponse for ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => ApiError::Unavailable(e.into()),
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                ApiError::Unavailable(e.into())
+            }
             other => ApiError::Internal(other.into()),
         }
     }
@@ -115,7 +124,9 @@ impl From<sqlx::Error> for ApiError {
 impl From<xcam_shared::blob::BlobError> for ApiError {
     fn from(e: xcam_shared::blob::BlobError) -> Self {
         match e {
-            xcam_shared::blob::BlobError::NotFound { key } => ApiError::NotFound(format!("artefact {key} is missing")),
+            xcam_shared::blob::BlobError::NotFound { key } => {
+                ApiError::NotFound(format!("artefact {key} is missing"))
+            }
             other => ApiError::Internal(other.into()),
         }
     }

@@ -36,20 +36,34 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
         Some(url) => BlobStore::open(url)?,
         None => BlobStore::local(std::path::Path::new(".xcam/blobs"))?,
     };
-    let models = bundle::discover(&args.models_dir).with_context(|| format!("XCAM_MODELS_DIR={}", args.models_dir.display()))?;
+    let models = bundle::discover(&args.models_dir)
+        .with_context(|| format!("XCAM_MODELS_DIR={}", args.models_dir.display()))?;
     if models.is_empty() {
-        anyhow::bail!("XCAM_MODELS_DIR={} holds no model bundle (a directory with model.toml)", args.models_dir.display());
+        anyhow::bail!(
+            "XCAM_MODELS_DIR={} holds no model bundle (a directory with model.toml)",
+            args.models_dir.display()
+        );
     }
     let upload_dir = args.upload_dir.clone().unwrap_or_else(std::env::temp_dir);
-    std::fs::create_dir_all(&upload_dir).with_context(|| format!("XCAM_UPLOAD_DIR={}", upload_dir.display()))?;
+    std::fs::create_dir_all(&upload_dir)
+        .with_context(|| format!("XCAM_UPLOAD_DIR={}", upload_dir.display()))?;
     let settings = Settings {
         queue_prefix: args.redis.queue_prefix.clone(),
-        queue_tuning: jobs::QueueTuning { orphan_after: args.orphan_after, ..Default::default() },
+        queue_tuning: jobs::QueueTuning {
+            orphan_after: args.orphan_after,
+            ..Default::default()
+        },
         upload_dir,
         max_upload_bytes: args.max_upload_bytes,
         limits: args.limits(),
     };
-    Ok(AppState { db, redis, blobs, models: Arc::new(models), settings: Arc::new(settings) })
+    Ok(AppState {
+        db,
+        redis,
+        blobs,
+        models: Arc::new(models),
+        settings: Arc::new(settings),
+    })
 }
 
 pub fn app(state: AppState) -> axum::Router {
@@ -59,10 +73,14 @@ pub fn app(state: AppState) -> axum::Router {
 /// Serves until SIGINT/SIGTERM, with the reconciler alongside.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let state = build_state(&args).await?;
-    let listener = TcpListener::bind(args.bind).await.with_context(|| format!("cannot listen on XCAM_BIND={}", args.bind))?;
+    let listener = TcpListener::bind(args.bind)
+        .await
+        .with_context(|| format!("cannot listen on XCAM_BIND={}", args.bind))?;
     let reconciler = tokio::spawn(reconciler::run(state.clone(), args.reconcile_every));
     tracing::info!(addr = %listener.local_addr()?, models = ?state.models.keys().collect::<Vec<_>>(), blobs = state.blobs.url(), "xcam serving");
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     reconciler.abort();
     Ok(())
 }

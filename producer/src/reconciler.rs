@@ -39,22 +39,27 @@ pub async fn pass(state: &AppState, grace: Duration) -> anyhow::Result<usize> {
     let mut pipe = redis::pipe();
     for (item, _, _, model, ..) in &open {
         let queue = jobs::queue_name(&state.settings.queue_prefix, model);
-        pipe.hexists(jobs::queue_config(&queue, state.settings.queue_tuning).job_data_hash(), item.to_string());
+        pipe.hexists(
+            jobs::queue_config(&queue, state.settings.queue_tuning).job_data_hash(),
+            item.to_string(),
+        );
     }
     let present: Vec<bool> = pipe.query_async(&mut redis).await?;
     let missing: Vec<GradCamJobV1> = open
         .into_iter()
         .zip(present)
         .filter(|(_, present)| !present)
-        .map(|((item_id, batch_id, blob_key, model, method, labels, _), _)| GradCamJobV1 {
-            batch_id,
-            item_id,
-            blob_key,
-            model,
-            method,
-            labels,
-            request_id: None,
-        })
+        .map(
+            |((item_id, batch_id, blob_key, model, method, labels, _), _)| GradCamJobV1 {
+                batch_id,
+                item_id,
+                blob_key,
+                model,
+                method,
+                labels,
+                request_id: None,
+            },
+        )
         .collect();
     if missing.is_empty() {
         return Ok(0);

@@ -41,25 +41,33 @@ pub struct BlobStore {
 impl BlobStore {
     /// Opens the store a URL names. `file://` directories are created if missing.
     pub fn open(url: &str) -> Result<Self, BlobError> {
-        let bad = |reason: String| BlobError::BadUrl { url: url.to_owned(), reason };
+        let bad = |reason: String| BlobError::BadUrl {
+            url: url.to_owned(),
+            reason,
+        };
         let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
         let store: Arc<dyn ObjectStore> = match parsed.scheme() {
             "file" => {
                 let dir = parsed
                     .to_file_path()
                     .map_err(|()| bad("a file:// URL must hold an absolute path".into()))?;
-                std::fs::create_dir_all(&dir).map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
                 Arc::new(LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(e.to_string()))?)
             }
             other => {
-                let (store, prefix) = object_store::parse_url(&parsed).map_err(|e| bad(e.to_string()))?;
+                let (store, prefix) =
+                    object_store::parse_url(&parsed).map_err(|e| bad(e.to_string()))?;
                 if !prefix.as_ref().is_empty() {
                     return Err(bad(format!("{other}: a path prefix is not supported yet")));
                 }
                 Arc::from(store)
             }
         };
-        Ok(Self { store, url: url.to_owned() })
+        Ok(Self {
+            store,
+            url: url.to_owned(),
+        })
     }
 
     /// The store for a local directory.
@@ -82,7 +90,9 @@ impl BlobStore {
 
     /// Writes `bytes` under `key` (atomically: readers see all of it or nothing).
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), BlobError> {
-        self.store.put(&Path::from(key), PutPayload::from(bytes)).await?;
+        self.store
+            .put(&Path::from(key), PutPayload::from(bytes))
+            .await?;
         Ok(())
     }
 
@@ -115,7 +125,13 @@ pub fn image_key(sha256: &str) -> String {
 pub fn derived_key(item: uuid::Uuid, label: &str, ext: &str) -> String {
     let label: String = label
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("derived/{item}/{label}.{ext}")
 }

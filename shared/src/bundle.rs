@@ -40,7 +40,11 @@ pub enum BundleError {
         actual: String,
     },
     #[error("no model bundle named {name:?} in {dir} (available: {available})")]
-    Unknown { name: String, dir: PathBuf, available: String },
+    Unknown {
+        name: String,
+        dir: PathBuf,
+        available: String,
+    },
 }
 
 /// `model.toml`.
@@ -128,7 +132,12 @@ impl Bundle {
             dir: dir.to_owned(),
             reason: e.to_string(),
         })?;
-        manifest.validate().map_err(|reason| BundleError::Manifest { dir: dir.to_owned(), reason })?;
+        manifest
+            .validate()
+            .map_err(|reason| BundleError::Manifest {
+                dir: dir.to_owned(),
+                reason,
+            })?;
         for (file, expected) in &manifest.files {
             let bytes = fs::read(dir.join(file)).map_err(|source| BundleError::Io {
                 dir: dir.to_owned(),
@@ -145,7 +154,10 @@ impl Bundle {
                 });
             }
         }
-        Ok(Self { dir: dir.to_owned(), manifest })
+        Ok(Self {
+            dir: dir.to_owned(),
+            manifest,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -168,8 +180,16 @@ impl Bundle {
 impl Manifest {
     fn validate(&self) -> Result<(), String> {
         let m = &self.model;
-        if m.name.is_empty() || !m.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)) {
-            return Err(format!("model.name {:?} must be non-empty ASCII letters, digits, '-' or '_'", m.name));
+        if m.name.is_empty()
+            || !m
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+        {
+            return Err(format!(
+                "model.name {:?} must be non-empty ASCII letters, digits, '-' or '_'",
+                m.name
+            ));
         }
         if m.labels.is_empty() {
             return Err("model.labels is empty".into());
@@ -183,7 +203,10 @@ impl Manifest {
         }
         let i = &self.input;
         if !(i.channels == 1 || i.channels == 3) {
-            return Err(format!("input.channels is {}; 1 or 3 are supported", i.channels));
+            return Err(format!(
+                "input.channels is {}; 1 or 3 are supported",
+                i.channels
+            ));
         }
         if i.height < 8 || i.width < 8 {
             return Err("input.height and input.width must be at least 8".into());

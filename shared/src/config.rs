@@ -13,7 +13,11 @@ pub struct DatabaseArgs {
     pub database_url: Option<String>,
 
     /// Largest number of Postgres connections this process opens.
-    #[arg(long = "db-max-connections", env = "XCAM_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    #[arg(
+        long = "db-max-connections",
+        env = "XCAM_DB_MAX_CONNECTIONS",
+        default_value_t = 16
+    )]
     pub max_connections: u32,
 
     /// How long to wait for a Postgres connection before giving up.
@@ -29,7 +33,11 @@ pub struct RedisArgs {
     pub redis_url: Option<String>,
 
     /// Prefix of every queue name, so that several deployments (or tests) can share one Redis.
-    #[arg(long = "queue-prefix", env = "XCAM_QUEUE_PREFIX", default_value = "xcam")]
+    #[arg(
+        long = "queue-prefix",
+        env = "XCAM_QUEUE_PREFIX",
+        default_value = "xcam"
+    )]
     pub queue_prefix: String,
 }
 
@@ -59,5 +67,4 @@ pub fn required<'a>(value: &'a Option<String>, env: &str, hint: &str) -> anyhow:
 }
 
 /// The hint printed when a service URL is missing or the service does not answer.
-pub const SERVICES_HINT: &str =
-    "start the project's private servers with `make services` and `eval \"$(scripts/services.sh env)\"`, or point it at yours";
+pub const SERVICES_HINT: &str = "start the project's private servers with `make services` and `eval \"$(scripts/services.sh env)\"`, or point it at yours";

@@ -24,7 +24,9 @@ pub enum DecodeError {
     UnsupportedFormat,
     #[error("the image data is corrupt or truncated: {0}")]
     Corrupt(String),
-    #[error("the image is {width}×{height}; each side must be between {MIN_SIDE} and {MAX_SIDE} pixels")]
+    #[error(
+        "the image is {width}×{height}; each side must be between {MIN_SIDE} and {MAX_SIDE} pixels"
+    )]
     BadSize { width: u32, height: u32 },
 }
 
@@ -56,7 +58,10 @@ pub fn decode(bytes: &[u8]) -> Result<GrayImage, DecodeError> {
     limits.max_image_height = Some(MAX_SIDE);
     reader.limits(limits);
     let image = reader.decode().map_err(|e| match e {
-        image::ImageError::Limits(_) => DecodeError::BadSize { width: 0, height: 0 },
+        image::ImageError::Limits(_) => DecodeError::BadSize {
+            width: 0,
+            height: 0,
+        },
         other => DecodeError::Corrupt(other.to_string()),
     })?;
     from_dynamic(&image)
@@ -69,5 +74,9 @@ pub fn from_dynamic(image: &DynamicImage) -> Result<GrayImage, DecodeError> {
         return Err(DecodeError::BadSize { width, height });
     }
     let pixels = image.to_luma32f().into_raw();
-    Ok(GrayImage { width, height, pixels })
+    Ok(GrayImage {
+        width,
+        height,
+        pixels,
+    })
 }

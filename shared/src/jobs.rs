@@ -71,18 +71,28 @@ pub fn queue_config(queue: &str, tuning: QueueTuning) -> Config {
 /// reply into a fatal worker error (apalis-redis #76).
 pub async fn connect(args: &RedisArgs) -> anyhow::Result<ConnectionManager> {
     let url = required(&args.redis_url, "REDIS_URL", SERVICES_HINT)?;
-    let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("REDIS_URL is not a valid Redis URL: {e}"))?;
+    let client = redis::Client::open(url)
+        .map_err(|e| anyhow::anyhow!("REDIS_URL is not a valid Redis URL: {e}"))?;
     let config = ConnectionManagerConfig::new()
         .set_response_timeout(Some(Duration::from_secs(5)))
         .set_connection_timeout(Some(Duration::from_secs(5)))
         .set_number_of_retries(2);
     ConnectionManager::new_with_config(client, config)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot reach Redis at REDIS_URL ({}): {e}; {SERVICES_HINT}", crate::db::redact(url)))
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach Redis at REDIS_URL ({}): {e}; {SERVICES_HINT}",
+                crate::db::redact(url)
+            )
+        })
 }
 
 /// The storage handle for one model's queue.
-pub fn storage(conn: ConnectionManager, queue: &str, tuning: QueueTuning) -> RedisStorage<GradCamJobV1> {
+pub fn storage(
+    conn: ConnectionManager,
+    queue: &str,
+    tuning: QueueTuning,
+) -> RedisStorage<GradCamJobV1> {
     RedisStorage::new(conn).with_config(queue_config(queue, tuning))
 }
 

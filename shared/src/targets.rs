@@ -3,7 +3,6 @@
 
 use std::{fmt, str::FromStr};
 
-
 /// A CAM method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Method {
@@ -37,11 +36,18 @@ impl FromStr for Method {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().replace(['-', '_'], "").as_str() {
+        match s
+            .trim()
+            .to_ascii_lowercase()
+            .replace(['-', '_'], "")
+            .as_str()
+        {
             "gradcam" => Ok(Method::GradCam),
             "gradcam++" | "gradcampp" | "gradcamplusplus" => Ok(Method::GradCamPlusPlus),
             "hirescam" => Ok(Method::HiResCam),
-            _ => Err(format!("unknown method {s:?}: use gradcam, gradcam++ or hirescam")),
+            _ => Err(format!(
+                "unknown method {s:?}: use gradcam, gradcam++ or hirescam"
+            )),
         }
     }
 }
@@ -67,7 +73,12 @@ impl FromStr for LabelSelection {
             "" | "top1" => Ok(Self::Top1),
             "positive" => Ok(Self::Positive),
             "all" => Ok(Self::All),
-            list => Ok(Self::Named(list.split(',').map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect())),
+            list => Ok(Self::Named(
+                list.split(',')
+                    .map(|l| l.trim().to_owned())
+                    .filter(|l| !l.is_empty())
+                    .collect(),
+            )),
         }
     }
 }
@@ -92,7 +103,10 @@ impl LabelSelection {
             }
             for n in names {
                 if !labels.contains(n) {
-                    return Err(format!("unknown label {n:?}; the model's labels are: {}", labels.join(", ")));
+                    return Err(format!(
+                        "unknown label {n:?}; the model's labels are: {}",
+                        labels.join(", ")
+                    ));
                 }
             }
         }
@@ -110,11 +124,19 @@ impl LabelSelection {
             Self::Top1 => vec![top],
             Self::All => (0..probabilities.len()).collect(),
             Self::Positive => {
-                let positive: Vec<usize> = (0..probabilities.len()).filter(|&i| probabilities[i] >= thresholds[i]).collect();
-                if positive.is_empty() { vec![top] } else { positive }
+                let positive: Vec<usize> = (0..probabilities.len())
+                    .filter(|&i| probabilities[i] >= thresholds[i])
+                    .collect();
+                if positive.is_empty() {
+                    vec![top]
+                } else {
+                    positive
+                }
             }
-            Self::Named(names) => names.iter().filter_map(|n| labels.iter().position(|l| l == n)).collect(),
+            Self::Named(names) => names
+                .iter()
+                .filter_map(|n| labels.iter().position(|l| l == n))
+                .collect(),
         }
     }
 }
-

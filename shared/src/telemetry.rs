@@ -4,12 +4,14 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 use crate::config::TelemetryArgs;
 
-const DEFAULT_FILTER: &str = "info,sqlx=warn,tower_http=info,apalis=warn,apalis_core=warn,apalis_redis=warn";
+const DEFAULT_FILTER: &str =
+    "info,sqlx=warn,tower_http=info,apalis=warn,apalis_core=warn,apalis_redis=warn";
 
 /// Installs the global subscriber. Calling it twice is harmless (the second call is ignored),
 /// which keeps tests that build several apps in one process simple.
 pub fn init(args: &TelemetryArgs) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = if args.log_format == "json" {
         registry

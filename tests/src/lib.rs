@@ -16,13 +16,18 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod servers;
+
 use clap::Parser;
 use sqlx::{Connection, PgPool};
 use uuid::Uuid;
 
 /// The repository's root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the repository").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the repository")
+        .to_owned()
 }
 
 /// The committed demo bundle.
@@ -33,14 +38,23 @@ pub fn demo_bundle() -> PathBuf {
 /// A binary of the workspace, built by `cargo test --workspace` next to the test executables.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
     let path = dir.join(name);
-    assert!(path.exists(), "{} is not built: run the tests with `make test` (cargo test --workspace)", path.display());
+    assert!(
+        path.exists(),
+        "{} is not built: run the tests with `make test` (cargo test --workspace)",
+        path.display()
+    );
     path
 }
 
 fn env_url(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests with `make test`, which starts Redis and Postgres"))
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests with `make test`, which starts Redis and Postgres")
+    })
 }
 
 pub fn redis_url() -> String {
@@ -57,24 +71,47 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn create() -> Self {
-        let admin_url = env_url("DATABASE_URL");
+        Self::create_on(env_url("DATABASE_URL")).await
+    }
+
+    /// A fresh database on the server `admin_url` points at.
+    pub async fn create_on(admin_url: String) -> Self {
         let name = format!("xcam_test_{}", Uuid::new_v4().simple());
-        let mut admin = sqlx::PgConnection::connect(&admin_url).await.expect("connect to DATABASE_URL");
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .expect("connect to DATABASE_URL");
         // The name is generated here, never user input; identifiers cannot be bound.
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.expect("create test database");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
         let mut url = url::Url::parse(&admin_url).expect("DATABASE_URL is a URL");
         url.set_path(&name);
         let url = url.to_string();
-        let pool = PgPool::connect(&url).await.expect("connect to the test database");
-        xcam_shared::db::migrate(&pool).await.expect("migrations apply");
-        Self { pool, url, name, admin_url }
+        let pool = PgPool::connect(&url)
+            .await
+            .expect("connect to the test database");
+        xcam_shared::db::migrate(&pool)
+            .await
+            .expect("migrations apply");
+        Self {
+            pool,
+            url,
+            name,
+            admin_url,
+        }
     }
 
     /// Drops the database. Tests call it at the end; a failed test leaves its database for a post-mortem.
     pub async fn drop_db(self) {
         self.pool.close().await;
         if let Ok(mut admin) = sqlx::PgConnection::connect(&self.admin_url).await {
-            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))).execute(&mut admin).await;
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            )))
+            .execute(&mut admin)
+            .await;
         }
     }
 }
@@ -85,10 +122,18 @@ pub fn queue_prefix() -> String {
 }
 
 /// Deletes every Redis key of a test's prefix.
-pub async fn clean_redis(prefix: &str) {
-    let Ok(client) = redis::Client::open(redis_url()) else { return };
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return };
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}.*")).query_async(&mut conn).await.unwrap_or_default();
+pub async fn clean_redis(url: &str, prefix: &str) {
+    let Ok(client) = redis::Client::open(url) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}.*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
     if !keys.is_empty() {
         let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
     }
@@ -105,7 +150,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -113,6 +161,7 @@ where
 /// Everything one pipeline test shares.
 pub struct Stack {
     pub db: TestDb,
+    pub redis_url: String,
     pub prefix: String,
     pub blobs: tempfile::TempDir,
     pub models_dir: PathBuf,
@@ -124,11 +173,18 @@ impl Stack {
     }
 
     pub async fn with_models(models_dir: PathBuf) -> Self {
-        Self { db: TestDb::create().await, prefix: queue_prefix(), blobs: tempfile::tempdir().expect("tempdir"), models_dir }
+        Self {
+            db: TestDb::create().await,
+            prefix: queue_prefix(),
+            blobs: tempfile::tempdir().expect("tempdir"),
+            models_dir,
+        }
     }
 
     pub fn blob_url(&self) -> String {
-        url::Url::from_directory_path(self.blobs.path()).expect("absolute").to_string()
+        url::Url::from_directory_path(self.blobs.path())
+            .expect("absolute")
+            .to_string()
     }
 
     /// Starts the API in-process, with extra `xcam serve` flags.
@@ -143,7 +199,7 @@ impl Stack {
             "--bind=127.0.0.1:0".into(),
             format!("--models-dir={}", self.models_dir.display()),
             format!("--database-url={}", self.db.url),
-            format!("--redis-url={}", redis_url()),
+            format!("--redis-url={}", self.redis_url),
             format!("--queue-prefix={}", self.prefix),
             format!("--blob-url={}", self.blob_url()),
             "--reconcile-every=2s".into(),
@@ -151,14 +207,28 @@ impl Stack {
         ];
         argv.extend(extra.iter().map(|s| (*s).to_owned()));
         let args = Serve::try_parse_from(argv).expect("serve args").args;
-        let state = xcam_producer::build_state(&args).await.expect("producer state");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let state = xcam_producer::build_state(&args)
+            .await
+            .expect("producer state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let reconciler = tokio::spawn(xcam_producer::reconciler::run(state.clone(), args.reconcile_every));
+        let reconciler = tokio::spawn(xcam_producer::reconciler::run(
+            state.clone(),
+            args.reconcile_every,
+        ));
         let server = tokio::spawn(async move {
-            axum::serve(listener, xcam_producer::app(state)).await.expect("serve");
+            axum::serve(listener, xcam_producer::app(state))
+                .await
+                .expect("serve");
         });
-        Producer { base: format!("http://{addr}"), client: reqwest::Client::new(), server, reconciler }
+        Producer {
+            base: format!("http://{addr}"),
+            client: reqwest::Client::new(),
+            server,
+            reconciler,
+        }
     }
 
     /// Starts a real `xcam-worker run` process for the demo model.
@@ -174,7 +244,7 @@ impl Stack {
             .arg("--orphan-after=6s")
             .args(extra)
             .env("DATABASE_URL", &self.db.url)
-            .env("REDIS_URL", redis_url())
+            .env("REDIS_URL", &self.redis_url)
             .env("XCAM_QUEUE_PREFIX", &self.prefix)
             .env("XCAM_BLOB_URL", self.blob_url())
             .env("RUST_LOG", "info,xcam_worker=debug")
@@ -183,11 +253,15 @@ impl Stack {
             .stderr(file)
             .spawn()
             .expect("spawn xcam-worker");
-        WorkerProcess { child: Some(child), log, name: format!("{}-{name}", self.prefix) }
+        WorkerProcess {
+            child: Some(child),
+            log,
+            name: format!("{}-{name}", self.prefix),
+        }
     }
 
     pub async fn finish(self) {
-        clean_redis(&self.prefix).await;
+        clean_redis(&self.redis_url, &self.prefix).await;
         self.db.drop_db().await;
     }
 }
@@ -213,24 +287,42 @@ impl Producer {
 
     /// `POST /v1/batches` with a ZIP and form fields; returns (status, JSON body).
     pub async fn upload(&self, zip: Vec<u8>, fields: &[(&str, &str)]) -> (u16, serde_json::Value) {
-        let mut form = reqwest::multipart::Form::new().part("file", reqwest::multipart::Part::bytes(zip).file_name("upload.zip"));
+        let mut form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(zip).file_name("upload.zip"),
+        );
         for (k, v) in fields {
             form = form.text((*k).to_owned(), (*v).to_owned());
         }
-        let response = self.client.post(self.url("/v1/batches")).multipart(form).send().await.expect("upload");
+        let response = self
+            .client
+            .post(self.url("/v1/batches"))
+            .multipart(form)
+            .send()
+            .await
+            .expect("upload");
         let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(serde_json::Value::Null))
+        (
+            status,
+            response.json().await.unwrap_or(serde_json::Value::Null),
+        )
     }
 
     pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
         let response = self.client.get(self.url(path)).send().await.expect("GET");
         let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(serde_json::Value::Null))
+        (
+            status,
+            response.json().await.unwrap_or(serde_json::Value::Null),
+        )
     }
 
     pub async fn get_text(&self, path: &str) -> (u16, String) {
         let response = self.client.get(self.url(path)).send().await.expect("GET");
-        (response.status().as_u16(), response.text().await.unwrap_or_default())
+        (
+            response.status().as_u16(),
+            response.text().await.unwrap_or_default(),
+        )
     }
 
     /// Polls the batch until it has ended; returns its last view.
@@ -238,7 +330,9 @@ impl Producer {
         eventually(timeout, &format!("batch {id} to end"), || async {
             let (_, v) = self.get_json(&format!("/v1/batches/{id}")).await;
             let status = v["status"].as_str().unwrap_or_default().to_owned();
-            ["succeeded", "completed_with_errors", "failed", "cancelled"].contains(&status.as_str()).then_some(v)
+            ["succeeded", "completed_with_errors", "failed", "cancelled"]
+                .contains(&status.as_str())
+                .then_some(v)
         })
         .await
     }
@@ -265,7 +359,10 @@ impl WorkerProcess {
     /// SIGTERM, then wait for a clean exit.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let mut c = self.child.take()?;
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         c.wait().ok()
     }
 
@@ -285,7 +382,8 @@ pub fn zip_of(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
     let mut out = std::io::Cursor::new(Vec::new());
     {
         let mut zip = zip::ZipWriter::new(&mut out);
-        let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
         for (name, bytes) in entries {
             zip.start_file(*name, options).expect("zip entry");
             std::io::Write::write_all(&mut zip, bytes).expect("zip write");
@@ -297,10 +395,15 @@ pub fn zip_of(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
 
 /// The demo sample archive's bytes.
 pub fn demo_samples_zip() -> Vec<u8> {
-    std::fs::read(repo_root().join("models/demo/samples/samples.zip")).expect("models/demo/samples/samples.zip")
+    std::fs::read(repo_root().join("models/demo/samples/samples.zip"))
+        .expect("models/demo/samples/samples.zip")
 }
 
 /// Runs the torch venv's Python (first on PATH under `make test`).
 pub fn python(args: &[&str]) -> std::process::Output {
-    Command::new("python3").args(args).current_dir(repo_root()).output().expect("python3 runs")
+    Command::new("python3")
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .expect("python3 runs")
 }

@@ -12,15 +12,32 @@ use xcam_worker::{
 };
 
 fn engine(bundle: &Path) -> Engine {
-    Engine::start(Bundle::load(bundle).expect("bundle loads"), DeviceSpec::Cpu, BatchOptions::default()).expect("engine starts")
+    Engine::start(
+        Bundle::load(bundle).expect("bundle loads"),
+        DeviceSpec::Cpu,
+        BatchOptions::default(),
+    )
+    .expect("engine starts")
 }
 
 /// The DenseNet-121 bundle (torchvision architecture, 18 outputs, random weights), exported once.
 fn densenet_bundle() -> std::path::PathBuf {
     let dir = repo_root().join("target/bench-models/densenet121");
     if !dir.join("model.toml").exists() {
-        let out = python(&["models/tools/export.py", "--arch", "densenet121", "--num-classes", "18", "--out", dir.to_str().unwrap()]);
-        assert!(out.status.success(), "export failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = python(&[
+            "models/tools/export.py",
+            "--arch",
+            "densenet121",
+            "--num-classes",
+            "18",
+            "--out",
+            dir.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "export failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     dir
 }
@@ -29,18 +46,53 @@ fn reference_check(bundle: &Path, labels: LabelSelection, count: &str) {
     let work = tempfile::tempdir().unwrap();
     let images = work.path().join("images");
     let reference = repo_root().join("tests/reference/gradcam_reference.py");
-    let out = python(&[reference.to_str().unwrap(), "prepare", images.to_str().unwrap(), "--bundle", bundle.to_str().unwrap(), "--count", count]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut paths: Vec<_> = std::fs::read_dir(&images).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "png")).collect();
+    let out = python(&[
+        reference.to_str().unwrap(),
+        "prepare",
+        images.to_str().unwrap(),
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--count",
+        count,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut paths: Vec<_> = std::fs::read_dir(&images)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
     paths.sort();
     let engine = engine(bundle);
     for method in Method::ALL {
         let out_dir = work.path().join(method.as_str());
-        explain::run(&engine, &paths, &Target { method, labels: labels.clone() }, &out_dir).expect("explain");
-        let out = python(&[reference.to_str().unwrap(), "compare", out_dir.to_str().unwrap(), "--bundle", bundle.to_str().unwrap()]);
+        explain::run(
+            &engine,
+            &paths,
+            &Target {
+                method,
+                labels: labels.clone(),
+            },
+            &out_dir,
+        )
+        .expect("explain");
+        let out = python(&[
+            reference.to_str().unwrap(),
+            "compare",
+            out_dir.to_str().unwrap(),
+            "--bundle",
+            bundle.to_str().unwrap(),
+        ]);
         let stdout = String::from_utf8_lossy(&out.stdout);
         println!("{} {method}: {}", bundle.display(), stdout.trim());
-        assert!(out.status.success(), "{method} disagrees with pytorch-grad-cam:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{method} disagrees with pytorch-grad-cam:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -51,7 +103,11 @@ fn demo_maps_match_pytorch_grad_cam_for_every_method() {
 
 #[test]
 fn densenet121_maps_match_pytorch_grad_cam_for_every_method() {
-    let labels = LabelSelection::Named(vec!["Atelectasis".into(), "Effusion".into(), "Nodule".into()]);
+    let labels = LabelSelection::Named(vec![
+        "Atelectasis".into(),
+        "Effusion".into(),
+        "Nodule".into(),
+    ]);
     reference_check(&densenet_bundle(), labels, "2");
 }
 
@@ -74,10 +130,23 @@ fn auc(scores: &[f32], positive: &[bool]) -> f64 {
 fn demo_model_finds_and_localises_planted_findings_it_never_saw() {
     let work = tempfile::tempdir().unwrap();
     // Seed 4242 is used by no training, validation or sample set.
-    let out = python(&["models/tools/synth.py", "--out", work.path().to_str().unwrap(), "--seed", "4242", "--count", "240"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = python(&[
+        "models/tools/synth.py",
+        "--out",
+        work.path().to_str().unwrap(),
+        "--seed",
+        "4242",
+        "--count",
+        "240",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let csv = std::fs::read_to_string(work.path().join("findings.csv")).unwrap();
-    let mut boxes: std::collections::BTreeMap<String, Vec<(String, [f64; 4], f64)>> = Default::default();
+    let mut boxes: std::collections::BTreeMap<String, Vec<(String, [f64; 4], f64)>> =
+        Default::default();
     for line in csv.lines().skip(1) {
         let f: Vec<&str> = line.split(',').collect();
         let entry = boxes.entry(f[0].to_owned()).or_default();
@@ -95,7 +164,15 @@ fn demo_model_finds_and_localises_planted_findings_it_never_saw() {
     for (file, findings) in &boxes {
         let bytes = std::fs::read(work.path().join(file)).unwrap();
         let image = imaging::decode(&bytes).unwrap();
-        let (e, _) = engine.explain_blocking(&image, Target { method: Method::GradCam, labels: LabelSelection::All }).unwrap();
+        let (e, _) = engine
+            .explain_blocking(
+                &image,
+                Target {
+                    method: Method::GradCam,
+                    labels: LabelSelection::All,
+                },
+            )
+            .unwrap();
         for (j, label) in labels.iter().enumerate() {
             let p = e.predictions[label];
             let planted: Vec<_> = findings.iter().filter(|f| &f.0 == label).collect();
@@ -105,7 +182,13 @@ fn demo_model_finds_and_localises_planted_findings_it_never_saw() {
                 continue;
             }
             true_positives[j] += 1;
-            let [x, y] = e.cams.iter().find(|c| &c.label == label).unwrap().peak.expect("a positive label has a map");
+            let [x, y] = e
+                .cams
+                .iter()
+                .find(|c| &c.label == label)
+                .unwrap()
+                .peak
+                .expect("a positive label has a map");
             let (x, y) = (f64::from(x), f64::from(y));
             let near = |(_, b, side): &&(String, [f64; 4], f64)| {
                 let m = 0.1 * side;
@@ -119,10 +202,24 @@ fn demo_model_finds_and_localises_planted_findings_it_never_saw() {
     for (j, label) in labels.iter().enumerate() {
         let a = auc(&scores[j], &truth[j]);
         let hit_rate = hits[j] as f64 / true_positives[j].max(1) as f64;
-        println!("{label}: AUC {a:.3} on {} images; Grad-CAM peak on the finding in {}/{} true positives ({:.1}%)", scores[j].len(), hits[j], true_positives[j], 100.0 * hit_rate);
+        println!(
+            "{label}: AUC {a:.3} on {} images; Grad-CAM peak on the finding in {}/{} true positives ({:.1}%)",
+            scores[j].len(),
+            hits[j],
+            true_positives[j],
+            100.0 * hit_rate
+        );
         assert!(a >= 0.95, "{label}: AUC {a:.3} < 0.95");
-        assert!(true_positives[j] >= 20, "{label}: only {} true positives", true_positives[j]);
-        assert!(hit_rate >= 0.9, "{label}: peak on the finding in only {:.1}% of true positives", 100.0 * hit_rate);
+        assert!(
+            true_positives[j] >= 20,
+            "{label}: only {} true positives",
+            true_positives[j]
+        );
+        assert!(
+            hit_rate >= 0.9,
+            "{label}: peak on the finding in only {:.1}% of true positives",
+            100.0 * hit_rate
+        );
     }
 }
 
@@ -138,7 +235,10 @@ fn an_image_gets_the_same_map_alone_or_in_a_batch() {
             imaging::decode(&bytes).unwrap()
         })
         .collect();
-    let target = Target { method: Method::GradCam, labels: LabelSelection::All };
+    let target = Target {
+        method: Method::GradCam,
+        labels: LabelSelection::All,
+    };
     let (alone, inferred) = engine.explain_blocking(&images[0], target.clone()).unwrap();
     assert_eq!(inferred.batch_size, 1);
     // Submit four at once so they share one batch.
@@ -154,11 +254,23 @@ fn an_image_gets_the_same_map_alone_or_in_a_batch() {
     for (geometry, rx) in pending {
         let inferred = rx.blocking_recv().unwrap().unwrap();
         assert_eq!(inferred.batch_size, 4, "the four images ran as one batch");
-        first.get_or_insert_with(|| xcam_worker::engine::summary::finish(&inferred.output, &geometry, engine.bundle(), engine.device()));
+        first.get_or_insert_with(|| {
+            xcam_worker::engine::summary::finish(
+                &inferred.output,
+                &geometry,
+                engine.bundle(),
+                engine.device(),
+            )
+        });
     }
     let together = first.unwrap();
     for (a, b) in alone.cams.iter().zip(&together.cams) {
-        let worst = a.map.iter().zip(&b.map).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let worst = a
+            .map
+            .iter()
+            .zip(&b.map)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
         assert!(worst < 1e-4, "{}: max |diff| {worst}", a.label);
         assert_eq!(a.peak, b.peak);
     }
@@ -173,31 +285,83 @@ fn bad_input_gets_clear_errors_and_the_engine_survives() {
     }
     std::fs::write(broken.path().join("head.pt"), b"not a model").unwrap();
     let err = Bundle::load(broken.path()).unwrap_err().to_string();
-    assert!(err.contains("head.pt has sha256") && err.contains(&broken.path().display().to_string()), "{err}");
+    assert!(
+        err.contains("head.pt has sha256") && err.contains(&broken.path().display().to_string()),
+        "{err}"
+    );
 
     let engine = engine(&demo_bundle());
     // A label the model does not have.
-    let err = engine.check_target(&Target { method: Method::GradCam, labels: LabelSelection::Named(vec!["fracture".into()]) }).unwrap_err();
-    assert!(matches!(err, EngineError::BadRequest(_)) && err.to_string().contains("unknown label \"fracture\""), "{err}");
+    let err = engine
+        .check_target(&Target {
+            method: Method::GradCam,
+            labels: LabelSelection::Named(vec!["fracture".into()]),
+        })
+        .unwrap_err();
+    assert!(
+        matches!(err, EngineError::BadRequest(_))
+            && err.to_string().contains("unknown label \"fracture\""),
+        "{err}"
+    );
     // A wrong-shaped tensor.
-    let err = engine.submit(tch::Tensor::zeros([3, 64, 64], (tch::Kind::Float, tch::Device::Cpu)), Target { method: Method::GradCam, labels: LabelSelection::Top1 }).unwrap_err();
+    let err = engine
+        .submit(
+            tch::Tensor::zeros([3, 64, 64], (tch::Kind::Float, tch::Device::Cpu)),
+            Target {
+                method: Method::GradCam,
+                labels: LabelSelection::Top1,
+            },
+        )
+        .unwrap_err();
     assert!(err.to_string().contains("shape"), "{err}");
     // Bytes that are no image, and a truncated PNG.
-    assert_eq!(imaging::decode(b"hello, not an image").unwrap_err().code(), "unsupported_format");
+    assert_eq!(
+        imaging::decode(b"hello, not an image").unwrap_err().code(),
+        "unsupported_format"
+    );
     let png = std::fs::read(repo_root().join("models/demo/samples/findings.csv")).unwrap();
-    assert_eq!(imaging::decode(&png).unwrap_err().code(), "unsupported_format");
+    assert_eq!(
+        imaging::decode(&png).unwrap_err().code(),
+        "unsupported_format"
+    );
     let mut good = Vec::new();
-    image::GrayImage::from_pixel(64, 64, image::Luma([100])).write_to(&mut std::io::Cursor::new(&mut good), image::ImageFormat::Png).unwrap();
-    assert_eq!(imaging::decode(&good[..good.len() / 2]).unwrap_err().code(), "corrupt_image");
-    assert_eq!(imaging::decode(&{
-        let mut tiny = Vec::new();
-        image::GrayImage::new(8, 8).write_to(&mut std::io::Cursor::new(&mut tiny), image::ImageFormat::Png).unwrap();
-        tiny
-    }).unwrap_err().code(), "bad_image_size");
+    image::GrayImage::from_pixel(64, 64, image::Luma([100]))
+        .write_to(
+            &mut std::io::Cursor::new(&mut good),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    assert_eq!(
+        imaging::decode(&good[..good.len() / 2]).unwrap_err().code(),
+        "corrupt_image"
+    );
+    assert_eq!(
+        imaging::decode(&{
+            let mut tiny = Vec::new();
+            image::GrayImage::new(8, 8)
+                .write_to(
+                    &mut std::io::Cursor::new(&mut tiny),
+                    image::ImageFormat::Png,
+                )
+                .unwrap();
+            tiny
+        })
+        .unwrap_err()
+        .code(),
+        "bad_image_size"
+    );
 
     // After all that, the inference thread still works.
     let image = imaging::decode(&good).unwrap();
-    let (e, _) = engine.explain_blocking(&image, Target { method: Method::HiResCam, labels: LabelSelection::Top1 }).unwrap();
+    let (e, _) = engine
+        .explain_blocking(
+            &image,
+            Target {
+                method: Method::HiResCam,
+                labels: LabelSelection::Top1,
+            },
+        )
+        .unwrap();
     assert_eq!(e.cams.len(), 1);
 }
 
@@ -206,28 +370,61 @@ fn explain_command_writes_overlay_map_and_record() {
     let out = tempfile::tempdir().unwrap();
     let samples = tempfile::tempdir().unwrap();
     let zip = std::fs::read(repo_root().join("models/demo/samples/samples.zip")).unwrap();
-    zip::ZipArchive::new(std::io::Cursor::new(zip)).unwrap().extract(samples.path()).unwrap();
+    zip::ZipArchive::new(std::io::Cursor::new(zip))
+        .unwrap()
+        .extract(samples.path())
+        .unwrap();
     let status = Command::new(xcam_tests::bin("xcam-worker"))
-        .args(["explain", "--model", demo_bundle().to_str().unwrap(), "--device", "cpu", "--labels", "top1", "--out", out.path().to_str().unwrap()])
+        .args([
+            "explain",
+            "--model",
+            demo_bundle().to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--labels",
+            "top1",
+            "--out",
+            out.path().to_str().unwrap(),
+        ])
         .arg("--image")
         .arg(samples.path().join("cxr_0001.png"))
         .arg("--image")
         .arg(samples.path().join("cxr_0002.jpg"))
         .output()
         .unwrap();
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     for stem in ["cxr_0001", "cxr_0002"] {
-        let record: serde_json::Value = serde_json::from_slice(&std::fs::read(out.path().join(format!("{stem}.json"))).unwrap()).unwrap();
+        let record: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(out.path().join(format!("{stem}.json"))).unwrap(),
+        )
+        .unwrap();
         assert_eq!(record["device"], "cpu");
-        assert!(record["predictions"]["nodule"].is_number() && record["predictions"]["opacity"].is_number());
+        assert!(
+            record["predictions"]["nodule"].is_number()
+                && record["predictions"]["opacity"].is_number()
+        );
         let cam = &record["cams"][0];
         assert_eq!(cam["label"], record["top_label"]);
         assert_eq!(cam["bbox"].as_array().unwrap().len(), 4);
-        let (w, h) = (record["width"].as_u64().unwrap(), record["height"].as_u64().unwrap());
+        let (w, h) = (
+            record["width"].as_u64().unwrap(),
+            record["height"].as_u64().unwrap(),
+        );
         let npy = std::fs::read(out.path().join(format!("{stem}.cam.npy"))).unwrap();
         let header_len = u16::from_le_bytes([npy[8], npy[9]]) as usize;
-        assert_eq!(npy.len() - 10 - header_len, (w * h * 4) as usize, "H×W float32 of the original image");
+        assert_eq!(
+            npy.len() - 10 - header_len,
+            (w * h * 4) as usize,
+            "H×W float32 of the original image"
+        );
         let overlay = image::open(out.path().join(format!("{stem}.overlay.png"))).unwrap();
-        assert_eq!((u64::from(overlay.width()), u64::from(overlay.height())), (w, h));
+        assert_eq!(
+            (u64::from(overlay.width()), u64::from(overlay.height())),
+            (w, h)
+        );
     }
 }

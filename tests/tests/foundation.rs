@@ -15,21 +15,49 @@ async fn migrations_apply_on_a_fresh_database_and_again_as_a_no_op() {
     .await
     .unwrap();
     let names: Vec<&str> = tables.iter().map(|t| t.0.as_str()).collect();
-    assert_eq!(names, ["batches", "inference_log", "items", "results", "workers"]);
+    assert_eq!(
+        names,
+        ["batches", "inference_log", "items", "results", "workers"]
+    );
     // The original tool's log columns are all there.
     let columns: Vec<(String,)> = sqlx::query_as("SELECT column_name::text FROM information_schema.columns WHERE table_name = 'inference_log'").fetch_all(&db.pool).await.unwrap();
-    for c in ["ts", "model_name", "prediction", "probability", "filename", "processing_time_ms", "batch_id", "item_id", "attempt", "status", "error_code", "error_message", "worker_id", "device"] {
+    for c in [
+        "ts",
+        "model_name",
+        "prediction",
+        "probability",
+        "filename",
+        "processing_time_ms",
+        "batch_id",
+        "item_id",
+        "attempt",
+        "status",
+        "error_code",
+        "error_message",
+        "worker_id",
+        "device",
+    ] {
         assert!(columns.iter().any(|x| x.0 == c), "inference_log lacks {c}");
     }
-    xcam_shared::db::migrate(&db.pool).await.expect("re-applying is a no-op");
+    xcam_shared::db::migrate(&db.pool)
+        .await
+        .expect("re-applying is a no-op");
     db.drop_db().await;
 }
 
 #[tokio::test]
 async fn xcam_migrate_applies_the_schema_from_the_command_line() {
     let db = TestDb::create().await;
-    let out = Command::new(bin("xcam")).arg("migrate").env("DATABASE_URL", &db.url).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin("xcam"))
+        .arg("migrate")
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     db.drop_db().await;
 }
 
@@ -49,26 +77,75 @@ fn stderr_of(cmd: &mut Command) -> String {
 
 #[test]
 fn configuration_errors_name_the_variable_and_never_panic() {
-    let missing = stderr_of(Command::new(bin("xcam")).arg("migrate").env_remove("DATABASE_URL"));
-    assert!(missing.contains("DATABASE_URL is not set") && missing.contains("make services"), "{missing}");
-    let unreachable = stderr_of(Command::new(bin("xcam")).arg("migrate").env("DATABASE_URL", "postgres://xcam:secret@127.0.0.1:1/xcam").env("XCAM_DB_ACQUIRE_TIMEOUT", "1s"));
-    assert!(unreachable.contains("cannot reach Postgres at DATABASE_URL"), "{unreachable}");
-    assert!(!unreachable.contains("secret"), "the password leaked: {unreachable}");
-    let no_redis = stderr_of(Command::new(bin("xcam-worker")).args(["run", "--model", "demo"]).env("DATABASE_URL", std::env::var("DATABASE_URL").unwrap()).env_remove("REDIS_URL"));
+    let missing = stderr_of(
+        Command::new(bin("xcam"))
+            .arg("migrate")
+            .env_remove("DATABASE_URL"),
+    );
+    assert!(
+        missing.contains("DATABASE_URL is not set") && missing.contains("make services"),
+        "{missing}"
+    );
+    let unreachable = stderr_of(
+        Command::new(bin("xcam"))
+            .arg("migrate")
+            .env("DATABASE_URL", "postgres://xcam:secret@127.0.0.1:1/xcam")
+            .env("XCAM_DB_ACQUIRE_TIMEOUT", "1s"),
+    );
+    assert!(
+        unreachable.contains("cannot reach Postgres at DATABASE_URL"),
+        "{unreachable}"
+    );
+    assert!(
+        !unreachable.contains("secret"),
+        "the password leaked: {unreachable}"
+    );
+    let no_redis = stderr_of(
+        Command::new(bin("xcam-worker"))
+            .args(["run", "--model", "demo"])
+            .env("DATABASE_URL", std::env::var("DATABASE_URL").unwrap())
+            .env_remove("REDIS_URL"),
+    );
     assert!(no_redis.contains("REDIS_URL is not set"), "{no_redis}");
-    let device = stderr_of(Command::new(bin("xcam-worker")).args(["bench", "--model", "demo"]).env("XCAM_DEVICE", "gpu"));
-    assert!(device.contains("unknown device \"gpu\"") && device.contains("XCAM_DEVICE"), "{device}");
-    let cuda = stderr_of(Command::new(bin("xcam-worker")).args(["bench", "--model", "demo", "--device", "cuda:7"]).current_dir(repo_root()));
-    assert!(cuda.contains("cuda:7 was requested but libtorch sees"), "{cuda}");
+    let device = stderr_of(
+        Command::new(bin("xcam-worker"))
+            .args(["bench", "--model", "demo"])
+            .env("XCAM_DEVICE", "gpu"),
+    );
+    assert!(
+        device.contains("unknown device \"gpu\"") && device.contains("XCAM_DEVICE"),
+        "{device}"
+    );
+    let cuda = stderr_of(
+        Command::new(bin("xcam-worker"))
+            .args(["bench", "--model", "demo", "--device", "cuda:7"])
+            .current_dir(repo_root()),
+    );
+    assert!(
+        cuda.contains("cuda:7 was requested but libtorch sees"),
+        "{cuda}"
+    );
     for text in [&missing, &unreachable, &no_redis, &device, &cuda] {
-        assert!(!text.contains("panicked") && !text.contains("RUST_BACKTRACE"), "{text}");
+        assert!(
+            !text.contains("panicked") && !text.contains("RUST_BACKTRACE"),
+            "{text}"
+        );
     }
 }
 
 #[test]
 fn compose_file_uses_only_settings_the_binaries_know() {
     let compose = std::fs::read_to_string(repo_root().join("compose.yaml")).unwrap();
-    let help = |args: &[&str]| String::from_utf8(Command::new(args[0]).args(&args[1..]).output().unwrap().stdout).unwrap();
+    let help = |args: &[&str]| {
+        String::from_utf8(
+            Command::new(args[0])
+                .args(&args[1..])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+    };
     let (xcam, worker) = (bin("xcam"), bin("xcam-worker"));
     let known = [
         help(&[xcam.to_str().unwrap(), "--help"]),
@@ -79,12 +156,26 @@ fn compose_file_uses_only_settings_the_binaries_know() {
     let mut checked = 0;
     for word in compose.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
         if word.starts_with("XCAM_") || word == "DATABASE_URL" || word == "REDIS_URL" {
-            assert!(known.contains(&format!("env: {word}=")) || known.contains(&format!("[env: {word}")), "compose.yaml sets {word}, which neither binary reads");
+            assert!(
+                known.contains(&format!("env: {word}="))
+                    || known.contains(&format!("[env: {word}")),
+                "compose.yaml sets {word}, which neither binary reads"
+            );
             checked += 1;
         }
     }
-    assert!(checked >= 6, "compose.yaml configures the services through their env variables");
-    for service in ["redis:", "postgres:", "producer:", "worker:", "healthcheck:", "driver: nvidia"] {
+    assert!(
+        checked >= 6,
+        "compose.yaml configures the services through their env variables"
+    );
+    for service in [
+        "redis:",
+        "postgres:",
+        "producer:",
+        "worker:",
+        "healthcheck:",
+        "driver: nvidia",
+    ] {
         assert!(compose.contains(service), "compose.yaml lacks {service}");
     }
 }

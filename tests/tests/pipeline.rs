@@ -15,10 +15,21 @@ const BATCH_DEADLINE: Duration = Duration::from_secs(240);
 
 fn parse_csv(text: &str) -> (Vec<String>, Vec<BTreeMap<String, String>>) {
     let mut reader = csv::Reader::from_reader(text.as_bytes());
-    let header: Vec<String> = reader.headers().unwrap().iter().map(str::to_owned).collect();
+    let header: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_owned)
+        .collect();
     let rows = reader
         .records()
-        .map(|r| header.iter().cloned().zip(r.unwrap().iter().map(str::to_owned)).collect())
+        .map(|r| {
+            header
+                .iter()
+                .cloned()
+                .zip(r.unwrap().iter().map(str::to_owned))
+                .collect()
+        })
         .collect();
     (header, rows)
 }
@@ -27,16 +38,25 @@ fn parse_csv(text: &str) -> (Vec<String>, Vec<BTreeMap<String, String>>) {
 fn png_entries(n: usize, name: impl Fn(usize) -> String) -> Vec<(String, Vec<u8>)> {
     (0..n)
         .map(|i| {
-            let img = image::GrayImage::from_fn(48, 48, |x, y| image::Luma([((x * 5 + y * 3 + i as u32 * 7) % 256) as u8]));
+            let img = image::GrayImage::from_fn(48, 48, |x, y| {
+                image::Luma([((x * 5 + y * 3 + i as u32 * 7) % 256) as u8])
+            });
             let mut bytes = Vec::new();
-            img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).unwrap();
+            img.write_to(
+                &mut std::io::Cursor::new(&mut bytes),
+                image::ImageFormat::Png,
+            )
+            .unwrap();
             (name(i), bytes)
         })
         .collect()
 }
 
 fn zip_owned(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let borrowed: Vec<(&str, Vec<u8>)> = entries.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+    let borrowed: Vec<(&str, Vec<u8>)> = entries
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.clone()))
+        .collect();
     zip_of(&borrowed)
 }
 
@@ -62,7 +82,12 @@ async fn demo_samples_go_through_the_pipeline_and_match_the_explain_command() {
     assert_eq!(rows.len(), 36, "one row per entry");
 
     // The same images through the engine directly, as `xcam-worker explain` runs them.
-    let engine = Engine::start(Bundle::load(&demo_bundle()).unwrap(), DeviceSpec::Cpu, BatchOptions::default()).unwrap();
+    let engine = Engine::start(
+        Bundle::load(&demo_bundle()).unwrap(),
+        DeviceSpec::Cpu,
+        BatchOptions::default(),
+    )
+    .unwrap();
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(demo_samples_zip())).unwrap();
     for (i, row) in rows.iter().enumerate() {
         assert_eq!(row["status"], "succeeded");
@@ -73,31 +98,62 @@ async fn demo_samples_go_through_the_pipeline_and_match_the_explain_command() {
         std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
         drop(entry);
         let image = imaging::decode(&bytes).unwrap();
-        let target = Target { method: Method::GradCam, labels: LabelSelection::Top1 };
-        let (e, _) = tokio::task::block_in_place(|| engine.explain_blocking(&image, target)).unwrap();
+        let target = Target {
+            method: Method::GradCam,
+            labels: LabelSelection::Top1,
+        };
+        let (e, _) =
+            tokio::task::block_in_place(|| engine.explain_blocking(&image, target)).unwrap();
         for (label, p) in &e.predictions {
             let got: f32 = row[&format!("p_{label}")].parse().unwrap();
-            assert!((got - p).abs() < 1e-4, "{}: p_{label} {got} vs explain {p}", row["entry_name"]);
+            assert!(
+                (got - p).abs() < 1e-4,
+                "{}: p_{label} {got} vs explain {p}",
+                row["entry_name"]
+            );
         }
         let cam = &e.cams[0];
         assert_eq!(row["explained_label"], cam.label);
         let bbox = cam.bbox.unwrap();
-        let got: Vec<u32> = ["bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"].iter().map(|k| row[*k].parse().unwrap()).collect();
+        let got: Vec<u32> = ["bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"]
+            .iter()
+            .map(|k| row[*k].parse().unwrap())
+            .collect();
         assert_eq!(got, bbox, "{}", row["entry_name"]);
         assert_eq!(row["device"], "cpu");
     }
 
     // Artefacts and the paged JSON view.
     let item = rows[0]["item_id"].clone();
-    let overlay = api.client.get(api.url(&format!("/v1/batches/{id}/items/{item}/overlay.png"))).send().await.unwrap();
+    let overlay = api
+        .client
+        .get(api.url(&format!("/v1/batches/{id}/items/{item}/overlay.png")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(overlay.headers()["content-type"], "image/png");
     let png = overlay.bytes().await.unwrap();
     assert_eq!(imaging::sniff(&png), Some(image::ImageFormat::Png));
-    let npy = api.client.get(api.url(&format!("/v1/batches/{id}/items/{item}/cam.npy"))).send().await.unwrap().bytes().await.unwrap();
+    let npy = api
+        .client
+        .get(api.url(&format!("/v1/batches/{id}/items/{item}/cam.npy")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert!(npy.starts_with(b"\x93NUMPY"));
-    let (_, page) = api.get_json(&format!("/v1/batches/{id}/results?limit=10")).await;
+    let (_, page) = api
+        .get_json(&format!("/v1/batches/{id}/results?limit=10"))
+        .await;
     assert_eq!(page["items"].as_array().unwrap().len(), 10);
-    let (_, page2) = api.get_json(&format!("/v1/batches/{id}/results?limit=30&after={}", page["next_after"])).await;
+    let (_, page2) = api
+        .get_json(&format!(
+            "/v1/batches/{id}/results?limit=30&after={}",
+            page["next_after"]
+        ))
+        .await;
     assert_eq!(page2["items"].as_array().unwrap().len(), 26);
     let (_, workers) = api.get_json("/v1/workers").await;
     assert_eq!(workers.as_array().unwrap().len(), 1, "{workers}");
@@ -111,7 +167,10 @@ async fn demo_samples_go_through_the_pipeline_and_match_the_explain_command() {
 async fn two_workers_share_a_queue_and_each_item_gets_one_result() {
     let stack = Stack::new().await;
     let api = stack.producer(&[]).await;
-    let (_a, _b) = (stack.worker("a", &["--max-batch=4"]), stack.worker("b", &["--max-batch=4"]));
+    let (_a, _b) = (
+        stack.worker("a", &["--max-batch=4"]),
+        stack.worker("b", &["--max-batch=4"]),
+    );
     let entries = png_entries(160, |i| format!("img_{i:04}.png"));
     let (status, created) = api.upload(zip_owned(&entries), &[("model", "demo")]).await;
     assert_eq!(status, 202, "{created}");
@@ -125,13 +184,20 @@ async fn two_workers_share_a_queue_and_each_item_gets_one_result() {
         .await
         .unwrap();
     assert_eq!((results, items), (160, 160));
-    let per_worker: Vec<(String, i64)> = sqlx::query_as("SELECT worker_id, count(*) FROM results WHERE batch_id = $1 GROUP BY 1")
-        .bind(batch_id)
-        .fetch_all(&stack.db.pool)
-        .await
-        .unwrap();
+    let per_worker: Vec<(String, i64)> =
+        sqlx::query_as("SELECT worker_id, count(*) FROM results WHERE batch_id = $1 GROUP BY 1")
+            .bind(batch_id)
+            .fetch_all(&stack.db.pool)
+            .await
+            .unwrap();
     assert_eq!(per_worker.len(), 2, "both workers did work: {per_worker:?}");
-    let successes: i64 = sqlx::query_scalar("SELECT count(*) FROM inference_log WHERE batch_id = $1 AND status = 'succeeded'").bind(batch_id).fetch_one(&stack.db.pool).await.unwrap();
+    let successes: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM inference_log WHERE batch_id = $1 AND status = 'succeeded'",
+    )
+    .bind(batch_id)
+    .fetch_one(&stack.db.pool)
+    .await
+    .unwrap();
     assert_eq!(successes, 160, "each item was processed to success once");
     stack.finish().await;
 }
@@ -167,10 +233,23 @@ async fn a_worker_killed_mid_batch_loses_no_job() {
     let batch = api.wait_for_batch(&id, BATCH_DEADLINE).await;
     assert_eq!(batch["status"], "succeeded", "{batch}");
     let duplicates: i64 = sqlx::query_scalar("SELECT count(*) FROM (SELECT item_id FROM results WHERE batch_id = $1 GROUP BY 1 HAVING count(*) > 1) d").bind(batch_id).fetch_one(&stack.db.pool).await.unwrap();
-    let results: i64 = sqlx::query_scalar("SELECT count(*) FROM results WHERE batch_id = $1").bind(batch_id).fetch_one(&stack.db.pool).await.unwrap();
+    let results: i64 = sqlx::query_scalar("SELECT count(*) FROM results WHERE batch_id = $1")
+        .bind(batch_id)
+        .fetch_one(&stack.db.pool)
+        .await
+        .unwrap();
     assert_eq!((results, duplicates), (200, 0));
-    let retried: i64 = sqlx::query_scalar("SELECT count(*) FROM inference_log WHERE batch_id = $1 AND attempt >= 2").bind(batch_id).fetch_one(&stack.db.pool).await.unwrap();
-    assert!(retried >= 1, "the log shows the retried attempts of the killed worker's jobs");
+    let retried: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM inference_log WHERE batch_id = $1 AND attempt >= 2",
+    )
+    .bind(batch_id)
+    .fetch_one(&stack.db.pool)
+    .await
+    .unwrap();
+    assert!(
+        retried >= 1,
+        "the log shows the retried attempts of the killed worker's jobs"
+    );
     stack.finish().await;
 }
 
@@ -180,10 +259,28 @@ async fn bad_uploads_get_stable_codes_and_leave_nothing_behind() {
     let api = stack.producer(&["--max-upload-bytes=200000"]).await;
     let one_png = png_entries(1, |_| "a.png".into());
 
-    let (status, body) = api.upload(b"this is not a zip".to_vec(), &[("model", "demo")]).await;
-    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_zip")), "{body}");
-    let (status, body) = api.upload(zip_of(&[("notes.txt", b"hello".to_vec()), ("__MACOSX/._a.png", b"x".to_vec())]), &[("model", "demo")]).await;
-    assert_eq!((status, body["code"].as_str()), (422, Some("no_images")), "{body}");
+    let (status, body) = api
+        .upload(b"this is not a zip".to_vec(), &[("model", "demo")])
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_zip")),
+        "{body}"
+    );
+    let (status, body) = api
+        .upload(
+            zip_of(&[
+                ("notes.txt", b"hello".to_vec()),
+                ("__MACOSX/._a.png", b"x".to_vec()),
+            ]),
+            &[("model", "demo")],
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("no_images")),
+        "{body}"
+    );
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     let noise: Vec<u8> = (0..300_000)
         .map(|_| {
@@ -195,19 +292,61 @@ async fn bad_uploads_get_stable_codes_and_leave_nothing_behind() {
         .collect();
     let big = zip_of(&[("noise.png", noise)]);
     let (status, body) = api.upload(big, &[("model", "demo")]).await;
-    assert_eq!((status, body["code"].as_str()), (413, Some("upload_too_large")), "{body}");
-    let (status, body) = api.upload(zip_owned(&one_png), &[("model", "no-such-model")]).await;
-    assert_eq!((status, body["code"].as_str()), (422, Some("unknown_model")), "{body}");
-    let (status, body) = api.upload(zip_owned(&one_png), &[("model", "demo"), ("method", "magic")]).await;
-    assert_eq!((status, body["code"].as_str()), (422, Some("invalid_method")), "{body}");
-    let (status, body) = api.upload(zip_owned(&one_png), &[("model", "demo"), ("labels", "fracture")]).await;
-    assert_eq!((status, body["code"].as_str()), (422, Some("unknown_label")), "{body}");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (413, Some("upload_too_large")),
+        "{body}"
+    );
+    let (status, body) = api
+        .upload(zip_owned(&one_png), &[("model", "no-such-model")])
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("unknown_model")),
+        "{body}"
+    );
+    let (status, body) = api
+        .upload(
+            zip_owned(&one_png),
+            &[("model", "demo"), ("method", "magic")],
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("invalid_method")),
+        "{body}"
+    );
+    let (status, body) = api
+        .upload(
+            zip_owned(&one_png),
+            &[("model", "demo"), ("labels", "fracture")],
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("unknown_label")),
+        "{body}"
+    );
     let (status, body) = api.get_json("/v1/batches/not-a-batch").await;
-    assert_eq!((status, body["code"].as_str()), (404, Some("batch_not_found")), "{body}");
-    let (status, body) = api.get_json(&format!("/v1/batches/{}", uuid::Uuid::now_v7())).await;
-    assert_eq!((status, body["code"].as_str()), (404, Some("batch_not_found")), "{body}");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("batch_not_found")),
+        "{body}"
+    );
+    let (status, body) = api
+        .get_json(&format!("/v1/batches/{}", uuid::Uuid::now_v7()))
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("batch_not_found")),
+        "{body}"
+    );
 
-    let (batches, items): (i64, i64) = sqlx::query_as("SELECT (SELECT count(*) FROM batches), (SELECT count(*) FROM items)").fetch_one(&stack.db.pool).await.unwrap();
+    let (batches, items): (i64, i64) =
+        sqlx::query_as("SELECT (SELECT count(*) FROM batches), (SELECT count(*) FROM items)")
+            .fetch_one(&stack.db.pool)
+            .await
+            .unwrap();
     assert_eq!((batches, items), (0, 0), "a refused upload writes nothing");
     let blobs = std::fs::read_dir(stack.blobs.path()).unwrap().count();
     assert_eq!(blobs, 0, "a refused upload stores nothing");
@@ -227,7 +366,10 @@ async fn csv_of_a_1000_image_batch_has_every_row_and_no_live_formulas() {
     entries.push(("readme.txt".into(), b"not an image".to_vec()));
     let (status, created) = api.upload(zip_owned(&entries), &[("model", "demo")]).await;
     assert_eq!(status, 202, "{created}");
-    assert_eq!((created["images"].as_u64(), created["skipped"].as_u64()), (Some(1000), Some(1)));
+    assert_eq!(
+        (created["images"].as_u64(), created["skipped"].as_u64()),
+        (Some(1000), Some(1))
+    );
     let id = created["id"].as_str().unwrap().to_owned();
     let batch = api.wait_for_batch(&id, Duration::from_secs(600)).await;
     assert_eq!(batch["status"], "succeeded", "{batch}");
@@ -236,11 +378,18 @@ async fn csv_of_a_1000_image_batch_has_every_row_and_no_live_formulas() {
     let (_, rows) = parse_csv(&text);
     assert_eq!(rows.len(), 1000);
     for (row, h) in rows.iter().zip(hostile) {
-        assert_eq!(row["entry_name"], format!("'{h}.png"), "formula neutralised");
+        assert_eq!(
+            row["entry_name"],
+            format!("'{h}.png"),
+            "formula neutralised"
+        );
     }
     for row in &rows {
         for (column, cell) in row {
-            assert!(!cell.starts_with(['=', '+', '-', '@', '\t', '\r']), "{column} = {cell:?} would run as a formula");
+            assert!(
+                !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
+                "{column} = {cell:?} would run as a formula"
+            );
         }
     }
     stack.finish().await;
@@ -272,11 +421,19 @@ async fn operators_query_the_inference_log_with_filters_and_paging() {
         let (status, v) = api.get_json(&format!("/v1/logs?limit=1000&{query}")).await;
         assert_eq!((status, count(&v)), (200, expected), "{query}: {v}");
     }
-    let nodules = all["entries"].as_array().unwrap().iter().filter(|e| e["prediction"] == "nodule").count();
+    let nodules = all["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["prediction"] == "nodule")
+        .count();
     let (_, v) = api.get_json("/v1/logs?limit=1000&label=nodule").await;
     assert_eq!(count(&v), nodules);
     // Injection attempts are only data.
-    for evil in ["%27%20OR%201%3D1%20--", "demo%27%3B%20DROP%20TABLE%20inference_log%3B%20--"] {
+    for evil in [
+        "%27%20OR%201%3D1%20--",
+        "demo%27%3B%20DROP%20TABLE%20inference_log%3B%20--",
+    ] {
         let (status, v) = api.get_json(&format!("/v1/logs?model={evil}")).await;
         assert_eq!((status, count(&v)), (200, 0), "{v}");
     }
@@ -287,7 +444,11 @@ async fn operators_query_the_inference_log_with_filters_and_paging() {
     loop {
         let (_, page) = api.get_json(&format!("/v1/logs?limit=10{cursor}")).await;
         for e in page["entries"].as_array().unwrap() {
-            assert!(seen.insert(e["id"].as_i64().unwrap()), "row {} twice", e["id"]);
+            assert!(
+                seen.insert(e["id"].as_i64().unwrap()),
+                "row {} twice",
+                e["id"]
+            );
         }
         match page["next_cursor"].as_str() {
             Some(c) => cursor = format!("&cursor={c}"),
@@ -305,29 +466,52 @@ async fn operators_query_the_inference_log_with_filters_and_paging() {
 async fn a_cancelled_batch_is_skipped_by_workers() {
     let stack = Stack::new().await;
     let api = stack.producer(&[]).await;
-    let (_, created) = api.upload(zip_owned(&png_entries(20, |i| format!("{i}.png"))), &[("model", "demo")]).await;
+    let (_, created) = api
+        .upload(
+            zip_owned(&png_entries(20, |i| format!("{i}.png"))),
+            &[("model", "demo")],
+        )
+        .await;
     let id = created["id"].as_str().unwrap().to_owned();
     eventually(Duration::from_secs(30), "ingestion", || async {
         let (_, v) = api.get_json(&format!("/v1/batches/{id}")).await;
         (v["status"] == "queued").then_some(())
     })
     .await;
-    let response = api.client.post(api.url(&format!("/v1/batches/{id}/cancel"))).send().await.unwrap();
+    let response = api
+        .client
+        .post(api.url(&format!("/v1/batches/{id}/cancel")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let worker = stack.worker("a", &[]);
     let pool = stack.db.pool.clone();
     // The worker drains the queue (its log shows the skips) without running anything.
-    eventually(Duration::from_secs(60), "the worker to skip every job", || {
-        let log = worker.log_text();
-        async move { (log.matches("worker ready").count() == 1).then_some(()) }
-    })
+    eventually(
+        Duration::from_secs(60),
+        "the worker to skip every job",
+        || {
+            let log = worker.log_text();
+            async move { (log.matches("worker ready").count() == 1).then_some(()) }
+        },
+    )
     .await;
     let batch = api.wait_for_batch(&id, BATCH_DEADLINE).await;
     assert_eq!(batch["status"], "cancelled");
     assert_eq!(batch["counts"]["cancelled"], 20);
-    let results: i64 = sqlx::query_scalar("SELECT count(*) FROM results").fetch_one(&pool).await.unwrap();
+    let results: i64 = sqlx::query_scalar("SELECT count(*) FROM results")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(results, 0);
-    let (status, body) = api.client.post(api.url(&format!("/v1/batches/{id}/cancel"))).send().await.map(|r| (r.status().as_u16(), r)).unwrap();
+    let (status, body) = api
+        .client
+        .post(api.url(&format!("/v1/batches/{id}/cancel")))
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), r))
+        .unwrap();
     assert_eq!(status, 409, "{:?}", body.text().await);
     stack.finish().await;
 }

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use crate::engine::{EngineError, LabelSelection, LoadedModel, Method, Target, preprocess::Geometry, summary};
+use crate::engine::{
+    EngineError, LabelSelection, LoadedModel, Method, Target, preprocess::Geometry, summary,
+};
 
 #[derive(Debug, Serialize)]
 pub struct BenchReport {
@@ -24,12 +26,35 @@ pub struct BenchReport {
 }
 
 /// Runs both loops for about `seconds` each.
-pub fn run(model: &LoadedModel, batch: usize, seconds: f64, method: Method) -> Result<BenchReport, EngineError> {
+pub fn run(
+    model: &LoadedModel,
+    batch: usize,
+    seconds: f64,
+    method: Method,
+) -> Result<BenchReport, EngineError> {
     let spec = &model.bundle.manifest.input;
     tch::manual_seed(0);
-    let x = Tensor::randn([batch as i64, i64::from(spec.channels), i64::from(spec.height), i64::from(spec.width)], (Kind::Float, Device::Cpu));
-    let targets = vec![Target { method, labels: LabelSelection::Top1 }; batch];
-    let geometry = Geometry { width: spec.width, height: spec.height, square: 0 };
+    let x = Tensor::randn(
+        [
+            batch as i64,
+            i64::from(spec.channels),
+            i64::from(spec.height),
+            i64::from(spec.width),
+        ],
+        (Kind::Float, Device::Cpu),
+    );
+    let targets = vec![
+        Target {
+            method,
+            labels: LabelSelection::Top1
+        };
+        batch
+    ];
+    let geometry = Geometry {
+        width: spec.width,
+        height: spec.height,
+        square: 0,
+    };
     let device = crate::device::describe(model.device);
 
     let forward = || model.forward_only(&x).map(drop);
@@ -71,7 +96,11 @@ struct Timed {
 }
 
 impl Timed {
-    fn run_for(&mut self, round: Duration, f: &dyn Fn() -> Result<(), EngineError>) -> Result<(), EngineError> {
+    fn run_for(
+        &mut self,
+        round: Duration,
+        f: &dyn Fn() -> Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
         let start = Instant::now();
         while start.elapsed() < round {
             f()?;

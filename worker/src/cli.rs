@@ -14,7 +14,11 @@ use crate::{
 };
 
 #[derive(Debug, Parser)]
-#[command(name = "xcam-worker", version, about = "Run chest X-ray classifiers with libtorch and explain them with Grad-CAM.")]
+#[command(
+    name = "xcam-worker",
+    version,
+    about = "Run chest X-ray classifiers with libtorch and explain them with Grad-CAM."
+)]
 pub struct Cli {
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
@@ -91,9 +95,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Explain(args) => {
             let bundle = bundle::resolve(&args.model, &args.model_args.models_dir)?;
-            let options = BatchOptions { max_batch: args.max_batch.max(1), ..BatchOptions::default() };
+            let options = BatchOptions {
+                max_batch: args.max_batch.max(1),
+                ..BatchOptions::default()
+            };
             let engine = Engine::start(bundle, args.model_args.device, options)?;
-            let target = Target { method: args.method, labels: args.labels };
+            let target = Target {
+                method: args.method,
+                labels: args.labels,
+            };
             let results = explain::run(&engine, &args.images, &target, &args.out)?;
             for (path, e) in args.images.iter().zip(&results) {
                 let cams: Vec<String> = e
@@ -104,9 +114,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                         None => format!("{} blank", c.label),
                     })
                     .collect();
-                println!("{}: {} {:.3} [{}] on {}", path.display(), e.top_label, e.top_probability, cams.join("; "), e.device);
+                println!(
+                    "{}: {} {:.3} [{}] on {}",
+                    path.display(),
+                    e.top_label,
+                    e.top_probability,
+                    cams.join("; "),
+                    e.device
+                );
             }
-            println!("wrote {} image(s) into {}", results.len(), args.out.display());
+            println!(
+                "wrote {} image(s) into {}",
+                results.len(),
+                args.out.display()
+            );
             Ok(())
         }
         Command::Run(args) => {
@@ -115,15 +136,28 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(args) => {
             let bundle = bundle::resolve(&args.model, &args.model_args.models_dir)?;
-            let device = args.model_args.device.resolve().map_err(anyhow::Error::msg)?;
+            let device = args
+                .model_args
+                .device
+                .resolve()
+                .map_err(anyhow::Error::msg)?;
             let model = LoadedModel::load(bundle, device).context("loading the model")?;
             let report = bench::run(&model, args.batch.max(1), args.seconds, args.method)?;
             if args.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
-                println!("model {} on {} ({} threads), batch {}, {}", report.model, report.device, report.threads, report.batch, report.method);
-                println!("  forward only   {:>8.1} images/s", report.forward_images_per_s);
-                println!("  Grad-CAM       {:>8.1} images/s", report.gradcam_images_per_s);
+                println!(
+                    "model {} on {} ({} threads), batch {}, {}",
+                    report.model, report.device, report.threads, report.batch, report.method
+                );
+                println!(
+                    "  forward only   {:>8.1} images/s",
+                    report.forward_images_per_s
+                );
+                println!(
+                    "  Grad-CAM       {:>8.1} images/s",
+                    report.gradcam_images_per_s
+                );
                 println!("  ratio          {:>8.2}× forward", report.ratio);
             }
             Ok(())

@@ -53,7 +53,9 @@ impl DeviceSpec {
                 if n < count {
                     Ok(Device::Cuda(n))
                 } else {
-                    Err(format!("cuda:{n} was requested but libtorch sees {count} CUDA device(s)"))
+                    Err(format!(
+                        "cuda:{n} was requested but libtorch sees {count} CUDA device(s)"
+                    ))
                 }
             }
         }

@@ -33,7 +33,12 @@ struct CamFiles {
 }
 
 /// Explains every image (in one or more dynamic batches) and writes its files into `out`.
-pub fn run(engine: &Engine, images: &[PathBuf], target: &Target, out: &Path) -> anyhow::Result<Vec<Explanation>> {
+pub fn run(
+    engine: &Engine,
+    images: &[PathBuf],
+    target: &Target,
+    out: &Path,
+) -> anyhow::Result<Vec<Explanation>> {
     engine.check_target(target)?;
     fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let spec = &engine.bundle().manifest.input;
@@ -41,32 +46,54 @@ pub fn run(engine: &Engine, images: &[PathBuf], target: &Target, out: &Path) -> 
     let mut pending = Vec::with_capacity(images.len());
     for path in images {
         let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let image = imaging::decode(&bytes).with_context(|| format!("{}: cannot use this image", path.display()))?;
+        let image = imaging::decode(&bytes)
+            .with_context(|| format!("{}: cannot use this image", path.display()))?;
         let prepared = preprocess::prepare(&image, spec);
         let rx = engine.submit(prepared.input, target.clone())?;
         pending.push((path, image, prepared.geometry, rx));
     }
     let mut results = Vec::with_capacity(pending.len());
     for (path, image, geometry, rx) in pending {
-        let inferred = rx.blocking_recv().context("the inference thread stopped")??;
-        let explanation = summary::finish(&inferred.output, &geometry, engine.bundle(), engine.device());
+        let inferred = rx
+            .blocking_recv()
+            .context("the inference thread stopped")??;
+        let explanation = summary::finish(
+            &inferred.output,
+            &geometry,
+            engine.bundle(),
+            engine.device(),
+        );
         write_outputs(engine, path, &image, &explanation, out)?;
         results.push(explanation);
     }
     Ok(results)
 }
 
-fn write_outputs(engine: &Engine, path: &Path, image: &imaging::GrayImage, explanation: &Explanation, out: &Path) -> anyhow::Result<()> {
+fn write_outputs(
+    engine: &Engine,
+    path: &Path,
+    image: &imaging::GrayImage,
+    explanation: &Explanation,
+    out: &Path,
+) -> anyhow::Result<()> {
     let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
         bail!("{}: cannot name outputs after this file", path.display());
     };
     let mut files = Vec::new();
     for (i, cam) in explanation.cams.iter().enumerate() {
         // The first explained label gets the plain names the README promises.
-        let base = if i == 0 { stem.to_owned() } else { format!("{stem}.{}", safe(&cam.label)) };
+        let base = if i == 0 {
+            stem.to_owned()
+        } else {
+            format!("{stem}.{}", safe(&cam.label))
+        };
         let (overlay, npy) = (format!("{base}.overlay.png"), format!("{base}.cam.npy"));
         write_cam(image, cam, &out.join(&overlay), &out.join(&npy))?;
-        files.push(CamFiles { label: cam.label.clone(), overlay, cam: npy });
+        files.push(CamFiles {
+            label: cam.label.clone(),
+            overlay,
+            cam: npy,
+        });
     }
     let manifest = &engine.bundle().manifest.model;
     let record = Record {
@@ -77,16 +104,33 @@ fn write_outputs(engine: &Engine, path: &Path, image: &imaging::GrayImage, expla
         files,
     };
     let json = serde_json::to_vec_pretty(&record)?;
-    fs::write(out.join(format!("{stem}.json")), json).with_context(|| format!("cannot write into {}", out.display()))?;
+    fs::write(out.join(format!("{stem}.json")), json)
+        .with_context(|| format!("cannot write into {}", out.display()))?;
     Ok(())
 }
 
-fn write_cam(image: &imaging::GrayImage, cam: &CamSummary, overlay: &Path, npy: &Path) -> anyhow::Result<()> {
-    fs::write(overlay, render::overlay_png(image, &cam.map)?).with_context(|| format!("cannot write {}", overlay.display()))?;
-    fs::write(npy, render::npy_f32(&cam.map, image.width, image.height)).with_context(|| format!("cannot write {}", npy.display()))?;
+fn write_cam(
+    image: &imaging::GrayImage,
+    cam: &CamSummary,
+    overlay: &Path,
+    npy: &Path,
+) -> anyhow::Result<()> {
+    fs::write(overlay, render::overlay_png(image, &cam.map)?)
+        .with_context(|| format!("cannot write {}", overlay.display()))?;
+    fs::write(npy, render::npy_f32(&cam.map, image.width, image.height))
+        .with_context(|| format!("cannot write {}", npy.display()))?;
     Ok(())
 }
 
 fn safe(label: &str) -> String {
-    label.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
+    label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }

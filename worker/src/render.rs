@@ -41,13 +41,19 @@ pub fn overlay_png(image: &GrayImage, map: &[f32]) -> Result<Vec<u8>, image::Ima
 
 fn encode_png(rgb: &RgbImage) -> Result<Vec<u8>, image::ImageError> {
     let mut out = Vec::new();
-    PngEncoder::new(Cursor::new(&mut out)).write_image(rgb.as_raw(), rgb.width(), rgb.height(), image::ExtendedColorType::Rgb8)?;
+    PngEncoder::new(Cursor::new(&mut out)).write_image(
+        rgb.as_raw(),
+        rgb.width(),
+        rgb.height(),
+        image::ExtendedColorType::Rgb8,
+    )?;
     Ok(out)
 }
 
 /// A little-endian float32 `.npy` (format 1.0) of shape (height, width).
 pub fn npy_f32(map: &[f32], width: u32, height: u32) -> Vec<u8> {
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({height}, {width}), }}");
+    let mut header =
+        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({height}, {width}), }}");
     // The magic (6) + version (2) + length (2) + header + '\n' is padded to a multiple of 64.
     let unpadded = 10 + header.len() + 1;
     header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
@@ -74,7 +80,10 @@ mod tests {
         let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
         assert!(header.contains("'shape': (2, 3)"), "{header}");
         assert_eq!(bytes.len(), 10 + header_len + 6 * 4);
-        assert_eq!(f32::from_le_bytes(bytes[bytes.len() - 4..].try_into().unwrap()), 1.0);
+        assert_eq!(
+            f32::from_le_bytes(bytes[bytes.len() - 4..].try_into().unwrap()),
+            1.0
+        );
     }
 
     #[test]

@@ -54,36 +54,54 @@ pub fn scan(path: &Path, limits: ArchiveLimits) -> Result<ScanResult, ApiError> 
     if zip.len() > limits.max_entries {
         return Err(ApiError::ArchiveLimit {
             code: "too_many_entries",
-            message: format!("the archive has {} entries; at most {} are accepted", zip.len(), limits.max_entries),
+            message: format!(
+                "the archive has {} entries; at most {} are accepted",
+                zip.len(),
+                limits.max_entries
+            ),
         });
     }
     let mut images = Vec::new();
     let (mut skipped, mut total, mut declared) = (0usize, 0usize, 0u64);
     for index in 0..zip.len() {
-        let raw = zip.by_index_raw(index).map_err(|e| ApiError::InvalidZip(e.to_string()))?;
+        let raw = zip
+            .by_index_raw(index)
+            .map_err(|e| ApiError::InvalidZip(e.to_string()))?;
         if raw.is_dir() {
             continue;
         }
         total += 1;
-        let name = raw.name().map(|n| n.into_owned()).unwrap_or_else(|_| String::from_utf8_lossy(raw.name_raw()).into_owned());
+        let name = raw
+            .name()
+            .map(|n| n.into_owned())
+            .unwrap_or_else(|_| String::from_utf8_lossy(raw.name_raw()).into_owned());
         let (size, compressed) = (raw.size(), raw.compressed_size());
         declared = declared.saturating_add(size);
         if size > limits.max_entry_bytes {
             return Err(ApiError::ArchiveLimit {
                 code: "entry_too_large",
-                message: format!("an entry inflates to {size} bytes; at most {} are accepted per entry", limits.max_entry_bytes),
+                message: format!(
+                    "an entry inflates to {size} bytes; at most {} are accepted per entry",
+                    limits.max_entry_bytes
+                ),
             });
         }
         if declared > limits.max_total_uncompressed {
             return Err(ApiError::ArchiveLimit {
                 code: "archive_too_large",
-                message: format!("the archive inflates to more than {} bytes", limits.max_total_uncompressed),
+                message: format!(
+                    "the archive inflates to more than {} bytes",
+                    limits.max_total_uncompressed
+                ),
             });
         }
         if size > RATIO_FLOOR_BYTES && size / compressed.max(1) > limits.max_compression_ratio {
             return Err(ApiError::ArchiveLimit {
                 code: "zip_bomb",
-                message: format!("an entry's compression ratio exceeds {}:1", limits.max_compression_ratio),
+                message: format!(
+                    "an entry's compression ratio exceeds {}:1",
+                    limits.max_compression_ratio
+                ),
             });
         }
         let encrypted = raw.encrypted();
@@ -93,8 +111,11 @@ pub fn scan(path: &Path, limits: ArchiveLimits) -> Result<ScanResult, ApiError> 
             continue;
         }
         let mut head = [0u8; 32];
-        let mut entry = zip.by_index(index).map_err(|e| ApiError::InvalidZip(e.to_string()))?;
-        let n = read_up_to(&mut entry, &mut head).map_err(|e| ApiError::InvalidZip(format!("entry {index}: {e}")))?;
+        let mut entry = zip
+            .by_index(index)
+            .map_err(|e| ApiError::InvalidZip(e.to_string()))?;
+        let n = read_up_to(&mut entry, &mut head)
+            .map_err(|e| ApiError::InvalidZip(format!("entry {index}: {e}")))?;
         if imaging::sniff(&head[..n]).is_some() {
             images.push(Entry { index, name, size });
         } else {
@@ -104,7 +125,11 @@ pub fn scan(path: &Path, limits: ArchiveLimits) -> Result<ScanResult, ApiError> 
     if images.is_empty() {
         return Err(ApiError::NoImages { skipped });
     }
-    Ok(ScanResult { images, skipped, total_entries: total })
+    Ok(ScanResult {
+        images,
+        skipped,
+        total_entries: total,
+    })
 }
 
 /// Inflates the listed entries in order and sends each over `tx`. A corrupt or oversized entry
@@ -119,12 +144,18 @@ pub fn read_entries(
     for entry in entries {
         let read = zip
             .by_index(entry.index)
-            .map_err(|e| Rejection { code: "corrupt_entry", message: e.to_string() })
+            .map_err(|e| Rejection {
+                code: "corrupt_entry",
+                message: e.to_string(),
+            })
             .and_then(|file| {
                 let mut bytes = Vec::with_capacity(entry.size.min(limits.max_entry_bytes) as usize);
                 file.take(limits.max_entry_bytes + 1)
                     .read_to_end(&mut bytes)
-                    .map_err(|e| Rejection { code: "corrupt_entry", message: e.to_string() })?;
+                    .map_err(|e| Rejection {
+                        code: "corrupt_entry",
+                        message: e.to_string(),
+                    })?;
                 if bytes.len() as u64 > limits.max_entry_bytes {
                     return Err(Rejection {
                         code: "entry_too_large",
@@ -142,7 +173,8 @@ pub fn read_entries(
 
 /// Finder and OS clutter that is never a radiograph.
 fn is_clutter(name: &str) -> bool {
-    name.split('/').any(|part| part == "__MACOSX" || part.starts_with('.'))
+    name.split('/')
+        .any(|part| part == "__MACOSX" || part.starts_with('.'))
 }
 
 fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {

@@ -39,28 +39,50 @@ pub struct BatchRequest {
 const PUSH_CHUNK: usize = 500;
 
 /// Runs the background half of an upload; on failure the batch is marked failed, never left half-written.
-pub async fn ingest(state: AppState, request: BatchRequest, spool: Arc<tempfile::TempPath>, scan: ScanResult) {
+pub async fn ingest(
+    state: AppState,
+    request: BatchRequest,
+    spool: Arc<tempfile::TempPath>,
+    scan: ScanResult,
+) {
     let batch_id = request.batch_id;
     if let Err(e) = ingest_inner(&state, &request, spool, scan).await {
         tracing::error!(%batch_id, error.cause_chain = %format!("{e:#}"), "ingestion failed");
-        if let Err(e) = db::batches::mark_failed(&state.db, batch_id, "ingestion_failed", "the archive could not be ingested; see the server log").await {
+        if let Err(e) = db::batches::mark_failed(
+            &state.db,
+            batch_id,
+            "ingestion_failed",
+            "the archive could not be ingested; see the server log",
+        )
+        .await
+        {
             tracing::error!(%batch_id, error = %e, "could not mark the batch failed");
         }
     }
 }
 
-async fn ingest_inner(state: &AppState, request: &BatchRequest, spool: Arc<tempfile::TempPath>, scan: ScanResult) -> anyhow::Result<()> {
+async fn ingest_inner(
+    state: &AppState,
+    request: &BatchRequest,
+    spool: Arc<tempfile::TempPath>,
+    scan: ScanResult,
+) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::channel(4);
     let limits = state.settings.limits;
     let entries = scan.images.clone();
     // Inflation is CPU work: it runs on a blocking thread and hands entries over one by one,
     // so memory holds a few entries at a time, whatever the archive's size.
-    let reader = tokio::task::spawn_blocking(move || archive::read_entries(&spool, &entries, limits, &tx));
+    let reader =
+        tokio::task::spawn_blocking(move || archive::read_entries(&spool, &entries, limits, &tx));
 
     let mut items = Vec::with_capacity(scan.images.len());
     while let Some((entry, read)) = rx.recv().await {
         let entry: archive::Entry = entry;
-        let name = if request.pseudonymize_names { pseudonym(request.batch_id, &entry.name) } else { entry.name.clone() };
+        let name = if request.pseudonymize_names {
+            pseudonym(request.batch_id, &entry.name)
+        } else {
+            entry.name.clone()
+        };
         let mut item = NewItem {
             id: Uuid::now_v7(),
             entry_index: entry.index as i32,
@@ -96,7 +118,13 @@ async fn ingest_inner(state: &AppState, request: &BatchRequest, spool: Arc<tempf
 
     let mut tx = state.db.begin().await?;
     db::items::insert_all(&mut tx, request.batch_id, &items).await?;
-    db::batches::mark_ingested(&mut *tx, request.batch_id, scan.total_entries as i32, scan.skipped as i32).await?;
+    db::batches::mark_ingested(
+        &mut *tx,
+        request.batch_id,
+        scan.total_entries as i32,
+        scan.skipped as i32,
+    )
+    .await?;
     tx.commit().await?;
     db::batches::refresh(&state.db, request.batch_id).await?;
 
@@ -128,7 +156,10 @@ async fn ingest_inner(state: &AppState, request: &BatchRequest, spool: Arc<tempf
 pub async fn enqueue(state: &AppState, jobs: Vec<GradCamJobV1>) -> anyhow::Result<usize> {
     let mut by_queue: std::collections::BTreeMap<String, Vec<GradCamJobV1>> = Default::default();
     for job in jobs {
-        by_queue.entry(jobs::queue_name(&state.settings.queue_prefix, &job.model)).or_default().push(job);
+        by_queue
+            .entry(jobs::queue_name(&state.settings.queue_prefix, &job.model))
+            .or_default()
+            .push(job);
     }
     let mut pushed = 0;
     for (queue, jobs) in by_queue {
@@ -136,9 +167,16 @@ pub async fn enqueue(state: &AppState, jobs: Vec<GradCamJobV1>) -> anyhow::Resul
         for chunk in jobs.chunks(PUSH_CHUNK) {
             let tasks: Vec<_> = chunk
                 .iter()
-                .map(|job| TaskBuilder::new(job.clone()).task_id(TaskId::from_string(job.item_id.to_string())).build())
+                .map(|job| {
+                    TaskBuilder::new(job.clone())
+                        .task_id(TaskId::from_string(job.item_id.to_string()))
+                        .build()
+                })
                 .collect();
-            storage.push_all(stream::iter(tasks)).await.map_err(|e| anyhow::anyhow!("pushing to {queue}: {e}"))?;
+            storage
+                .push_all(stream::iter(tasks))
+                .await
+                .map_err(|e| anyhow::anyhow!("pushing to {queue}: {e}"))?;
             pushed += chunk.len();
         }
     }
@@ -147,7 +185,10 @@ pub async fn enqueue(state: &AppState, jobs: Vec<GradCamJobV1>) -> anyhow::Resul
 
 /// A salted hash standing in for an entry name, stable within the batch.
 fn pseudonym(batch: Uuid, name: &str) -> String {
-    let ext = std::path::Path::new(name).extension().and_then(|e| e.to_str()).unwrap_or("img");
+    let ext = std::path::Path::new(name)
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("img");
     let digest = sha256_hex(format!("{batch}\0{name}").as_bytes());
     format!("entry-{}.{}", &digest[..16], ext.to_ascii_lowercase())
 }

@@ -20,7 +20,11 @@ pub struct UploadForm {
 }
 
 /// Reads the form; the `file` field goes to disk in `dir`, chunk by chunk.
-pub async fn read_form(mut multipart: Multipart, dir: &Path, limit: u64) -> Result<UploadForm, ApiError> {
+pub async fn read_form(
+    mut multipart: Multipart,
+    dir: &Path,
+    limit: u64,
+) -> Result<UploadForm, ApiError> {
     let mut form = UploadForm::default();
     let bad = |e: axum::extract::multipart::MultipartError| {
         if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
@@ -36,18 +40,28 @@ pub async fn read_form(mut multipart: Multipart, dir: &Path, limit: u64) -> Resu
                     .prefix("xcam-upload-")
                     .suffix(".zip")
                     .tempfile_in(dir)
-                    .map_err(|e| ApiError::Internal(anyhow::Error::from(e).context("creating the upload spool file")))?
+                    .map_err(|e| {
+                        ApiError::Internal(
+                            anyhow::Error::from(e).context("creating the upload spool file"),
+                        )
+                    })?
                     .into_temp_path();
-                let mut out = tokio::fs::File::create(&spool).await.map_err(|e| ApiError::Internal(e.into()))?;
+                let mut out = tokio::fs::File::create(&spool)
+                    .await
+                    .map_err(|e| ApiError::Internal(e.into()))?;
                 let mut written = 0u64;
                 while let Some(chunk) = field.try_next().await.map_err(bad)? {
                     written += chunk.len() as u64;
                     if written > limit {
                         return Err(ApiError::UploadTooLarge { limit });
                     }
-                    out.write_all(&chunk).await.map_err(|e| ApiError::Internal(e.into()))?;
+                    out.write_all(&chunk)
+                        .await
+                        .map_err(|e| ApiError::Internal(e.into()))?;
                 }
-                out.flush().await.map_err(|e| ApiError::Internal(e.into()))?;
+                out.flush()
+                    .await
+                    .map_err(|e| ApiError::Internal(e.into()))?;
                 form.spool = Some(spool);
                 form.bytes = written;
             }
@@ -59,7 +73,10 @@ pub async fn read_form(mut multipart: Multipart, dir: &Path, limit: u64) -> Resu
                     "model" => form.model = Some(text),
                     "method" => form.method = Some(text).filter(|t| !t.is_empty()),
                     "labels" => form.labels = Some(text).filter(|t| !t.is_empty()),
-                    _ => form.pseudonymize_names = matches!(text.as_str(), "true" | "1" | "yes" | "on"),
+                    _ => {
+                        form.pseudonymize_names =
+                            matches!(text.as_str(), "true" | "1" | "yes" | "on")
+                    }
                 }
             }
             // Unknown fields are drained and ignored, as browsers add their own.

@@ -32,27 +32,57 @@ pub(super) fn router(max_upload: u64) -> Router<AppState> {
     // gets the configured limit (plus room for the form's other fields), and only it does.
     let body_limit = usize::try_from(max_upload.saturating_add(1 << 20)).unwrap_or(usize::MAX);
     Router::new()
-        .route("/v1/batches", post(create_batch).layer(DefaultBodyLimit::max(body_limit)).get(list_batches))
+        .route(
+            "/v1/batches",
+            post(create_batch)
+                .layer(DefaultBodyLimit::max(body_limit))
+                .get(list_batches),
+        )
         .route("/v1/batches/{id}", get(get_batch))
         .route("/v1/batches/{id}/cancel", post(cancel_batch))
 }
 
 /// `POST /v1/batches`: multipart `file` (ZIP), `model`, optional `method`, `labels`,
 /// `pseudonymize_names`. Answers 202 once the archive is stored and checked.
-async fn create_batch(State(state): State<AppState>, headers: HeaderMap, multipart: Multipart) -> ApiResult<(StatusCode, Json<Value>)> {
+async fn create_batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    multipart: Multipart,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     let settings = state.settings.clone();
-    let form = upload::read_form(multipart, &settings.upload_dir, settings.max_upload_bytes).await?;
-    let spool = form.spool.ok_or_else(|| ApiError::InvalidRequest("the form has no `file` field".into()))?;
-    let model_name = form.model.ok_or_else(|| ApiError::InvalidRequest("the form has no `model` field".into()))?;
+    let form =
+        upload::read_form(multipart, &settings.upload_dir, settings.max_upload_bytes).await?;
+    let spool = form
+        .spool
+        .ok_or_else(|| ApiError::InvalidRequest("the form has no `file` field".into()))?;
+    let model_name = form
+        .model
+        .ok_or_else(|| ApiError::InvalidRequest("the form has no `model` field".into()))?;
     let bundle = state.model(&model_name)?.clone();
     let method: Method = form
         .method
         .as_deref()
         .unwrap_or("gradcam")
         .parse()
-        .map_err(|message| ApiError::Unprocessable { code: "invalid_method", message })?;
-    let labels: LabelSelection = form.labels.as_deref().unwrap_or("top1").parse().map_err(|message| ApiError::Unprocessable { code: "invalid_labels", message })?;
-    labels.validate(bundle.labels()).map_err(|message| ApiError::Unprocessable { code: "unknown_label", message })?;
+        .map_err(|message| ApiError::Unprocessable {
+            code: "invalid_method",
+            message,
+        })?;
+    let labels: LabelSelection =
+        form.labels
+            .as_deref()
+            .unwrap_or("top1")
+            .parse()
+            .map_err(|message| ApiError::Unprocessable {
+                code: "invalid_labels",
+                message,
+            })?;
+    labels
+        .validate(bundle.labels())
+        .map_err(|message| ApiError::Unprocessable {
+            code: "unknown_label",
+            message,
+        })?;
 
     let spool = Arc::new(spool);
     let path = spool.to_path_buf();
@@ -82,7 +112,10 @@ async fn create_batch(State(state): State<AppState>, headers: HeaderMap, multipa
         method,
         labels,
         pseudonymize_names: form.pseudonymize_names,
-        request_id: headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned),
+        request_id: headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
     };
     let images = scan.images.len();
     let skipped = scan.skipped;
@@ -125,21 +158,41 @@ pub struct BatchView {
 async fn view(state: &AppState, batch: BatchRecord) -> ApiResult<BatchView> {
     let counts = db::batches::counts(&state.db, batch.id).await?;
     let done = counts.succeeded + counts.failed + counts.rejected + counts.cancelled;
-    let progress = if counts.total > 0 { done as f64 / counts.total as f64 } else { 0.0 };
+    let progress = if counts.total > 0 {
+        done as f64 / counts.total as f64
+    } else {
+        0.0
+    };
     let processed = (counts.succeeded + counts.failed) as f64;
     let open = (counts.queued + counts.running) as f64;
     let throughput = counts.first_started.map(|start| {
-        let end = if open > 0.0 { Utc::now() } else { counts.last_finished.unwrap_or_else(Utc::now) };
+        let end = if open > 0.0 {
+            Utc::now()
+        } else {
+            counts.last_finished.unwrap_or_else(Utc::now)
+        };
         processed / ((end - start).num_milliseconds().max(1) as f64 / 1e3)
     });
     let eta = throughput.filter(|t| *t > 0.0).map(|t| open / t);
     let id = batch.id;
-    Ok(BatchView { batch, counts, progress, throughput_per_s: throughput, eta_seconds: eta, links: links(id) })
+    Ok(BatchView {
+        batch,
+        counts,
+        progress,
+        throughput_per_s: throughput,
+        eta_seconds: eta,
+        links: links(id),
+    })
 }
 
-async fn get_batch(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<BatchView>> {
+async fn get_batch(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<BatchView>> {
     let id = parse_batch_id(&id)?;
-    let batch = db::batches::get(&state.db, id).await?.ok_or_else(|| ApiError::BatchNotFound(id.to_string()))?;
+    let batch = db::batches::get(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::BatchNotFound(id.to_string()))?;
     Ok(Json(view(&state, batch).await?))
 }
 
@@ -150,10 +203,15 @@ struct ListQuery {
     before: Option<DateTime<Utc>>,
 }
 
-async fn list_batches(State(state): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
+async fn list_batches(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
     let limit = q.limit.unwrap_or(20).clamp(1, 200);
     let batches = db::batches::list(&state.db, q.before, limit).await?;
-    let next = (batches.len() as i64 == limit).then(|| batches.last().map(|b| b.created_at)).flatten();
+    let next = (batches.len() as i64 == limit)
+        .then(|| batches.last().map(|b| b.created_at))
+        .flatten();
     let mut views = Vec::with_capacity(batches.len());
     for b in batches {
         views.push(view(&state, b).await?);
@@ -161,11 +219,18 @@ async fn list_batches(State(state): State<AppState>, Query(q): Query<ListQuery>)
     Ok(Json(json!({ "batches": views, "next_before": next })))
 }
 
-async fn cancel_batch(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn cancel_batch(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let id = parse_batch_id(&id)?;
-    db::batches::get(&state.db, id).await?.ok_or_else(|| ApiError::BatchNotFound(id.to_string()))?;
+    db::batches::get(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::BatchNotFound(id.to_string()))?;
     match db::batches::cancel(&state.db, id).await? {
-        Some(cancelled) => Ok(Json(json!({ "id": id, "status": "cancelled", "cancelled_items": cancelled }))),
+        Some(cancelled) => Ok(Json(
+            json!({ "id": id, "status": "cancelled", "cancelled_items": cancelled }),
+        )),
         None => Err(ApiError::Conflict(format!("batch {id} has already ended"))),
     }
 }

@@ -44,36 +44,70 @@ pub(crate) fn parse_when(raw: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>,
     if let Ok(t) = DateTime::parse_from_rfc3339(raw) {
         return Ok(t.with_timezone(&Utc));
     }
-    let ago = humantime::parse_duration(raw).map_err(|_| format!("{raw:?} is neither an RFC 3339 time nor a duration like 24h or 7d"))?;
-    chrono::Duration::from_std(ago).map(|d| now - d).map_err(|_| format!("{raw:?} is too far back"))
+    let ago = humantime::parse_duration(raw).map_err(|_| {
+        format!("{raw:?} is neither an RFC 3339 time nor a duration like 24h or 7d")
+    })?;
+    chrono::Duration::from_std(ago)
+        .map(|d| now - d)
+        .map_err(|_| format!("{raw:?} is too far back"))
 }
 
 fn parse_cursor(raw: &str) -> Option<(DateTime<Utc>, i64)> {
     let (micros, id) = raw.split_once('.')?;
-    Some((DateTime::from_timestamp_micros(micros.parse().ok()?)?, id.parse().ok()?))
+    Some((
+        DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        id.parse().ok()?,
+    ))
 }
 
 fn cursor_of(r: &LogRecord) -> String {
     format!("{}.{}", r.ts.timestamp_micros(), r.id)
 }
 
-async fn query_logs(State(state): State<AppState>, Query(q): Query<LogQuery>) -> ApiResult<Response> {
-    let bad = |field: &str, msg: String| ApiError::Unprocessable { code: "invalid_filter", message: format!("{field}: {msg}") };
+async fn query_logs(
+    State(state): State<AppState>,
+    Query(q): Query<LogQuery>,
+) -> ApiResult<Response> {
+    let bad = |field: &str, msg: String| ApiError::Unprocessable {
+        code: "invalid_filter",
+        message: format!("{field}: {msg}"),
+    };
     let now = Utc::now();
     let filter = LogFilter {
-        since: q.since.as_deref().map(|s| parse_when(s, now)).transpose().map_err(|e| bad("since", e))?,
-        until: q.until.as_deref().map(|s| parse_when(s, now)).transpose().map_err(|e| bad("until", e))?,
+        since: q
+            .since
+            .as_deref()
+            .map(|s| parse_when(s, now))
+            .transpose()
+            .map_err(|e| bad("since", e))?,
+        until: q
+            .until
+            .as_deref()
+            .map(|s| parse_when(s, now))
+            .transpose()
+            .map_err(|e| bad("until", e))?,
         model: q.model.filter(|s| !s.is_empty()),
         status: q.status.filter(|s| !s.is_empty()),
-        batch: q.batch.filter(|s| !s.is_empty()).map(|b| b.parse()).transpose().map_err(|_| bad("batch", "not a batch id".into()))?,
+        batch: q
+            .batch
+            .filter(|s| !s.is_empty())
+            .map(|b| b.parse())
+            .transpose()
+            .map_err(|_| bad("batch", "not a batch id".into()))?,
         worker: q.worker.filter(|s| !s.is_empty()),
         label: q.label.filter(|s| !s.is_empty()),
         min_ms: q.min_ms,
-        before: q.cursor.as_deref().map(|c| parse_cursor(c).ok_or_else(|| bad("cursor", "malformed cursor".into()))).transpose()?,
+        before: q
+            .cursor
+            .as_deref()
+            .map(|c| parse_cursor(c).ok_or_else(|| bad("cursor", "malformed cursor".into())))
+            .transpose()?,
     };
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
     let rows = logs::query(&state.db, &filter, limit).await?;
-    let next = (rows.len() as i64 == limit).then(|| rows.last().map(cursor_of)).flatten();
+    let next = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(cursor_of))
+        .flatten();
     match q.format.as_deref().unwrap_or("json") {
         "json" => Ok(Json(json!({ "entries": rows, "next_cursor": next })).into_response()),
         "csv" => {
@@ -81,7 +115,8 @@ async fn query_logs(State(state): State<AppState>, Query(q): Query<LogQuery>) ->
             for r in &rows {
                 out.extend_from_slice(&csv_line(&log_cells(r)));
             }
-            let mut response = ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response();
+            let mut response =
+                ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response();
             if let Some(next) = next.and_then(|n| n.parse().ok()) {
                 response.headers_mut().insert("x-next-cursor", next);
             }
@@ -92,8 +127,23 @@ async fn query_logs(State(state): State<AppState>, Query(q): Query<LogQuery>) ->
 }
 
 const LOG_COLUMNS: [&str; 18] = [
-    "id", "timestamp", "model_name", "model_version", "prediction", "probability", "filename", "processing_time_ms",
-    "queue_wait_ms", "batch_id", "item_id", "attempt", "status", "error_code", "error_message", "worker_id", "device",
+    "id",
+    "timestamp",
+    "model_name",
+    "model_version",
+    "prediction",
+    "probability",
+    "filename",
+    "processing_time_ms",
+    "queue_wait_ms",
+    "batch_id",
+    "item_id",
+    "attempt",
+    "status",
+    "error_code",
+    "error_message",
+    "worker_id",
+    "device",
     "dynamic_batch_size",
 ];
 
@@ -118,6 +168,8 @@ fn log_cells(r: &LogRecord) -> Vec<String> {
         s(&r.error_message),
         r.worker_id.clone(),
         r.device.clone(),
-        r.dynamic_batch_size.map(|b| b.to_string()).unwrap_or_default(),
+        r.dynamic_batch_size
+            .map(|b| b.to_string())
+            .unwrap_or_default(),
     ]
 }

@@ -22,5 +22,6 @@ pub fn router(state: AppState) -> Router {
 
 /// Parses a path id, answering 404 with the resource's own code for anything that is not a UUID.
 fn parse_batch_id(raw: &str) -> Result<uuid::Uuid, crate::error::ApiError> {
-    raw.parse().map_err(|_| crate::error::ApiError::BatchNotFound(raw.to_owned()))
+    raw.parse()
+        .map_err(|_| crate::error::ApiError::BatchNotFound(raw.to_owned()))
 }

@@ -26,7 +26,10 @@ pub(super) fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/batches/{id}/results", get(list_results))
         .route("/v1/batches/{id}/results.csv", get(export_results_csv))
-        .route("/v1/batches/{id}/items/{item}/overlay.png", get(get_overlay))
+        .route(
+            "/v1/batches/{id}/items/{item}/overlay.png",
+            get(get_overlay),
+        )
         .route("/v1/batches/{id}/items/{item}/cam.npy", get(get_cam))
 }
 
@@ -37,12 +40,20 @@ struct PageQuery {
     after: Option<i32>,
 }
 
-async fn list_results(State(state): State<AppState>, Path(id): Path<String>, Query(q): Query<PageQuery>) -> ApiResult<Json<Value>> {
+async fn list_results(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> ApiResult<Json<Value>> {
     let id = parse_batch_id(&id)?;
-    db::batches::get(&state.db, id).await?.ok_or_else(|| ApiError::BatchNotFound(id.to_string()))?;
+    db::batches::get(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::BatchNotFound(id.to_string()))?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let rows = db::results::report_page(&state.db, id, q.after.unwrap_or(-1), limit).await?;
-    let next = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.entry_index)).flatten();
+    let next = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| r.entry_index))
+        .flatten();
     let items: Vec<Value> = rows
         .iter()
         .map(|r| {
@@ -51,7 +62,9 @@ async fn list_results(State(state): State<AppState>, Path(id): Path<String>, Que
             v
         })
         .collect();
-    Ok(Json(json!({ "batch_id": id, "items": items, "next_after": next })))
+    Ok(Json(
+        json!({ "batch_id": id, "items": items, "next_after": next }),
+    ))
 }
 
 fn overlay_url(batch: Uuid, item: Uuid) -> String {
@@ -62,19 +75,28 @@ fn overlay_url(batch: Uuid, item: Uuid) -> String {
 const CSV_PAGE: i64 = 500;
 
 /// `GET /v1/batches/{id}/results.csv`: one row per item in entry order, streamed page by page.
-async fn export_results_csv(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+async fn export_results_csv(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let id = parse_batch_id(&id)?;
-    let batch = db::batches::get(&state.db, id).await?.ok_or_else(|| ApiError::BatchNotFound(id.to_string()))?;
+    let batch = db::batches::get(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::BatchNotFound(id.to_string()))?;
     let labels: Vec<String> = match state.models.get(&batch.model_name) {
         Some(b) => b.labels().to_vec(),
         None => Vec::new(),
     };
     let header = csv_line(&header_row(&labels));
-    let body = stream::once(async move { Ok::<Bytes, std::io::Error>(header) }).chain_pages(state, id, labels);
+    let body = stream::once(async move { Ok::<Bytes, std::io::Error>(header) })
+        .chain_pages(state, id, labels);
     Ok((
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
-            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"xcam-{id}.csv\"")),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"xcam-{id}.csv\""),
+            ),
         ],
         Body::from_stream(body),
     )
@@ -82,11 +104,21 @@ async fn export_results_csv(State(state): State<AppState>, Path(id): Path<String
 }
 
 trait ChainPages {
-    fn chain_pages(self, state: AppState, batch: Uuid, labels: Vec<String>) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send;
+    fn chain_pages(
+        self,
+        state: AppState,
+        batch: Uuid,
+        labels: Vec<String>,
+    ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send;
 }
 
 impl<S: futures::Stream<Item = Result<Bytes, std::io::Error>> + Send> ChainPages for S {
-    fn chain_pages(self, state: AppState, batch: Uuid, labels: Vec<String>) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    fn chain_pages(
+        self,
+        state: AppState,
+        batch: Uuid,
+        labels: Vec<String>,
+    ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send {
         use futures::StreamExt;
         let pages = stream::unfold(Some(-1), move |after| {
             let (state, labels) = (state.clone(), labels.clone());
@@ -95,7 +127,9 @@ impl<S: futures::Stream<Item = Result<Bytes, std::io::Error>> + Send> ChainPages
                 match db::results::report_page(&state.db, batch, after, CSV_PAGE).await {
                     Ok(rows) if rows.is_empty() => None,
                     Ok(rows) => {
-                        let next = (rows.len() as i64 == CSV_PAGE).then(|| rows.last().map(|r| r.entry_index)).flatten();
+                        let next = (rows.len() as i64 == CSV_PAGE)
+                            .then(|| rows.last().map(|r| r.entry_index))
+                            .flatten();
                         let mut out = Vec::new();
                         for r in &rows {
                             out.extend_from_slice(&csv_line(&row_cells(batch, r, &labels)));
@@ -116,16 +150,41 @@ impl<S: futures::Stream<Item = Result<Bytes, std::io::Error>> + Send> ChainPages
 
 fn header_row(labels: &[String]) -> Vec<String> {
     let mut h: Vec<String> = [
-        "batch_id", "item_id", "entry_index", "entry_name", "sha256", "status", "error_code", "error_message",
-        "warnings", "model_name", "model_version", "top_label", "top_probability",
+        "batch_id",
+        "item_id",
+        "entry_index",
+        "entry_name",
+        "sha256",
+        "status",
+        "error_code",
+        "error_message",
+        "warnings",
+        "model_name",
+        "model_version",
+        "top_label",
+        "top_probability",
     ]
     .map(str::to_owned)
     .to_vec();
     h.extend(labels.iter().map(|l| format!("p_{l}")));
     h.extend(
         [
-            "explained_label", "method", "peak_x", "peak_y", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "raw_max",
-            "overlay_url", "processing_ms", "queue_wait_ms", "attempts", "worker", "device", "finished_at",
+            "explained_label",
+            "method",
+            "peak_x",
+            "peak_y",
+            "bbox_x0",
+            "bbox_y0",
+            "bbox_x1",
+            "bbox_y1",
+            "raw_max",
+            "overlay_url",
+            "processing_ms",
+            "queue_wait_ms",
+            "attempts",
+            "worker",
+            "device",
+            "finished_at",
         ]
         .map(str::to_owned),
     );
@@ -155,7 +214,12 @@ fn row_cells(batch: Uuid, r: &ReportRow, labels: &[String]) -> Vec<String> {
         num(r.top_probability),
     ];
     for l in labels {
-        cells.push(num(r.predictions.as_ref().and_then(|p| p.get(l)).and_then(Value::as_f64).map(|v| v as f32)));
+        cells.push(num(r
+            .predictions
+            .as_ref()
+            .and_then(|p| p.get(l))
+            .and_then(Value::as_f64)
+            .map(|v| v as f32)));
     }
     let peak = cam.and_then(|c| c.peak);
     let bbox = cam.and_then(|c| c.bbox);
@@ -170,7 +234,11 @@ fn row_cells(batch: Uuid, r: &ReportRow, labels: &[String]) -> Vec<String> {
         coord(bbox.map(|b| b[2])),
         coord(bbox.map(|b| b[3])),
         num(cam.map(|c| c.raw_max)),
-        if cam.is_some() { overlay_url(batch, r.item_id) } else { String::new() },
+        if cam.is_some() {
+            overlay_url(batch, r.item_id)
+        } else {
+            String::new()
+        },
         num(r.processing_ms),
         num(r.queue_wait_ms),
         r.attempts.to_string(),
@@ -194,25 +262,49 @@ struct ArtefactQuery {
     label: Option<String>,
 }
 
-async fn artefact(state: &AppState, id: &str, item: &str, label: Option<&str>, png: bool) -> ApiResult<Response> {
+async fn artefact(
+    state: &AppState,
+    id: &str,
+    item: &str,
+    label: Option<&str>,
+    png: bool,
+) -> ApiResult<Response> {
     let batch = parse_batch_id(id)?;
-    let item: Uuid = item.parse().map_err(|_| ApiError::NotFound(format!("no item {item}")))?;
-    db::items::get(&state.db, batch, item).await?.ok_or_else(|| ApiError::NotFound(format!("no item {item} in batch {batch}")))?;
-    let cams = db::results::cams(&state.db, item).await?.ok_or_else(|| ApiError::NotFound(format!("item {item} has no result yet")))?;
+    let item: Uuid = item
+        .parse()
+        .map_err(|_| ApiError::NotFound(format!("no item {item}")))?;
+    db::items::get(&state.db, batch, item)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no item {item} in batch {batch}")))?;
+    let cams = db::results::cams(&state.db, item)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("item {item} has no result yet")))?;
     let cam = match label {
         Some(l) => cams.iter().find(|c| c.label == l),
         None => cams.first(),
     }
     .ok_or_else(|| ApiError::NotFound(format!("item {item} has no map for that label")))?;
-    let (key, mime) = if png { (&cam.overlay_key, "image/png") } else { (&cam.cam_key, "application/octet-stream") };
+    let (key, mime) = if png {
+        (&cam.overlay_key, "image/png")
+    } else {
+        (&cam.cam_key, "application/octet-stream")
+    };
     let bytes = state.blobs.get(key).await?;
     Ok(([(header::CONTENT_TYPE, mime)], bytes).into_response())
 }
 
-async fn get_overlay(State(state): State<AppState>, Path((id, item)): Path<(String, String)>, Query(q): Query<ArtefactQuery>) -> ApiResult<Response> {
+async fn get_overlay(
+    State(state): State<AppState>,
+    Path((id, item)): Path<(String, String)>,
+    Query(q): Query<ArtefactQuery>,
+) -> ApiResult<Response> {
     artefact(&state, &id, &item, q.label.as_deref(), true).await
 }
 
-async fn get_cam(State(state): State<AppState>, Path((id, item)): Path<(String, String)>, Query(q): Query<ArtefactQuery>) -> ApiResult<Response> {
+async fn get_cam(
+    State(state): State<AppState>,
+    Path((id, item)): Path<(String, String)>,
+    Query(q): Query<ArtefactQuery>,
+) -> ApiResult<Response> {
     artefact(&state, &id, &item, q.label.as_deref(), false).await
 }

@@ -92,7 +92,11 @@ pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<Batch
 }
 
 /// Newest first; `before` is the `created_at` of the last batch of the previous page.
-pub async fn list(db: impl PgExecutor<'_>, before: Option<DateTime<Utc>>, limit: i64) -> sqlx::Result<Vec<BatchRecord>> {
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    before: Option<DateTime<Utc>>,
+    limit: i64,
+) -> sqlx::Result<Vec<BatchRecord>> {
     sqlx::query_as::<_, BatchRecord>(select_batches!(
         "WHERE ($1::timestamptz IS NULL OR created_at < $1) ORDER BY created_at DESC LIMIT $2"
     ))
@@ -121,7 +125,12 @@ pub async fn counts(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<ItemCount
 }
 
 /// Ingestion is done: record what the archive held and open the batch for work.
-pub async fn mark_ingested(db: impl PgExecutor<'_>, id: Uuid, total_entries: i32, skipped_entries: i32) -> sqlx::Result<()> {
+pub async fn mark_ingested(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    total_entries: i32,
+    skipped_entries: i32,
+) -> sqlx::Result<()> {
     sqlx::query(
         r#"UPDATE batches SET status = 'queued', total_entries = $2, skipped_entries = $3,
                   ingested_at = now(), updated_at = now()
@@ -136,7 +145,12 @@ pub async fn mark_ingested(db: impl PgExecutor<'_>, id: Uuid, total_entries: i32
 }
 
 /// The batch cannot be processed at all (e.g. its archive turned out corrupt during ingestion).
-pub async fn mark_failed(db: impl PgExecutor<'_>, id: Uuid, code: &str, message: &str) -> sqlx::Result<()> {
+pub async fn mark_failed(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    code: &str,
+    message: &str,
+) -> sqlx::Result<()> {
     sqlx::query(
         r#"UPDATE batches SET status = 'failed', error_code = $2, error_message = $3,
                   finished_at = now(), updated_at = now()
@@ -211,7 +225,10 @@ pub async fn refresh(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<()> {
 }
 
 /// The per-batch summary of rejected entries by code (for the validation report).
-pub async fn rejection_codes(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Vec<(String, i64)>> {
+pub async fn rejection_codes(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+) -> sqlx::Result<Vec<(String, i64)>> {
     sqlx::query_as::<_, (String, i64)>(
         r#"SELECT COALESCE(error_code, 'unknown'), count(*) FROM items
            WHERE batch_id = $1 AND status IN ('rejected', 'failed') GROUP BY 1 ORDER BY 2 DESC"#,
@@ -220,4 +237,3 @@ pub async fn rejection_codes(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<
     .fetch_all(db)
     .await
 }
-

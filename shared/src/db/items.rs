@@ -41,7 +41,11 @@ pub struct ItemRecord {
 }
 
 /// Inserts items in chunks (Postgres caps a statement at 65 535 bound parameters).
-pub async fn insert_all(conn: &mut sqlx::PgConnection, batch_id: Uuid, items: &[NewItem]) -> sqlx::Result<()> {
+pub async fn insert_all(
+    conn: &mut sqlx::PgConnection,
+    batch_id: Uuid,
+    items: &[NewItem],
+) -> sqlx::Result<()> {
     for chunk in items.chunks(1000) {
         let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
             "INSERT INTO items (id, batch_id, entry_index, entry_name, sha256, blob_key, byte_size, status, \
@@ -68,7 +72,11 @@ pub async fn insert_all(conn: &mut sqlx::PgConnection, batch_id: Uuid, items: &[
     Ok(())
 }
 
-pub async fn get(db: impl PgExecutor<'_>, batch_id: Uuid, id: Uuid) -> sqlx::Result<Option<ItemRecord>> {
+pub async fn get(
+    db: impl PgExecutor<'_>,
+    batch_id: Uuid,
+    id: Uuid,
+) -> sqlx::Result<Option<ItemRecord>> {
     sqlx::query_as::<_, ItemRecord>(
         r#"SELECT id, batch_id, entry_index, entry_name, sha256, blob_key, status, error_code, error_message,
                   attempts, worker_id, queued_at, started_at, finished_at

@@ -94,7 +94,11 @@ pub struct LogFilter {
 }
 
 /// Newest first, at most `limit` rows.
-pub async fn query(db: impl PgExecutor<'_>, f: &LogFilter, limit: i64) -> sqlx::Result<Vec<LogRecord>> {
+pub async fn query(
+    db: impl PgExecutor<'_>,
+    f: &LogFilter,
+    limit: i64,
+) -> sqlx::Result<Vec<LogRecord>> {
     let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
         "SELECT id, ts, model_name, model_version, prediction, probability, filename, processing_time_ms, \
          queue_wait_ms, batch_id, item_id, attempt, status, error_code, error_message, worker_id, device, \
@@ -125,7 +129,11 @@ pub async fn query(db: impl PgExecutor<'_>, f: &LogFilter, limit: i64) -> sqlx::
         q.push(" AND processing_time_ms >= ").push_bind(v);
     }
     if let Some((ts, id)) = f.before {
-        q.push(" AND (ts, id) < (").push_bind(ts).push(", ").push_bind(id).push(")");
+        q.push(" AND (ts, id) < (")
+            .push_bind(ts)
+            .push(", ")
+            .push_bind(id)
+            .push(")");
     }
     q.push(" ORDER BY ts DESC, id DESC LIMIT ").push_bind(limit);
     q.build_query_as::<LogRecord>().fetch_all(db).await

@@ -22,7 +22,12 @@ pub async fn connect(args: &DatabaseArgs) -> anyhow::Result<PgPool> {
         .acquire_timeout(args.acquire_timeout)
         .connect(url)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot reach Postgres at DATABASE_URL ({}): {e}; {SERVICES_HINT}", redact(url)))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach Postgres at DATABASE_URL ({}): {e}; {SERVICES_HINT}",
+                redact(url)
+            )
+        })?;
     Ok(pool)
 }
 

@@ -106,7 +106,12 @@ pub struct ReportRow {
 }
 
 /// A page of a batch's report in entry order, starting after entry `after`.
-pub async fn report_page(db: impl PgExecutor<'_>, batch_id: Uuid, after: i32, limit: i64) -> sqlx::Result<Vec<ReportRow>> {
+pub async fn report_page(
+    db: impl PgExecutor<'_>,
+    batch_id: Uuid,
+    after: i32,
+    limit: i64,
+) -> sqlx::Result<Vec<ReportRow>> {
     sqlx::query_as::<_, ReportRow>(
         r#"SELECT i.id AS item_id, i.entry_index, i.entry_name, i.sha256, i.status, i.error_code, i.error_message,
                   i.warnings, i.attempts, i.finished_at, r.model_name, r.model_version, r.predictions,
@@ -125,9 +130,10 @@ pub async fn report_page(db: impl PgExecutor<'_>, batch_id: Uuid, after: i32, li
 
 /// The stored CAMs of one item.
 pub async fn cams(db: impl PgExecutor<'_>, item_id: Uuid) -> sqlx::Result<Option<Vec<StoredCam>>> {
-    let row: Option<(Json<Vec<StoredCam>>,)> = sqlx::query_as("SELECT cams FROM results WHERE item_id = $1")
-        .bind(item_id)
-        .fetch_optional(db)
-        .await?;
+    let row: Option<(Json<Vec<StoredCam>>,)> =
+        sqlx::query_as("SELECT cams FROM results WHERE item_id = $1")
+            .bind(item_id)
+            .fetch_optional(db)
+            .await?;
     Ok(row.map(|r| r.0.0))
 }

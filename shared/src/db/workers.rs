@@ -78,7 +78,10 @@ pub async fn stopped(db: impl PgExecutor<'_>, id: &str) -> sqlx::Result<()> {
 }
 
 /// Workers seen within `within`, newest first.
-pub async fn live(db: impl PgExecutor<'_>, within: std::time::Duration) -> sqlx::Result<Vec<WorkerRecord>> {
+pub async fn live(
+    db: impl PgExecutor<'_>,
+    within: std::time::Duration,
+) -> sqlx::Result<Vec<WorkerRecord>> {
     sqlx::query_as::<_, WorkerRecord>(
         r#"SELECT id, host, pid, device, models, started_at, last_seen, stopped_at, jobs_done, jobs_failed
            FROM workers

@@ -71,7 +71,10 @@ pub struct BatchOptions {
 
 impl Default for BatchOptions {
     fn default() -> Self {
-        Self { max_batch: 8, max_wait: Duration::from_millis(20) }
+        Self {
+            max_batch: 8,
+            max_wait: Duration::from_millis(20),
+        }
     }
 }
 
@@ -101,14 +104,21 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("model", &self.bundle.name()).field("device", &self.device).finish()
+        f.debug_struct("Engine")
+            .field("model", &self.bundle.name())
+            .field("device", &self.device)
+            .finish()
     }
 }
 
 impl Engine {
     /// Loads the bundle on the device (on the new thread, which then owns it) and returns once
     /// the model is warm.
-    pub fn start(bundle: Bundle, device: DeviceSpec, options: BatchOptions) -> Result<Self, EngineError> {
+    pub fn start(
+        bundle: Bundle,
+        device: DeviceSpec,
+        options: BatchOptions,
+    ) -> Result<Self, EngineError> {
         let device = device.resolve().map_err(EngineError::Device)?;
         let (tx, rx) = mpsc::channel::<Request>();
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -126,7 +136,11 @@ impl Engine {
             })
             .map_err(|e| EngineError::Device(format!("cannot start the inference thread: {e}")))?;
         ready_rx.recv().map_err(|_| EngineError::Stopped)??;
-        Ok(Self { tx, bundle, device: describe(device) })
+        Ok(Self {
+            tx,
+            bundle,
+            device: describe(device),
+        })
     }
 
     pub fn bundle(&self) -> &Bundle {
@@ -140,29 +154,58 @@ impl Engine {
 
     /// Validates a target against this model.
     pub fn check_target(&self, target: &Target) -> Result<(), EngineError> {
-        target.labels.validate(self.bundle.labels()).map_err(EngineError::BadRequest)
+        target
+            .labels
+            .validate(self.bundle.labels())
+            .map_err(EngineError::BadRequest)
     }
 
     /// Queues one prepared image; the reply comes when its batch has run.
-    pub fn submit(&self, input: Tensor, target: Target) -> Result<oneshot::Receiver<Result<Inferred, EngineError>>, EngineError> {
+    pub fn submit(
+        &self,
+        input: Tensor,
+        target: Target,
+    ) -> Result<oneshot::Receiver<Result<Inferred, EngineError>>, EngineError> {
         self.check_target(&target)?;
         let spec = &self.bundle.manifest.input;
-        let want = [i64::from(spec.channels), i64::from(spec.height), i64::from(spec.width)];
+        let want = [
+            i64::from(spec.channels),
+            i64::from(spec.height),
+            i64::from(spec.width),
+        ];
         if input.size() != want {
-            return Err(EngineError::BadRequest(format!("input has shape {:?}, the model takes {want:?}", input.size())));
+            return Err(EngineError::BadRequest(format!(
+                "input has shape {:?}, the model takes {want:?}",
+                input.size()
+            )));
         }
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Request { input, target, reply }).map_err(|_| EngineError::Stopped)?;
+        self.tx
+            .send(Request {
+                input,
+                target,
+                reply,
+            })
+            .map_err(|_| EngineError::Stopped)?;
         Ok(rx)
     }
 
     /// Decodes nothing, blocks on nothing async: prepares, runs and summarises one image.
     /// For callers on a blocking thread (the CLI, `spawn_blocking`).
-    pub fn explain_blocking(&self, image: &GrayImage, target: Target) -> Result<(Explanation, Inferred), EngineError> {
+    pub fn explain_blocking(
+        &self,
+        image: &GrayImage,
+        target: Target,
+    ) -> Result<(Explanation, Inferred), EngineError> {
         let prepared = preprocess::prepare(image, &self.bundle.manifest.input);
         let rx = self.submit(prepared.input, target)?;
         let inferred = rx.blocking_recv().map_err(|_| EngineError::Stopped)??;
-        let explanation = summary::finish(&inferred.output, &prepared.geometry, &self.bundle, &self.device);
+        let explanation = summary::finish(
+            &inferred.output,
+            &prepared.geometry,
+            &self.bundle,
+            &self.device,
+        );
         Ok((explanation, inferred))
     }
 }
@@ -186,8 +229,10 @@ fn serve(model: &LoadedModel, rx: &mpsc::Receiver<Request>, options: BatchOption
 fn run_batch(model: &LoadedModel, batch: Vec<Request>) {
     let started = Instant::now();
     let size = batch.len();
-    let (inputs, rest): (Vec<Tensor>, Vec<(Target, oneshot::Sender<_>)>) =
-        batch.into_iter().map(|r| (r.input, (r.target, r.reply))).unzip();
+    let (inputs, rest): (Vec<Tensor>, Vec<(Target, oneshot::Sender<_>)>) = batch
+        .into_iter()
+        .map(|r| (r.input, (r.target, r.reply)))
+        .unzip();
     let targets: Vec<Target> = rest.iter().map(|(t, _)| t.clone()).collect();
     // A libtorch error surfaces as a Rust panic in some tch calls; it must fail this batch,
     // not kill the thread every later job depends on.
@@ -204,11 +249,20 @@ fn run_batch(model: &LoadedModel, batch: Vec<Request>) {
         Err(EngineError::Inference(reason))
     });
     let batch_ms = started.elapsed().as_secs_f64() * 1e3;
-    tracing::debug!(model = model.bundle.name(), batch = size, ms = batch_ms, "ran batch");
+    tracing::debug!(
+        model = model.bundle.name(),
+        batch = size,
+        ms = batch_ms,
+        "ran batch"
+    );
     match result {
         Ok(outputs) => {
             for (output, (_, reply)) in outputs.into_iter().zip(rest) {
-                let _ = reply.send(Ok(Inferred { output, batch_size: size, batch_ms }));
+                let _ = reply.send(Ok(Inferred {
+                    output,
+                    batch_size: size,
+                    batch_ms,
+                }));
             }
         }
         Err(e) => {

@@ -4,7 +4,10 @@
 use tch::{CModule, Device, Kind, Tensor};
 use xcam_shared::bundle::Bundle;
 
-use super::{EngineError, cam::{self, LabelSelection, Method}};
+use super::{
+    EngineError,
+    cam::{self, LabelSelection, Method},
+};
 
 /// One image's share of a batch: what to explain and how.
 #[derive(Debug, Clone)]
@@ -39,7 +42,10 @@ pub struct LoadedModel {
 
 impl std::fmt::Debug for LoadedModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedModel").field("bundle", &self.bundle.dir).field("device", &self.device).finish()
+        f.debug_struct("LoadedModel")
+            .field("bundle", &self.bundle.dir)
+            .field("device", &self.device)
+            .finish()
     }
 }
 
@@ -56,10 +62,20 @@ impl LoadedModel {
             m.set_eval();
             Ok::<_, EngineError>(m)
         };
-        let model = Self { features: load(bundle.features_path())?, head: load(bundle.head_path())?, device, bundle };
+        let model = Self {
+            features: load(bundle.features_path())?,
+            head: load(bundle.head_path())?,
+            device,
+            bundle,
+        };
         let spec = &model.bundle.manifest.input;
         let dummy = Tensor::zeros(
-            [2, i64::from(spec.channels), i64::from(spec.height), i64::from(spec.width)],
+            [
+                2,
+                i64::from(spec.channels),
+                i64::from(spec.height),
+                i64::from(spec.width),
+            ],
             (Kind::Float, Device::Cpu),
         );
         for _ in 0..3 {
@@ -68,10 +84,19 @@ impl LoadedModel {
             if probabilities.size() != [2, labels as i64] {
                 return Err(EngineError::Model {
                     bundle: model.bundle.dir.display().to_string(),
-                    reason: format!("the head outputs {:?} for a batch of 2, but model.toml lists {labels} labels", probabilities.size()),
+                    reason: format!(
+                        "the head outputs {:?} for a batch of 2, but model.toml lists {labels} labels",
+                        probabilities.size()
+                    ),
                 });
             }
-            let targets = vec![Target { method: Method::GradCam, labels: LabelSelection::Top1 }; 2];
+            let targets = vec![
+                Target {
+                    method: Method::GradCam,
+                    labels: LabelSelection::Top1
+                };
+                2
+            ];
             model.explain(&dummy, &targets)?;
         }
         Ok(model)
@@ -84,8 +109,14 @@ impl LoadedModel {
     /// Probabilities (sigmoid of the logits: labels are independent findings) for a batch.
     pub fn forward_only(&self, x: &Tensor) -> Result<Tensor, EngineError> {
         tch::no_grad(|| {
-            let a = self.features.forward_ts(&[x.to_device(self.device)]).map_err(|e| self.model_error(e))?;
-            let logits = self.head.forward_ts(&[a]).map_err(|e| self.model_error(e))?;
+            let a = self
+                .features
+                .forward_ts(&[x.to_device(self.device)])
+                .map_err(|e| self.model_error(e))?;
+            let logits = self
+                .head
+                .forward_ts(&[a])
+                .map_err(|e| self.model_error(e))?;
             Ok(logits.sigmoid().to_device(Device::Cpu))
         })
     }
@@ -98,9 +129,13 @@ impl LoadedModel {
     /// gives every image its own gradient.
     pub fn explain(&self, x: &Tensor, targets: &[Target]) -> Result<Vec<RawOutput>, EngineError> {
         let n = targets.len();
-        let activations = tch::no_grad(|| self.features.forward_ts(&[x.to_device(self.device)])).map_err(|e| self.model_error(e))?;
+        let activations = tch::no_grad(|| self.features.forward_ts(&[x.to_device(self.device)]))
+            .map_err(|e| self.model_error(e))?;
         let a = activations.detach().set_requires_grad(true);
-        let logits = self.head.forward_ts(&[&a]).map_err(|e| self.model_error(e))?;
+        let logits = self
+            .head
+            .forward_ts(&[&a])
+            .map_err(|e| self.model_error(e))?;
         let probs = logits.detach().sigmoid().to_device(Device::Cpu);
         let num_labels = logits.size()[1];
         let manifest = &self.bundle.manifest.model;
@@ -108,13 +143,19 @@ impl LoadedModel {
         let mut outputs: Vec<RawOutput> = (0..n)
             .map(|i| {
                 let probabilities = Vec::<f32>::try_from(probs.get(i as i64)).unwrap_or_default();
-                RawOutput { probabilities, cams: Vec::new() }
+                RawOutput {
+                    probabilities,
+                    cams: Vec::new(),
+                }
             })
             .collect();
         let picks: Vec<Vec<usize>> = outputs
             .iter()
             .zip(targets)
-            .map(|(o, t)| t.labels.pick(&o.probabilities, &manifest.thresholds, &manifest.labels))
+            .map(|(o, t)| {
+                t.labels
+                    .pick(&o.probabilities, &manifest.thresholds, &manifest.labels)
+            })
             .collect();
         let slots = picks.iter().map(Vec::len).max().unwrap_or(0);
         let a_cpu = a.detach().to_device(Device::Cpu);
@@ -126,17 +167,25 @@ impl LoadedModel {
                     mask[i * num_labels as usize + label] = 1.0;
                 }
             }
-            let mask = Tensor::from_slice(&mask).view([n as i64, num_labels]).to_device(self.device);
+            let mask = Tensor::from_slice(&mask)
+                .view([n as i64, num_labels])
+                .to_device(self.device);
             let score = (&logits * mask).sum(Kind::Float);
             let keep_graph = slot + 1 < slots;
-            let grads = Tensor::f_run_backward(&[score], &[&a], keep_graph, false).map_err(|e| self.model_error(e))?;
+            let grads = Tensor::f_run_backward(&[score], &[&a], keep_graph, false)
+                .map_err(|e| self.model_error(e))?;
             let g = grads[0].to_device(Device::Cpu);
             for (i, p) in picks.iter().enumerate() {
                 let Some(&label) = p.get(slot) else { continue };
                 let method = targets[i].method;
                 let map = cam::cam(method, &a_cpu.get(i as i64), &g.get(i as i64));
                 let raw_max = map.max().double_value(&[]) as f32;
-                outputs[i].cams.push(RawCam { label, method, map, raw_max });
+                outputs[i].cams.push(RawCam {
+                    label,
+                    method,
+                    map,
+                    raw_max,
+                });
             }
         }
         Ok(outputs)

@@ -22,7 +22,10 @@ impl Geometry {
         if self.square == 0 {
             (0, 0)
         } else {
-            ((self.square - self.width) / 2, (self.square - self.height) / 2)
+            (
+                (self.square - self.width) / 2,
+                (self.square - self.height) / 2,
+            )
         }
     }
 }
@@ -38,7 +41,11 @@ pub struct Prepared {
 pub fn prepare(image: &GrayImage, spec: &InputSpec) -> Prepared {
     let (w, h) = (image.width as i64, image.height as i64);
     let mut x = Tensor::from_slice(&image.pixels).view([1, 1, h, w]);
-    let mut geometry = Geometry { width: image.width, height: image.height, square: 0 };
+    let mut geometry = Geometry {
+        width: image.width,
+        height: image.height,
+        square: 0,
+    };
     if spec.resize == ResizePolicy::Letterbox && w != h {
         let side = w.max(h);
         let (left, top) = ((side - w) / 2, (side - h) / 2);
@@ -54,7 +61,10 @@ pub fn prepare(image: &GrayImage, spec: &InputSpec) -> Prepared {
         x = x.internal_upsample_bilinear2d_aa([th, tw], false, None, None);
     }
     let x = normalise(x, &spec.normalize, spec.channels);
-    Prepared { input: x.squeeze_dim(0), geometry }
+    Prepared {
+        input: x.squeeze_dim(0),
+        geometry,
+    }
 }
 
 fn pad_mask(h: i64, w: i64, side: i64, left: i64, top: i64) -> Tensor {
@@ -63,7 +73,11 @@ fn pad_mask(h: i64, w: i64, side: i64, left: i64, top: i64) -> Tensor {
 }
 
 fn normalise(x: Tensor, norm: &Normalization, channels: u32) -> Tensor {
-    let x = if channels == 3 { x.repeat([1, 3, 1, 1]) } else { x };
+    let x = if channels == 3 {
+        x.repeat([1, 3, 1, 1])
+    } else {
+        x
+    };
     match norm {
         Normalization::Range { low, high } => x * f64::from(high - low) + f64::from(*low),
         Normalization::MeanStd { mean, std } => {
@@ -81,7 +95,9 @@ pub fn to_original(map: &Tensor, geometry: &Geometry) -> Tensor {
     let map = map.view([1, 1, map.size()[0], map.size()[1]]);
     let (w, h) = (i64::from(geometry.width), i64::from(geometry.height));
     if geometry.square == 0 {
-        return map.upsample_bilinear2d([h, w], false, None, None).view([h, w]);
+        return map
+            .upsample_bilinear2d([h, w], false, None, None)
+            .view([h, w]);
     }
     let side = i64::from(geometry.square);
     let (left, top) = geometry.offset();

@@ -7,7 +7,10 @@ use serde::Serialize;
 use tch::Tensor;
 use xcam_shared::bundle::Bundle;
 
-use super::{model::RawOutput, preprocess::{Geometry, to_original}};
+use super::{
+    model::RawOutput,
+    preprocess::{Geometry, to_original},
+};
 
 /// Everything xcam says about one image.
 #[derive(Debug, Clone, Serialize)]
@@ -58,17 +61,31 @@ pub fn finish(raw: &RawOutput, geometry: &Geometry, bundle: &Bundle, device: &st
             let map = normalise(&to_original(&c.map, geometry), c.raw_max);
             let (peak, bbox) = if c.raw_max > 0.0 {
                 let peak = peak(&map, geometry.width);
-                (Some(peak), Some(strongest_region(&map, geometry.width, geometry.height, 0.5)))
+                (
+                    Some(peak),
+                    Some(strongest_region(&map, geometry.width, geometry.height, 0.5)),
+                )
             } else {
                 (None, None)
             };
-            CamSummary { label: labels[c.label].clone(), method: c.method.to_string(), peak, bbox, raw_max: c.raw_max, map }
+            CamSummary {
+                label: labels[c.label].clone(),
+                method: c.method.to_string(),
+                peak,
+                bbox,
+                raw_max: c.raw_max,
+                map,
+            }
         })
         .collect();
     Explanation {
         width: geometry.width,
         height: geometry.height,
-        predictions: labels.iter().cloned().zip(raw.probabilities.iter().copied()).collect(),
+        predictions: labels
+            .iter()
+            .cloned()
+            .zip(raw.probabilities.iter().copied())
+            .collect(),
         top_label: labels.get(top).cloned().unwrap_or_default(),
         top_probability,
         device: device.to_owned(),
@@ -83,7 +100,11 @@ fn normalise(map: &Tensor, raw_max: f32) -> Vec<f32> {
         v.iter_mut().for_each(|x| *x = 0.0);
         return v;
     }
-    let (lo, hi) = v.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+    let (lo, hi) = v
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        });
     let scale = 1.0 / (hi - lo + 1e-7);
     v.iter_mut().for_each(|x| *x = (*x - lo) * scale);
     v
@@ -94,7 +115,9 @@ pub fn peak(map: &[f32], width: u32) -> [u32; 2] {
     let i = map
         .iter()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best })
+        .fold((0, f32::NEG_INFINITY), |best, (i, &x)| {
+            if x > best.1 { (i, x) } else { best }
+        })
         .0 as u32;
     [i % width, i / width]
 }

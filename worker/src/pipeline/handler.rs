@@ -13,7 +13,11 @@ use chrono::Utc;
 use sqlx::PgPool;
 use xcam_shared::{
     blob::{self, BlobError, BlobStore},
-    db::{self, logs::NewLogEntry, results::{NewResult, StoredCam}},
+    db::{
+        self,
+        logs::NewLogEntry,
+        results::{NewResult, StoredCam},
+    },
     imaging,
     jobs::GradCamJobV1,
     targets::{LabelSelection, Method},
@@ -48,8 +52,14 @@ enum JobError {
 impl From<BlobError> for JobError {
     fn from(e: BlobError) -> Self {
         match e {
-            BlobError::NotFound { .. } => JobError::Permanent { code: "image_missing", message: "the image is no longer in the blob store".into() },
-            other => JobError::Transient { code: "blob_store_unavailable", message: other.to_string() },
+            BlobError::NotFound { .. } => JobError::Permanent {
+                code: "image_missing",
+                message: "the image is no longer in the blob store".into(),
+            },
+            other => JobError::Transient {
+                code: "blob_store_unavailable",
+                message: other.to_string(),
+            },
         }
     }
 }
@@ -57,7 +67,11 @@ impl From<BlobError> for JobError {
 impl From<EngineError> for JobError {
     fn from(e: EngineError) -> Self {
         let (code, message) = (e.code(), e.to_string());
-        if e.is_permanent() { JobError::Permanent { code, message } } else { JobError::Transient { code, message } }
+        if e.is_permanent() {
+            JobError::Permanent { code, message }
+        } else {
+            JobError::Transient { code, message }
+        }
     }
 }
 
@@ -109,7 +123,10 @@ pub async fn handle(job: GradCamJobV1, ctx: Data<Arc<JobContext>>) -> Result<(),
             log.probability = Some(e.top_probability);
             log.dynamic_batch_size = Some(outcome.inferred.batch_size as i32);
             let predictions = serde_json::to_value(&e.predictions)?;
-            let method = outcome.cams.first().map_or(job.method.as_str(), |c| c.method.as_str());
+            let method = outcome
+                .cams
+                .first()
+                .map_or(job.method.as_str(), |c| c.method.as_str());
             db::results::upsert(
                 &ctx.db,
                 &NewResult {
@@ -156,8 +173,21 @@ pub async fn handle(job: GradCamJobV1, ctx: Data<Arc<JobContext>>) -> Result<(),
     }
 }
 
-async fn fail<'a>(ctx: &JobContext, log: &mut NewLogEntry<'a>, job: &GradCamJobV1, code: &'a str, message: &'a str) -> Result<(), BoxDynError> {
-    db::items::finish(&ctx.db, job.item_id, "failed", Some((code, message)), &ctx.worker_id).await?;
+async fn fail<'a>(
+    ctx: &JobContext,
+    log: &mut NewLogEntry<'a>,
+    job: &GradCamJobV1,
+    code: &'a str,
+    message: &'a str,
+) -> Result<(), BoxDynError> {
+    db::items::finish(
+        &ctx.db,
+        job.item_id,
+        "failed",
+        Some((code, message)),
+        &ctx.worker_id,
+    )
+    .await?;
     log.status = "failed";
     log.error_code = Some(code);
     log.error_message = Some(message);
@@ -165,7 +195,12 @@ async fn fail<'a>(ctx: &JobContext, log: &mut NewLogEntry<'a>, job: &GradCamJobV
     Ok(())
 }
 
-async fn record(ctx: &JobContext, log: &NewLogEntry<'_>, batch: uuid::Uuid, succeeded: bool) -> sqlx::Result<()> {
+async fn record(
+    ctx: &JobContext,
+    log: &NewLogEntry<'_>,
+    batch: uuid::Uuid,
+    succeeded: bool,
+) -> sqlx::Result<()> {
     db::logs::insert(&ctx.db, log).await?;
     db::batches::refresh(&ctx.db, batch).await?;
     db::workers::count_job(&ctx.db, &ctx.worker_id, succeeded).await
@@ -188,7 +223,10 @@ async fn explain(ctx: &JobContext, job: &GradCamJobV1) -> Result<Outcome, JobErr
         })
     })
     .await
-    .map_err(|e| JobError::Transient { code: "internal", message: e.to_string() })?
+    .map_err(|e| JobError::Transient {
+        code: "internal",
+        message: e.to_string(),
+    })?
     .map_err(|e| bad(e.code(), e.to_string()))?;
 
     let geometry = prepared.geometry;
@@ -196,26 +234,45 @@ async fn explain(ctx: &JobContext, job: &GradCamJobV1) -> Result<Outcome, JobErr
         .engine
         .submit(prepared.input, target)?
         .await
-        .map_err(|_| JobError::Transient { code: "engine_stopped", message: "the inference thread stopped".into() })??;
+        .map_err(|_| JobError::Transient {
+            code: "engine_stopped",
+            message: "the inference thread stopped".into(),
+        })??;
 
     let engine = ctx.engine.clone();
     let item = job.item_id;
     let (explanation, files, inferred) = tokio::task::spawn_blocking(move || {
-        let explanation = summary::finish(&inferred.output, &geometry, engine.bundle(), engine.device());
+        let explanation = summary::finish(
+            &inferred.output,
+            &geometry,
+            engine.bundle(),
+            engine.device(),
+        );
         let files: Result<Vec<_>, image::ImageError> = explanation
             .cams
             .iter()
             .map(|c| {
                 let overlay = render::overlay_png(&image, &c.map)?;
                 let npy = render::npy_f32(&c.map, image.width, image.height);
-                Ok((blob::derived_key(item, &c.label, "overlay.png"), overlay, blob::derived_key(item, &c.label, "cam.npy"), npy))
+                Ok((
+                    blob::derived_key(item, &c.label, "overlay.png"),
+                    overlay,
+                    blob::derived_key(item, &c.label, "cam.npy"),
+                    npy,
+                ))
             })
             .collect();
         (explanation, files, inferred)
     })
     .await
-    .map_err(|e| JobError::Transient { code: "internal", message: e.to_string() })?;
-    let files = files.map_err(|e| JobError::Transient { code: "render_failed", message: e.to_string() })?;
+    .map_err(|e| JobError::Transient {
+        code: "internal",
+        message: e.to_string(),
+    })?;
+    let files = files.map_err(|e| JobError::Transient {
+        code: "render_failed",
+        message: e.to_string(),
+    })?;
 
     let mut cams = Vec::with_capacity(files.len());
     for (cam, (overlay_key, overlay, cam_key, npy)) in explanation.cams.iter().zip(files) {
@@ -231,5 +288,9 @@ async fn explain(ctx: &JobContext, job: &GradCamJobV1) -> Result<Outcome, JobErr
             cam_key,
         });
     }
-    Ok(Outcome { explanation, cams, inferred })
+    Ok(Outcome {
+        explanation,
+        cams,
+        inferred,
+    })
 }

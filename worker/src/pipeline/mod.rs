@@ -76,25 +76,51 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(url) => BlobStore::open(url)?,
         None => BlobStore::local(std::path::Path::new(".xcam/blobs"))?,
     };
-    let options = BatchOptions { max_batch: args.max_batch.max(1), max_wait: Duration::from_millis(args.max_wait_ms) };
+    let options = BatchOptions {
+        max_batch: args.max_batch.max(1),
+        max_wait: Duration::from_millis(args.max_wait_ms),
+    };
     let mut engines = BTreeMap::new();
     for spec in &args.models {
         let bundle = bundle::resolve(spec, &args.model_args.models_dir)?;
         let name = bundle.name().to_owned();
         // Model loading and warm-up are CPU work: keep them off the executor.
         let device = args.model_args.device;
-        let engine = tokio::task::spawn_blocking(move || Engine::start(bundle, device, options)).await?.with_context(|| format!("loading model {spec}"))?;
+        let engine = tokio::task::spawn_blocking(move || Engine::start(bundle, device, options))
+            .await?
+            .with_context(|| format!("loading model {spec}"))?;
         engines.insert(name, engine);
     }
-    let device = engines.values().next().map(|e| e.device().to_owned()).unwrap_or_default();
+    let device = engines
+        .values()
+        .next()
+        .map(|e| e.device().to_owned())
+        .unwrap_or_default();
     let host = hostname();
-    let worker_id = args.worker_name.clone().unwrap_or_else(|| format!("{host}-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]));
+    let worker_id = args.worker_name.clone().unwrap_or_else(|| {
+        format!(
+            "{host}-{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        )
+    });
     let model_names: Vec<String> = engines.keys().cloned().collect();
-    db::workers::register(&db, &worker_id, &host, std::process::id() as i32, &device, &model_names).await?;
+    db::workers::register(
+        &db,
+        &worker_id,
+        &host,
+        std::process::id() as i32,
+        &device,
+        &model_names,
+    )
+    .await?;
     tracing::info!(worker = %worker_id, %device, models = ?model_names, max_batch = options.max_batch, max_wait_ms = args.max_wait_ms, "worker ready");
 
     let heartbeat = tokio::spawn(heartbeat(db.clone(), worker_id.clone()));
-    let tuning = QueueTuning { orphan_after: args.orphan_after, fetch_batch: options.max_batch };
+    let tuning = QueueTuning {
+        orphan_after: args.orphan_after,
+        fetch_batch: options.max_batch,
+    };
     let mut monitor = Monitor::new().shutdown_timeout(Duration::from_secs(120));
     for (model, engine) in engines {
         let ctx = Arc::new(JobContext {
@@ -136,7 +162,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     heartbeat.abort();
     db::workers::stopped(&db, &worker_id).await.ok();
     result.context("the worker's job monitor failed")?;
-    anyhow::ensure!(signalled.load(Ordering::SeqCst), "every queue consumer stopped without a shutdown signal");
+    anyhow::ensure!(
+        signalled.load(Ordering::SeqCst),
+        "every queue consumer stopped without a shutdown signal"
+    );
     tracing::info!(worker = %worker_id, "stopped");
     Ok(())
 }

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# `make bench-pipeline`: the whole pipeline against the engine alone, from one run.
+#   1. 500 synthetic radiographs through producer → Redis → one worker → Postgres, DenseNet-121
+#      bundle, batch 8; beside `xcam-worker bench` for the same bundle and batch size.
+#   2. The producer's peak memory while it ingests a 1 GiB ZIP.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+: "${DATABASE_URL:?run through make bench-pipeline}" "${REDIS_URL:?run through make bench-pipeline}"
+images="${BENCH_IMAGES:-500}"
+batch="${BENCH_BATCH:-8}"
+work="$root/target/bench-pipeline"
+models="$root/target/bench-models"
+rm -rf "$work"; mkdir -p "$work"
+[[ -f "$models/densenet121/model.toml" ]] || python3 models/tools/export.py --arch densenet121 --num-classes 18 --out "$models/densenet121"
+
+echo "==> drawing $images radiographs"
+python3 - "$work" "$images" <<'PY'
+import sys, zipfile
+from pathlib import Path
+sys.path.insert(0, "models/tools")
+import synth
+out = Path(sys.argv[1]); n = int(sys.argv[2])
+synth.write_set(out / "images", seed=31337, count=n, sizes=((512, 512), (480, 400), (448, 448)))
+with zipfile.ZipFile(out / "images.zip", "w", zipfile.ZIP_STORED) as z:
+    for f in sorted((out / "images").glob("cxr_*")):
+        z.write(f, f.name)
+PY
+
+prefix="bench$(date +%s)"
+export XCAM_QUEUE_PREFIX="$prefix" XCAM_BLOB_URL="file://$work/blobs" XCAM_MODELS_DIR="$models"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+api="http://127.0.0.1:$port"
+XCAM_BIND="127.0.0.1:$port" target/release/xcam serve > "$work/api.log" 2>&1 & api_pid=$!
+trap 'kill $api_pid ${worker_pid:-} 2>/dev/null || true' EXIT
+for _ in $(seq 100); do curl -fsS "$api/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
+target/release/xcam-worker run --model densenet121 --device cpu --max-batch "$batch" > "$work/worker.log" 2>&1 & worker_pid=$!
+for _ in $(seq 300); do [[ "$(curl -fsS "$api/v1/workers")" != "[]" ]] && break; sleep 0.2; done
+
+json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+echo "==> pipeline: $images images, one worker, batch $batch"
+start=$(date +%s.%N)
+id=$(curl -fsS -F model=densenet121 -F file=@"$work/images.zip" "$api/v1/batches" | json 'd["id"]')
+while :; do
+  status=$(curl -fsS "$api/v1/batches/$id" | json 'd["status"]')
+  case "$status" in succeeded|completed_with_errors|failed|cancelled) break ;; esac
+  sleep 0.5
+done
+end=$(date +%s.%N)
+view=$(curl -fsS "$api/v1/batches/$id")
+kill $worker_pid; wait $worker_pid 2>/dev/null || true; unset worker_pid
+
+echo "==> engine alone: xcam-worker bench, same bundle and batch size"
+engine=$(target/release/xcam-worker bench --model densenet121 --device cpu --batch "$batch" --seconds 10 --json)
+
+echo "==> producer memory while ingesting a 1 GiB ZIP"
+python3 - "$work/big.zip" <<'PY'
+import sys, zipfile, numpy as np
+from io import BytesIO
+from PIL import Image
+rng = np.random.default_rng(7)
+buf = BytesIO()
+Image.fromarray(rng.integers(0, 65535, (2048, 2048), dtype=np.uint16)).save(buf, format="PNG")
+png = buf.getvalue()
+with zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_STORED) as z:
+    i = 0
+    while z.fp.tell() < (1 << 30):
+        z.writestr(f"big_{i:04d}.png", png); i += 1
+PY
+rss() { awk '/^'"$1"':/ {print $2}' /proc/$api_pid/status; }
+before=$(rss VmRSS)
+# No worker serves the demo queue in this run: the jobs are only ingested, then cancelled.
+big=$(curl -fsS -F model=demo -F file=@"$work/big.zip" "$api/v1/batches" | json 'd["id"]')
+while [[ "$(curl -fsS "$api/v1/batches/$big" | json 'd["status"]')" == ingesting ]]; do sleep 0.5; done
+curl -fsS -X POST "$api/v1/batches/$big/cancel" >/dev/null
+peak=$(rss VmHWM)
+zip_bytes=$(stat -c %s "$work/big.zip")
+
+python3 - "$view" "$engine" "$start" "$end" "$before" "$peak" "$zip_bytes" <<'PY'
+import json, sys, os, datetime
+view, engine = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+start, end, before, peak, zip_bytes = float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+n = view["counts"]["succeeded"]
+wall = end - start
+steady = view["throughput_per_s"]
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+print()
+print(f"DenseNet-121 (18 outputs), batch {engine['batch']}, {engine['device']} — {cpu}, {os.cpu_count()} cores, {datetime.date.today()}")
+print(f"| {'':46} | {'images/s':>9} |")
+print(f"|{'-'*48}|{'-'*11}|")
+print(f"| {'engine alone: forward only':46} | {engine['forward_images_per_s']:9.1f} |")
+print(f"| {'engine alone: Grad-CAM':46} | {engine['gradcam_images_per_s']:9.1f} |")
+print(f"| {f'pipeline, first start to last finish ({n} images)':46} | {steady:9.1f} |")
+print(f"| {'pipeline, upload to batch done':46} | {n / wall:9.1f} |")
+print()
+print(f"pipeline / engine Grad-CAM: {steady / engine['gradcam_images_per_s']:.2f} (target >= 0.9); with upload and ingestion: {n / wall / engine['gradcam_images_per_s']:.2f}")
+print(f"producer RSS: {before / 1024:.0f} MiB before, {peak / 1024:.0f} MiB peak while ingesting a {zip_bytes / 2**30:.2f} GiB ZIP")
+PY
+redis-cli -u "$REDIS_URL" --scan --pattern "$prefix.*" | xargs -r redis-cli -u "$REDIS_URL" del >/dev/null

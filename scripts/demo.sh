@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# `make demo`: the main job end to end on the private Redis and Postgres — start the API and one
+# worker, submit the demo sample archive, watch it run, export the CSV report.
+# The producer and worker keep running afterwards; `make down` stops everything.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+run="$root/.xcam/run"
+mkdir -p "$run"
+: "${DATABASE_URL:?run through make demo}" "${REDIS_URL:?run through make demo}"
+export XCAM_BLOB_URL="${XCAM_BLOB_URL:-file://$root/.xcam/blobs}"
+port_file="$run/api.port"
+
+stop() { [[ -f "$run/$1.pid" ]] && kill "$(cat "$run/$1.pid")" 2>/dev/null || true; rm -f "$run/$1.pid"; }
+alive() { [[ -f "$run/$1.pid" ]] && kill -0 "$(cat "$run/$1.pid")" 2>/dev/null; }
+
+# Restart both so the demo always runs the binaries just built.
+stop worker; stop api
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+echo "$port" > "$port_file"
+api="http://127.0.0.1:$port"
+echo "==> starting the API on $api (log: .xcam/run/api.log)"
+XCAM_BIND="127.0.0.1:$port" nohup target/release/xcam serve > "$run/api.log" 2>&1 &
+echo $! > "$run/api.pid"
+echo "==> starting one worker for the demo model (log: .xcam/run/worker.log)"
+nohup target/release/xcam-worker run --model demo > "$run/worker.log" 2>&1 &
+echo $! > "$run/worker.pid"
+
+json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+for _ in $(seq 100); do curl -fsS "$api/readyz" >/dev/null 2>&1 && break; alive api || { cat "$run/api.log"; exit 1; }; sleep 0.2; done
+echo "==> ready: $(curl -fsS "$api/readyz")"
+for _ in $(seq 150); do
+  n=$(curl -fsS "$api/v1/workers" | json 'len(d)')
+  [[ "$n" -ge 1 ]] && break
+  alive worker || { cat "$run/worker.log"; exit 1; }
+  sleep 0.2
+done
+curl -fsS "$api/v1/workers" | json '"\n".join(f"==> worker {w[\"id\"]} on {w[\"device\"]} serving {\", \".join(w[\"models\"])}" for w in d)'
+
+echo "==> submitting models/demo/samples/samples.zip"
+batch=$(curl -fsS -F model=demo -F labels=top1 -F file=@models/demo/samples/samples.zip "$api/v1/batches" | json 'd["id"]')
+echo "    batch $batch"
+while :; do
+  view=$(curl -fsS "$api/v1/batches/$batch")
+  line=$(echo "$view" | json 'f"{d[\"status\"]:>22}  {d[\"counts\"][\"succeeded\"]}/{d[\"counts\"][\"total\"]} done, {d[\"counts\"][\"failed\"]} failed, {(d.get(\"throughput_per_s\") or 0):.1f} images/s"')
+  echo "    $line"
+  status=$(echo "$view" | json 'd["status"]')
+  case "$status" in succeeded|completed_with_errors|failed|cancelled) break ;; esac
+  sleep 1
+done
+curl -fsS -o .xcam/demo-results.csv "$api/v1/batches/$batch/results.csv"
+echo "==> CSV report: .xcam/demo-results.csv ($(($(wc -l < .xcam/demo-results.csv) - 1)) rows)"
+python3 - .xcam/demo-results.csv <<'PY'
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+print(f"    {'entry':14} {'top label':10} {'p':>6}  {'peak':>11}  box")
+for r in rows[:8]:
+    print(f"    {r['entry_name']:14} {r['top_label']:10} {float(r['top_probability']):6.3f}  ({r['peak_x']:>4},{r['peak_y']:>4})  [{r['bbox_x0']}, {r['bbox_y0']}, {r['bbox_x1']}, {r['bbox_y1']}]")
+print(f"    … {len(rows) - 8} more")
+PY
+first=$(python3 -c "import csv; r=next(csv.DictReader(open('.xcam/demo-results.csv'))); print(r['overlay_url'])")
+echo "==> an overlay: $api$first"
+echo "==> logs:       $api/v1/logs?batch=$batch"
+echo "The API and the worker keep running; stop everything with: make down"
+[[ "$status" == succeeded ]]

@@ -1,0 +1,141 @@
+//! Private Redis and Postgres servers for the tests that stop and restart them (the shared ones
+//! serve every other test in parallel and must stay up).
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what} did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A redis-server child with append-only persistence, restartable on the same port and data.
+pub struct PrivateRedis {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    pub fn start() -> Self {
+        let mut r = Self { port: free_port(), dir: tempfile::tempdir().expect("tempdir"), child: None };
+        r.spawn();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--appendonly", "yes", "--save", ""])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server runs");
+        self.child = Some(child);
+        let port = self.port.to_string();
+        wait_until("redis", || {
+            Command::new("redis-cli").args(["-p", &port, "ping"]).output().is_ok_and(|o| o.stdout.starts_with(b"PONG"))
+        });
+    }
+
+    /// A clean shutdown (the append-only file is flushed), then a start on the same data.
+    pub fn restart(&mut self) {
+        let _ = Command::new("redis-cli").args(["-p", &self.port.to_string(), "shutdown"]).status();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+        self.spawn();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A throwaway Postgres cluster. As root it runs as the unprivileged `postgres` user, since
+/// Postgres refuses to run as root.
+pub struct PrivatePostgres {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+impl PrivatePostgres {
+    pub fn start() -> Self {
+        let bin = std::env::var("XCAM_PG_BIN").map(PathBuf::from).unwrap_or_else(|_| {
+            let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql").expect("postgres installed").map(|e| e.unwrap().path().join("bin")).collect();
+            found.sort();
+            found.pop().expect("a postgres version")
+        });
+        let dir = tempfile::tempdir().expect("tempdir");
+        if is_root() {
+            Command::new("chown").arg("-R").arg("postgres:").arg(dir.path()).status().expect("chown");
+        }
+        let pg = Self { port: free_port(), dir, bin };
+        let out = pg.run("initdb", &["-D", pg.data().to_str().unwrap(), "-U", "xcam", "--auth=trust", "--no-locale", "-E", "UTF8"]);
+        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        pg.up();
+        pg
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) -> std::process::Output {
+        let exe = self.bin.join(tool);
+        let mut cmd = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        };
+        cmd.args(args).output().expect("postgres tool runs")
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://xcam@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn up(&self) {
+        let opts = format!("-h 127.0.0.1 -p {} -k {} -c fsync=off", self.port, self.dir.path().display());
+        let log = self.dir.path().join("log");
+        let out = self.run("pg_ctl", &["-D", self.data().to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "-o", &opts, "start"]);
+        assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn down(&self) {
+        let out = self.run("pg_ctl", &["-D", self.data().to_str().unwrap(), "-m", "immediate", "-w", "stop"]);
+        assert!(out.status.success(), "pg_ctl stop: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self.run("pg_ctl", &["-D", self.data().to_str().unwrap(), "-m", "immediate", "stop"]);
+    }
+}
