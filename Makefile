@@ -14,13 +14,14 @@ export CARGO_TERM_COLOR ?= never
 SERVICES_ENV = eval "$$(scripts/services.sh env)"
 CARGO_JOBS ?= 2
 
-.PHONY: help setup torch services down build test lint demo bench bench-pipeline clean-services
+.PHONY: help setup torch services down build test lint demo bench bench-pipeline fuzz
 
 help:
 	@echo "make demo    run the whole job end to end on local Redis and Postgres"
 	@echo "make test    the whole test suite (lint included)"
 	@echo "make bench   Grad-CAM vs forward-only vs pytorch-grad-cam, one run, side by side"
 	@echo "make bench-pipeline  the whole pipeline vs the engine alone; producer memory on a 1 GiB ZIP"
+	@echo "make fuzz    the ZIP and DICOM property tests with 20000 cases each"
 	@echo "make down    stop the private Redis and Postgres"
 
 torch:
@@ -46,6 +47,11 @@ test: setup lint
 
 demo: setup build
 	$(SERVICES_ENV); scripts/demo.sh
+
+# The property tests of the ZIP and DICOM ingestion paths, with many more cases than `make test`.
+fuzz: torch
+	PROPTEST_CASES=$${PROPTEST_CASES:-20000} cargo test --release -j $(CARGO_JOBS) -p xcam-shared --test fuzz
+	PROPTEST_CASES=$${PROPTEST_CASES:-20000} cargo test --release -j $(CARGO_JOBS) -p xcam-producer fuzz
 
 bench: torch build
 	scripts/bench.sh

@@ -41,6 +41,23 @@ pub struct ServeArgs {
         default_value_t = 200
     )]
     pub max_compression_ratio: u64,
+    /// Smallest accepted image side, in pixels.
+    #[arg(
+        long = "min-image-side",
+        env = "XCAM_MIN_IMAGE_SIDE",
+        default_value_t = 32
+    )]
+    pub min_image_side: u32,
+    /// Largest accepted image side, in pixels.
+    #[arg(
+        long = "max-image-side",
+        env = "XCAM_MAX_IMAGE_SIDE",
+        default_value_t = 16_384
+    )]
+    pub max_image_side: u32,
+    /// Largest accepted image file, in bytes.
+    #[arg(long = "max-image-bytes", env = "XCAM_MAX_IMAGE_BYTES", default_value_t = 256 << 20)]
+    pub max_image_bytes: u64,
     /// How often the reconciler looks for queued items whose job is missing from Redis.
     #[arg(long = "reconcile-every", env = "XCAM_RECONCILE_EVERY", default_value = "30s", value_parser = humantime::parse_duration)]
     pub reconcile_every: Duration,
@@ -56,6 +73,14 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    pub fn image_limits(&self) -> xcam_shared::imaging::ImageLimits {
+        xcam_shared::imaging::ImageLimits {
+            min_side: self.min_image_side,
+            max_side: self.max_image_side,
+            max_bytes: self.max_image_bytes,
+        }
+    }
+
     pub fn limits(&self) -> ArchiveLimits {
         ArchiveLimits {
             max_entries: self.max_entries,

@@ -33,9 +33,9 @@ pub enum ApiError {
     ArchiveLimit { code: &'static str, message: String },
     /// 422 `no_images`: the archive holds no image xcam can read.
     #[error(
-        "the archive holds no images (PNG, JPEG or TIFF); {skipped} other entries were skipped"
+        "the archive holds no images (PNG, JPEG, TIFF or DICOM): {skipped} other entries were skipped and {rejected} refused"
     )]
-    NoImages { skipped: usize },
+    NoImages { skipped: usize, rejected: usize },
     /// 422 `unknown_model`.
     #[error("unknown model {name:?}; available: {available}")]
     UnknownModel { name: String, available: String },

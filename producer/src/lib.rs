@@ -56,6 +56,7 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
         upload_dir,
         max_upload_bytes: args.max_upload_bytes,
         limits: args.limits(),
+        image_limits: args.image_limits(),
     };
     Ok(AppState {
         db,

@@ -25,6 +25,7 @@ pub struct Settings {
     pub upload_dir: PathBuf,
     pub max_upload_bytes: u64,
     pub limits: ArchiveLimits,
+    pub image_limits: xcam_shared::imaging::ImageLimits,
 }
 
 impl AppState {

@@ -173,8 +173,14 @@ impl Stack {
     }
 
     pub async fn with_models(models_dir: PathBuf) -> Self {
+        Self::on(TestDb::create().await, redis_url(), models_dir)
+    }
+
+    /// A stack on given servers (the outage tests bring their own).
+    pub fn on(db: TestDb, redis_url: String, models_dir: PathBuf) -> Self {
         Self {
-            db: TestDb::create().await,
+            db,
+            redis_url,
             prefix: queue_prefix(),
             blobs: tempfile::tempdir().expect("tempdir"),
             models_dir,
@@ -226,9 +232,55 @@ impl Stack {
         Producer {
             base: format!("http://{addr}"),
             client: reqwest::Client::new(),
-            server,
-            reconciler,
+            server: Some(server),
+            reconciler: Some(reconciler),
+            process: None,
+            log: None,
         }
+    }
+
+    /// Starts the API as a real `xcam serve` process, its log captured to a file.
+    pub async fn producer_process(&self, extra: &[&str]) -> Producer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let log = std::env::temp_dir().join(format!("xcam-test-{}-api.log", self.prefix));
+        let child = Command::new(bin("xcam"))
+            .arg("serve")
+            .arg(format!("--bind=127.0.0.1:{port}"))
+            .arg(format!("--models-dir={}", self.models_dir.display()))
+            .arg("--reconcile-every=2s")
+            .args(extra)
+            .env("DATABASE_URL", &self.db.url)
+            .env("REDIS_URL", &self.redis_url)
+            .env("XCAM_QUEUE_PREFIX", &self.prefix)
+            .env("XCAM_BLOB_URL", self.blob_url())
+            .env("RUST_LOG", "debug,h2=info,hyper=info,reqwest=info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("api log"))
+            .spawn()
+            .expect("spawn xcam serve");
+        let producer = Producer {
+            base: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::new(),
+            server: None,
+            reconciler: None,
+            process: Some(child),
+            log: Some(log),
+        };
+        eventually(Duration::from_secs(30), "xcam serve to answer", || async {
+            producer
+                .client
+                .get(producer.url("/healthz"))
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+                .map(|_| ())
+        })
+        .await;
+        producer
     }
 
     /// Starts a real `xcam-worker run` process for the demo model.
@@ -269,18 +321,34 @@ impl Stack {
 pub struct Producer {
     pub base: String,
     pub client: reqwest::Client,
-    server: tokio::task::JoinHandle<()>,
-    reconciler: tokio::task::JoinHandle<()>,
+    server: Option<tokio::task::JoinHandle<()>>,
+    reconciler: Option<tokio::task::JoinHandle<()>>,
+    process: Option<Child>,
+    log: Option<PathBuf>,
 }
 
 impl Drop for Producer {
     fn drop(&mut self) {
-        self.server.abort();
-        self.reconciler.abort();
+        self.server.iter().for_each(tokio::task::JoinHandle::abort);
+        self.reconciler
+            .iter()
+            .for_each(tokio::task::JoinHandle::abort);
+        if let Some(mut c) = self.process.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
 impl Producer {
+    /// What a process-backed producer wrote to its log.
+    pub fn log_text(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|l| std::fs::read_to_string(l).ok())
+            .unwrap_or_default()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -8,7 +8,11 @@ use std::{
 };
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
@@ -28,7 +32,11 @@ pub struct PrivateRedis {
 
 impl PrivateRedis {
     pub fn start() -> Self {
-        let mut r = Self { port: free_port(), dir: tempfile::tempdir().expect("tempdir"), child: None };
+        let mut r = Self {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+        };
         r.spawn();
         r
     }
@@ -39,7 +47,16 @@ impl PrivateRedis {
 
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--appendonly", "yes", "--save", ""])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+            ])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -48,13 +65,18 @@ impl PrivateRedis {
         self.child = Some(child);
         let port = self.port.to_string();
         wait_until("redis", || {
-            Command::new("redis-cli").args(["-p", &port, "ping"]).output().is_ok_and(|o| o.stdout.starts_with(b"PONG"))
+            Command::new("redis-cli")
+                .args(["-p", &port, "ping"])
+                .output()
+                .is_ok_and(|o| o.stdout.starts_with(b"PONG"))
         });
     }
 
     /// A clean shutdown (the append-only file is flushed), then a start on the same data.
     pub fn restart(&mut self) {
-        let _ = Command::new("redis-cli").args(["-p", &self.port.to_string(), "shutdown"]).status();
+        let _ = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "shutdown"])
+            .status();
         if let Some(mut c) = self.child.take() {
             let _ = c.wait();
         }
@@ -80,23 +102,56 @@ pub struct PrivatePostgres {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
 impl PrivatePostgres {
     pub fn start() -> Self {
-        let bin = std::env::var("XCAM_PG_BIN").map(PathBuf::from).unwrap_or_else(|_| {
-            let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql").expect("postgres installed").map(|e| e.unwrap().path().join("bin")).collect();
-            found.sort();
-            found.pop().expect("a postgres version")
-        });
+        let bin = std::env::var("XCAM_PG_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| {
+                let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+                    .expect("postgres installed")
+                    .map(|e| e.unwrap().path().join("bin"))
+                    .collect();
+                found.sort();
+                found.pop().expect("a postgres version")
+            });
         let dir = tempfile::tempdir().expect("tempdir");
         if is_root() {
-            Command::new("chown").arg("-R").arg("postgres:").arg(dir.path()).status().expect("chown");
+            Command::new("chown")
+                .arg("-R")
+                .arg("postgres:")
+                .arg(dir.path())
+                .status()
+                .expect("chown");
         }
-        let pg = Self { port: free_port(), dir, bin };
-        let out = pg.run("initdb", &["-D", pg.data().to_str().unwrap(), "-U", "xcam", "--auth=trust", "--no-locale", "-E", "UTF8"]);
-        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        let pg = Self {
+            port: free_port(),
+            dir,
+            bin,
+        };
+        let out = pg.run(
+            "initdb",
+            &[
+                "-D",
+                pg.data().to_str().unwrap(),
+                "-U",
+                "xcam",
+                "--auth=trust",
+                "--no-locale",
+                "-E",
+                "UTF8",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         pg.up();
         pg
     }
@@ -122,20 +177,63 @@ impl PrivatePostgres {
     }
 
     pub fn up(&self) {
-        let opts = format!("-h 127.0.0.1 -p {} -k {} -c fsync=off", self.port, self.dir.path().display());
+        let opts = format!(
+            "-h 127.0.0.1 -p {} -k {} -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
         let log = self.dir.path().join("log");
-        let out = self.run("pg_ctl", &["-D", self.data().to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "-o", &opts, "start"]);
-        assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
+        let out = self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                self.data().to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "-o",
+                &opts,
+                "start",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn down(&self) {
-        let out = self.run("pg_ctl", &["-D", self.data().to_str().unwrap(), "-m", "immediate", "-w", "stop"]);
-        assert!(out.status.success(), "pg_ctl stop: {}", String::from_utf8_lossy(&out.stderr));
+        let out = self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                self.data().to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
-        let _ = self.run("pg_ctl", &["-D", self.data().to_str().unwrap(), "-m", "immediate", "stop"]);
+        let _ = self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                self.data().to_str().unwrap(),
+                "-m",
+                "immediate",
+                "stop",
+            ],
+        );
     }
 }

@@ -348,7 +348,7 @@ fn bad_input_gets_clear_errors_and_the_engine_survives() {
         })
         .unwrap_err()
         .code(),
-        "bad_image_size"
+        "image_too_small"
     );
 
     // After all that, the inference thread still works.

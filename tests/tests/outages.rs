@@ -12,37 +12,66 @@ use xcam_tests::{
 fn pngs(n: usize) -> Vec<u8> {
     let entries: Vec<(String, Vec<u8>)> = (0..n)
         .map(|i| {
-            let img = image::GrayImage::from_fn(40, 40, |x, y| image::Luma([((x * 3 + y * 11 + i as u32 * 13) % 256) as u8]));
+            let img = image::GrayImage::from_fn(40, 40, |x, y| {
+                image::Luma([((x * 3 + y * 11 + i as u32 * 13) % 256) as u8])
+            });
             let mut bytes = Vec::new();
-            img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).unwrap();
+            img.write_to(
+                &mut std::io::Cursor::new(&mut bytes),
+                image::ImageFormat::Png,
+            )
+            .unwrap();
             (format!("img_{i:04}.png"), bytes)
         })
         .collect();
-    let borrowed: Vec<(&str, Vec<u8>)> = entries.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+    let borrowed: Vec<(&str, Vec<u8>)> = entries
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.clone()))
+        .collect();
     zip_of(&borrowed)
 }
 
 async fn succeeded(stack: &Stack, batch: uuid::Uuid) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM items WHERE batch_id = $1 AND status = 'succeeded'").bind(batch).fetch_one(&stack.db.pool).await.unwrap_or(0)
+    sqlx::query_scalar("SELECT count(*) FROM items WHERE batch_id = $1 AND status = 'succeeded'")
+        .bind(batch)
+        .fetch_one(&stack.db.pool)
+        .await
+        .unwrap_or(0)
 }
 
 async fn assert_one_result_per_item(stack: &Stack, batch: uuid::Uuid, n: i64) {
-    let (results, distinct): (i64, i64) = sqlx::query_as("SELECT count(*), count(DISTINCT item_id) FROM results WHERE batch_id = $1").bind(batch).fetch_one(&stack.db.pool).await.unwrap();
+    let (results, distinct): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT item_id) FROM results WHERE batch_id = $1")
+            .bind(batch)
+            .fetch_one(&stack.db.pool)
+            .await
+            .unwrap();
     assert_eq!((results, distinct), (n, n));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_mid_batch_loses_nothing() {
     let mut redis = PrivateRedis::start();
-    let stack = Stack::on(TestDb::create().await, redis.url(), repo_root().join("models"));
+    let stack = Stack::on(
+        TestDb::create().await,
+        redis.url(),
+        repo_root().join("models"),
+    );
     let api = stack.producer(&[]).await;
     let _worker = stack.worker("a", &["--max-batch=4"]);
     let (status, created) = api.upload(pngs(150), &[("model", "demo")]).await;
     assert_eq!(status, 202, "{created}");
     let batch: uuid::Uuid = created["id"].as_str().unwrap().parse().unwrap();
-    eventually(Duration::from_secs(120), "the batch to be under way", || async { (succeeded(&stack, batch).await >= 5).then_some(()) }).await;
+    eventually(
+        Duration::from_secs(120),
+        "the batch to be under way",
+        || async { (succeeded(&stack, batch).await >= 5).then_some(()) },
+    )
+    .await;
     redis.restart();
-    let view = api.wait_for_batch(&batch.to_string(), Duration::from_secs(300)).await;
+    let view = api
+        .wait_for_batch(&batch.to_string(), Duration::from_secs(300))
+        .await;
     assert_eq!(view["status"], "succeeded", "{view}");
     assert_one_result_per_item(&stack, batch, 150).await;
     stack.db.drop_db().await;
@@ -51,19 +80,30 @@ async fn a_redis_restart_mid_batch_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_outage_under_a_running_worker_loses_nothing() {
     let pg = PrivatePostgres::start();
-    let stack = Stack::on(TestDb::create_on(pg.url()).await, xcam_tests::redis_url(), repo_root().join("models"));
+    let stack = Stack::on(
+        TestDb::create_on(pg.url()).await,
+        xcam_tests::redis_url(),
+        repo_root().join("models"),
+    );
     let api = stack.producer(&[]).await;
     let worker = stack.worker("a", &["--max-batch=4"]);
     let (status, created) = api.upload(pngs(150), &[("model", "demo")]).await;
     assert_eq!(status, 202, "{created}");
     let batch: uuid::Uuid = created["id"].as_str().unwrap().parse().unwrap();
-    eventually(Duration::from_secs(120), "the batch to be under way", || async { (succeeded(&stack, batch).await >= 5).then_some(()) }).await;
+    eventually(
+        Duration::from_secs(120),
+        "the batch to be under way",
+        || async { (succeeded(&stack, batch).await >= 5).then_some(()) },
+    )
+    .await;
     pg.down();
     // The outage itself (not a wait for a condition): long enough for the worker to fail
     // claims and writes, and for the queue to re-schedule those jobs.
     tokio::time::sleep(Duration::from_secs(4)).await;
     pg.up();
-    let view = api.wait_for_batch(&batch.to_string(), Duration::from_secs(300)).await;
+    let view = api
+        .wait_for_batch(&batch.to_string(), Duration::from_secs(300))
+        .await;
     assert_eq!(view["status"], "succeeded", "{view}\n{}", worker.log_text());
     assert_one_result_per_item(&stack, batch, 150).await;
     xcam_tests::clean_redis(&stack.redis_url, &stack.prefix).await;

@@ -133,7 +133,7 @@ async fn demo_samples_go_through_the_pipeline_and_match_the_explain_command() {
         .unwrap();
     assert_eq!(overlay.headers()["content-type"], "image/png");
     let png = overlay.bytes().await.unwrap();
-    assert_eq!(imaging::sniff(&png), Some(image::ImageFormat::Png));
+    assert_eq!(imaging::sniff_format(&png), Some(imaging::Format::Png));
     let npy = api
         .client
         .get(api.url(&format!("/v1/batches/{id}/items/{item}/cam.npy")))

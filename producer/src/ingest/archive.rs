@@ -19,35 +19,59 @@ pub struct ArchiveLimits {
     pub max_compression_ratio: u64,
 }
 
-/// An entry that looks like an image.
+/// An archive entry that will become an item: an image candidate, or an entry refused for
+/// what it is (a symlink, a nested archive, …), which is kept so the report can say why.
 #[derive(Debug, Clone)]
 pub struct Entry {
     /// Position in the archive's directory: items keep the archive's order.
     pub index: usize,
     pub name: String,
     pub size: u64,
+    pub rejection: Option<Rejection>,
 }
 
 /// What the pre-flight scan found.
 #[derive(Debug, Clone)]
 pub struct ScanResult {
-    pub images: Vec<Entry>,
+    pub entries: Vec<Entry>,
     /// Entries that are not images, or are system clutter (`__MACOSX/`, dot-files).
     pub skipped: usize,
     pub total_entries: usize,
 }
 
-/// Why one entry was rejected while reading it.
+impl ScanResult {
+    pub fn images(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| e.rejection.is_none())
+            .count()
+    }
+}
+
+/// Why one entry was rejected.
 #[derive(Debug, Clone)]
 pub struct Rejection {
     pub code: &'static str,
     pub message: String,
 }
 
+impl Rejection {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// What reading one entry produced.
+pub type EntryRead = Result<(Vec<u8>, Vec<imaging::Warning>), Rejection>;
+
 /// Ratios are only judged above this size: tiny files compress absurdly well legitimately.
 const RATIO_FLOOR_BYTES: u64 = 1 << 20;
 
-/// Checks the archive against the caps and sniffs every entry. Blocking: call from a blocking thread.
+/// Checks the archive against the caps, refuses hostile entries and sniffs every other one.
+/// Blocking: call from a blocking thread.
 pub fn scan(path: &Path, limits: ArchiveLimits) -> Result<ScanResult, ApiError> {
     let file = File::open(path).map_err(|e| ApiError::Internal(e.into()))?;
     let mut zip = ZipArchive::new(file).map_err(|e| ApiError::InvalidZip(e.to_string()))?;
@@ -61,7 +85,19 @@ pub fn scan(path: &Path, limits: ArchiveLimits) -> Result<ScanResult, ApiError> 
             ),
         });
     }
-    let mut images = Vec::new();
+    // The zip crate indexes entries by name, so a second entry of the same name is invisible
+    // through it; the central directory's own count tells that it is there.
+    let listed = central_directory_count(path).map_err(|e| ApiError::Internal(e.into()))?;
+    if listed.is_some_and(|n| n > zip.len()) {
+        return Err(ApiError::Unprocessable {
+            code: "duplicate_names",
+            message: format!(
+                "the archive lists {} entries under names another entry already uses",
+                listed.unwrap_or(0) - zip.len()
+            ),
+        });
+    }
+    let mut entries = Vec::new();
     let (mut skipped, mut total, mut declared) = (0usize, 0usize, 0u64);
     for index in 0..zip.len() {
         let raw = zip
@@ -71,6 +107,7 @@ pub fn scan(path: &Path, limits: ArchiveLimits) -> Result<ScanResult, ApiError> 
             continue;
         }
         total += 1;
+        // Names in any encoding: the zip crate decodes UTF-8 and CP437; anything else is kept lossily.
         let name = raw
             .name()
             .map(|n| n.into_owned())
@@ -104,65 +141,124 @@ pub fn scan(path: &Path, limits: ArchiveLimits) -> Result<ScanResult, ApiError> 
                 ),
             });
         }
-        let encrypted = raw.encrypted();
-        drop(raw);
-        if is_clutter(&name) || encrypted {
+        let unsafe_path = raw.enclosed_name().is_none()
+            || name.starts_with(['/', '\\'])
+            || name.get(1..2) == Some(":");
+        if !unsafe_path && is_clutter(&name) {
             skipped += 1;
             continue;
         }
-        let mut head = [0u8; 32];
-        let mut entry = zip
+        let rejection = if unsafe_path {
+            Some(Rejection::new(
+                "unsafe_path",
+                "the entry's path is absolute or climbs out of the archive",
+            ))
+        } else if raw.is_symlink() {
+            Some(Rejection::new(
+                "symlink_entry",
+                "the entry is a symbolic link",
+            ))
+        } else if raw.encrypted() {
+            Some(Rejection::new("encrypted_entry", "the entry is encrypted"))
+        } else {
+            None
+        };
+        drop(raw);
+        if let Some(rejection) = rejection {
+            entries.push(Entry {
+                index,
+                name,
+                size,
+                rejection: Some(rejection),
+            });
+            continue;
+        }
+        let mut head = [0u8; imaging::SNIFF_BYTES];
+        let read = zip
             .by_index(index)
-            .map_err(|e| ApiError::InvalidZip(e.to_string()))?;
-        let n = read_up_to(&mut entry, &mut head)
-            .map_err(|e| ApiError::InvalidZip(format!("entry {index}: {e}")))?;
-        if imaging::sniff(&head[..n]).is_some() {
-            images.push(Entry { index, name, size });
+            .map_err(|e| e.to_string())
+            .and_then(|mut entry| read_up_to(&mut entry, &mut head).map_err(|e| e.to_string()));
+        let n = match read {
+            Ok(n) => n,
+            Err(e) => {
+                entries.push(Entry {
+                    index,
+                    name,
+                    size,
+                    rejection: Some(Rejection::new(
+                        "corrupt_entry",
+                        format!("the entry cannot be read: {e}"),
+                    )),
+                });
+                continue;
+            }
+        };
+        let head = &head[..n];
+        if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
+            entries.push(Entry {
+                index,
+                name,
+                size,
+                rejection: Some(Rejection::new(
+                    "nested_archive",
+                    "archives inside the archive are not opened",
+                )),
+            });
+        } else if imaging::sniff_format(head).is_some() {
+            entries.push(Entry {
+                index,
+                name,
+                size,
+                rejection: None,
+            });
         } else {
             skipped += 1;
         }
     }
-    if images.is_empty() {
-        return Err(ApiError::NoImages { skipped });
+    let candidates = entries.iter().filter(|e| e.rejection.is_none()).count();
+    if candidates == 0 {
+        return Err(ApiError::NoImages {
+            skipped,
+            rejected: entries.len(),
+        });
     }
     Ok(ScanResult {
-        images,
+        entries,
         skipped,
         total_entries: total,
     })
 }
 
-/// Inflates the listed entries in order and sends each over `tx`. A corrupt or oversized entry
-/// is reported as a rejection of that entry, not as a failure of the archive.
+/// Inflates the candidate entries in order, decodes and validates each, and sends the outcome
+/// over `tx`. A corrupt, oversized or invalid entry is a rejection of that entry, not a failure
+/// of the archive.
 pub fn read_entries(
     path: &Path,
     entries: &[Entry],
     limits: ArchiveLimits,
-    tx: &mpsc::Sender<(Entry, Result<Vec<u8>, Rejection>)>,
+    image_limits: imaging::ImageLimits,
+    tx: &mpsc::Sender<(Entry, EntryRead)>,
 ) -> anyhow::Result<()> {
     let mut zip = ZipArchive::new(File::open(path)?)?;
-    for entry in entries {
+    for entry in entries.iter().filter(|e| e.rejection.is_none()) {
         let read = zip
             .by_index(entry.index)
-            .map_err(|e| Rejection {
-                code: "corrupt_entry",
-                message: e.to_string(),
-            })
+            .map_err(|e| Rejection::new("corrupt_entry", e.to_string()))
             .and_then(|file| {
                 let mut bytes = Vec::with_capacity(entry.size.min(limits.max_entry_bytes) as usize);
                 file.take(limits.max_entry_bytes + 1)
                     .read_to_end(&mut bytes)
-                    .map_err(|e| Rejection {
-                        code: "corrupt_entry",
-                        message: e.to_string(),
-                    })?;
+                    .map_err(|e| Rejection::new("corrupt_entry", e.to_string()))?;
                 if bytes.len() as u64 > limits.max_entry_bytes {
-                    return Err(Rejection {
-                        code: "entry_too_large",
-                        message: format!("inflates to more than {} bytes", limits.max_entry_bytes),
-                    });
+                    return Err(Rejection::new(
+                        "entry_too_large",
+                        format!("inflates to more than {} bytes", limits.max_entry_bytes),
+                    ));
                 }
-                Ok(bytes)
+                // Validate now, so a bad image is reported at upload, not discovered by a worker.
+                let decoded = imaging::decode_with(&bytes, &image_limits)
+                    .map_err(|e| Rejection::new(e.code(), e.to_string()))?;
+                Ok((bytes, decoded.warnings))
             });
         if tx.blocking_send((entry.clone(), read)).is_err() {
             anyhow::bail!("ingestion stopped");
@@ -174,7 +270,27 @@ pub fn read_entries(
 /// Finder and OS clutter that is never a radiograph.
 fn is_clutter(name: &str) -> bool {
     name.split('/')
-        .any(|part| part == "__MACOSX" || part.starts_with('.'))
+        .any(|part| part == "__MACOSX" || (part.starts_with('.') && part != "." && part != ".."))
+}
+
+/// The entry count the archive's end-of-central-directory record states (`None` for ZIP64,
+/// where the crate's own count is authoritative).
+fn central_directory_count(path: &Path) -> std::io::Result<Option<usize>> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    // The record is 22 bytes plus a comment of at most 65 535.
+    let tail_len = len.min(22 + 65_535);
+    file.seek(SeekFrom::Start(len - tail_len))?;
+    let mut tail = vec![0u8; tail_len as usize];
+    file.read_exact(&mut tail)?;
+    let Some(at) = tail.windows(4).rposition(|w| w == b"PK\x05\x06") else {
+        return Ok(None);
+    };
+    let count = tail
+        .get(at + 10..at + 12)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]));
+    Ok(count.filter(|&n| n != u16::MAX).map(usize::from))
 }
 
 fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -197,5 +313,96 @@ mod tests {
         assert!(is_clutter("__MACOSX/a/._x.png"));
         assert!(is_clutter("scans/.DS_Store"));
         assert!(!is_clutter("scans/patient.png"));
+        assert!(
+            !is_clutter("../../patient.png"),
+            "a climbing path is unsafe, not clutter"
+        );
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    //! Arbitrary and mutated archives end in a clear error or a scan, never a panic.
+    //! `make test` runs a bounded number of cases; `make fuzz` many more (PROPTEST_CASES).
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const LIMITS: ArchiveLimits = ArchiveLimits {
+        max_entries: 1000,
+        max_total_uncompressed: 64 << 20,
+        max_entry_bytes: 16 << 20,
+        max_compression_ratio: 200,
+    };
+
+    fn sample_zip() -> Vec<u8> {
+        let mut out = std::io::Cursor::new(Vec::new());
+        let mut zip = zip::ZipWriter::new(&mut out);
+        let deflated = zip::write::SimpleFileOptions::default();
+        let stored = deflated.compression_method(zip::CompressionMethod::Stored);
+        let png = include_bytes!("../../../shared/tests/fixtures/cr_64.png");
+        zip.start_file("a.png", deflated).unwrap();
+        std::io::Write::write_all(&mut zip, png).unwrap();
+        zip.start_file("dir/b.dcm", stored).unwrap();
+        std::io::Write::write_all(
+            &mut zip,
+            include_bytes!("../../../shared/tests/fixtures/cr_64.dcm"),
+        )
+        .unwrap();
+        zip.start_file("notes.txt", deflated).unwrap();
+        std::io::Write::write_all(&mut zip, b"hello").unwrap();
+        zip.finish().unwrap();
+        out.into_inner()
+    }
+
+    fn scan_bytes(bytes: &[u8]) {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), bytes).unwrap();
+        if let Ok(scan) = scan(file.path(), LIMITS) {
+            let (tx, mut rx) = mpsc::channel(64);
+            let reader = std::thread::spawn({
+                let path = file.path().to_owned();
+                let entries = scan.entries.clone();
+                move || {
+                    read_entries(
+                        &path,
+                        &entries,
+                        LIMITS,
+                        imaging::ImageLimits::default(),
+                        &tx,
+                    )
+                }
+            });
+            while rx.blocking_recv().is_some() {}
+            let _ = reader.join().expect("reading entries does not panic");
+        }
+    }
+
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(256)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn mutated_archives_never_panic(edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..24), cut in any::<prop::sample::Index>()) {
+            let mut bytes = sample_zip();
+            for (at, value) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] = value;
+            }
+            let keep = cut.index(bytes.len()).max(bytes.len() * 3 / 4);
+            bytes.truncate(keep);
+            scan_bytes(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
+            scan_bytes(&bytes);
+        }
     }
 }

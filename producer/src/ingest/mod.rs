@@ -68,53 +68,40 @@ async fn ingest_inner(
     scan: ScanResult,
 ) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::channel(4);
-    let limits = state.settings.limits;
-    let entries = scan.images.clone();
-    // Inflation is CPU work: it runs on a blocking thread and hands entries over one by one,
-    // so memory holds a few entries at a time, whatever the archive's size.
-    let reader =
-        tokio::task::spawn_blocking(move || archive::read_entries(&spool, &entries, limits, &tx));
+    let (limits, image_limits) = (state.settings.limits, state.settings.image_limits);
+    let entries = scan.entries.clone();
+    // Inflation and decoding are CPU work: they run on a blocking thread and hand entries over
+    // one by one, so memory holds a few entries at a time, whatever the archive's size.
+    let reader = tokio::task::spawn_blocking(move || {
+        archive::read_entries(&spool, &entries, limits, image_limits, &tx)
+    });
 
-    let mut items = Vec::with_capacity(scan.images.len());
+    let mut items = Vec::with_capacity(scan.entries.len());
+    // Entries refused by the scan (symlinks, nested archives, …) are items too, so the report
+    // and the CSV say what happened to every entry.
+    for entry in scan.entries.iter().filter(|e| e.rejection.is_some()) {
+        items.push(new_item(
+            request,
+            entry,
+            Err(entry.rejection.clone().expect("filtered")),
+        ));
+    }
     while let Some((entry, read)) = rx.recv().await {
-        let entry: archive::Entry = entry;
-        let name = if request.pseudonymize_names {
-            pseudonym(request.batch_id, &entry.name)
-        } else {
-            entry.name.clone()
-        };
-        let mut item = NewItem {
-            id: Uuid::now_v7(),
-            entry_index: entry.index as i32,
-            entry_name: name,
-            sha256: None,
-            blob_key: None,
-            byte_size: None,
-            status: "queued",
-            error_code: None,
-            error_message: None,
-            warnings: serde_json::json!([]),
-        };
-        match read {
-            Ok(bytes) => {
+        let read = match read {
+            Ok((bytes, warnings)) => {
                 let sha = sha256_hex(&bytes);
                 let key = image_key(&sha);
                 if !state.blobs.exists(&key).await? {
                     state.blobs.put(&key, bytes.clone().into()).await?;
                 }
-                item.byte_size = Some(bytes.len() as i64);
-                item.sha256 = Some(sha);
-                item.blob_key = Some(key);
+                Ok((sha, key, bytes.len() as i64, warnings))
             }
-            Err(rejection) => {
-                item.status = "rejected";
-                item.error_code = Some(rejection.code.to_owned());
-                item.error_message = Some(rejection.message);
-            }
-        }
-        items.push(item);
+            Err(rejection) => Err(rejection),
+        };
+        items.push(new_item(request, &entry, read));
     }
     reader.await??;
+    items.sort_by_key(|i| i.entry_index);
 
     let mut tx = state.db.begin().await?;
     db::items::insert_all(&mut tx, request.batch_id, &items).await?;
@@ -149,6 +136,45 @@ async fn ingest_inner(
     }
     tracing::info!(batch_id = %request.batch_id, items = items.len(), skipped = scan.skipped, "batch ingested");
     Ok(())
+}
+
+fn new_item(
+    request: &BatchRequest,
+    entry: &archive::Entry,
+    read: Result<(String, String, i64, Vec<xcam_shared::imaging::Warning>), archive::Rejection>,
+) -> NewItem {
+    let entry_name = if request.pseudonymize_names {
+        pseudonym(request.batch_id, &entry.name)
+    } else {
+        entry.name.clone()
+    };
+    let mut item = NewItem {
+        id: Uuid::now_v7(),
+        entry_index: entry.index as i32,
+        entry_name,
+        sha256: None,
+        blob_key: None,
+        byte_size: None,
+        status: "queued",
+        error_code: None,
+        error_message: None,
+        warnings: serde_json::json!([]),
+    };
+    match read {
+        Ok((sha, key, size, warnings)) => {
+            item.sha256 = Some(sha);
+            item.blob_key = Some(key);
+            item.byte_size = Some(size);
+            item.warnings =
+                serde_json::to_value(warnings).unwrap_or_else(|_| serde_json::json!([]));
+        }
+        Err(rejection) => {
+            item.status = "rejected";
+            item.error_code = Some(rejection.code.to_owned());
+            item.error_message = Some(rejection.message);
+        }
+    }
+    item
 }
 
 /// Pushes jobs to their model's queue in chunks. The task id is the item id, so pushing a job

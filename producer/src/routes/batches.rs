@@ -40,6 +40,7 @@ pub(super) fn router(max_upload: u64) -> Router<AppState> {
         )
         .route("/v1/batches/{id}", get(get_batch))
         .route("/v1/batches/{id}/cancel", post(cancel_batch))
+        .route("/v1/batches/{id}/report", get(get_report))
 }
 
 /// `POST /v1/batches`: multipart `file` (ZIP), `model`, optional `method`, `labels`,
@@ -117,7 +118,8 @@ async fn create_batch(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
     };
-    let images = scan.images.len();
+    let images = scan.images();
+    let refused = scan.entries.len() - images;
     let skipped = scan.skipped;
     tokio::spawn(ingest::ingest(state.clone(), request, spool, scan));
     Ok((
@@ -127,6 +129,7 @@ async fn create_batch(
             "status": "ingesting",
             "images": images,
             "skipped": skipped,
+            "refused": refused,
             "links": links(batch_id),
         })),
     ))
@@ -138,6 +141,7 @@ fn links(id: Uuid) -> Value {
         "results": format!("/v1/batches/{id}/results"),
         "csv": format!("/v1/batches/{id}/results.csv"),
         "cancel": format!("/v1/batches/{id}/cancel"),
+        "report": format!("/v1/batches/{id}/report"),
     })
 }
 
@@ -233,4 +237,49 @@ async fn cancel_batch(
         )),
         None => Err(ApiError::Conflict(format!("batch {id} has already ended"))),
     }
+}
+
+/// `GET /v1/batches/{id}/report`: why entries were refused or failed, and what was flagged.
+async fn get_report(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id = parse_batch_id(&id)?;
+    let batch = db::batches::get(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::BatchNotFound(id.to_string()))?;
+    let counts = db::batches::counts(&state.db, id).await?;
+    let problems = db::items::problems(&state.db, id).await?;
+    let mut by_code: std::collections::BTreeMap<String, i64> = Default::default();
+    let mut warnings_by_code: std::collections::BTreeMap<String, i64> = Default::default();
+    let mut refused = Vec::new();
+    let mut flagged = Vec::new();
+    for p in &problems {
+        if let Some(code) = &p.error_code {
+            *by_code.entry(code.clone()).or_default() += 1;
+            refused.push(json!({
+                "item_id": p.id, "entry_index": p.entry_index, "entry_name": p.entry_name,
+                "status": p.status, "code": code, "message": p.error_message,
+            }));
+        }
+        if let Some(list) = p.warnings.as_array().filter(|l| !l.is_empty()) {
+            for w in list {
+                if let Some(code) = w["code"].as_str() {
+                    *warnings_by_code.entry(code.to_owned()).or_default() += 1;
+                }
+            }
+            flagged.push(json!({ "item_id": p.id, "entry_index": p.entry_index, "entry_name": p.entry_name, "warnings": list }));
+        }
+    }
+    Ok(Json(json!({
+        "batch_id": id,
+        "status": batch.status,
+        "entries": batch.total_entries,
+        "skipped_entries": batch.skipped_entries,
+        "counts": counts,
+        "errors_by_code": by_code,
+        "warnings_by_code": warnings_by_code,
+        "errors": refused,
+        "warnings": flagged,
+    })))
 }

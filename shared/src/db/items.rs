@@ -151,3 +151,28 @@ pub async fn open_before(
     .fetch_all(db)
     .await
 }
+
+/// An item that was refused, failed, or carries warnings.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Problem {
+    pub id: Uuid,
+    pub entry_index: i32,
+    pub entry_name: String,
+    pub status: String,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub warnings: serde_json::Value,
+}
+
+/// A batch's refused, failed and flagged items, in entry order.
+pub async fn problems(db: impl PgExecutor<'_>, batch_id: Uuid) -> sqlx::Result<Vec<Problem>> {
+    sqlx::query_as::<_, Problem>(
+        r#"SELECT id, entry_index, entry_name, status, error_code, error_message, warnings
+           FROM items
+           WHERE batch_id = $1 AND (status IN ('rejected', 'failed') OR warnings <> '[]'::jsonb)
+           ORDER BY entry_index"#,
+    )
+    .bind(batch_id)
+    .fetch_all(db)
+    .await
+}
