@@ -3,7 +3,10 @@
 use clap::{Parser, Subcommand};
 use xcam_shared::config::{DatabaseArgs, TelemetryArgs};
 
-use crate::config::ServeArgs;
+use crate::{
+    client::{self, ClientCommand},
+    config::ServeArgs,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -14,6 +17,8 @@ use crate::config::ServeArgs;
 pub struct Cli {
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub target: client::Target,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -27,16 +32,20 @@ pub enum Command {
         #[command(flatten)]
         db: DatabaseArgs,
     },
+    #[command(flatten)]
+    Client(ClientCommand),
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs the command; returns the process's exit status.
+pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
-        Command::Serve(args) => crate::serve(*args).await,
+        Command::Serve(args) => crate::serve(*args).await.map(|()| 0),
         Command::Migrate { db } => {
             let pool = xcam_shared::db::connect(&db).await?;
             xcam_shared::db::migrate(&pool).await?;
             println!("migrations applied");
-            Ok(())
+            Ok(0)
         }
+        Command::Client(command) => Ok(client::run(&cli.target, command).await),
     }
 }

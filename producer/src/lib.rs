@@ -7,6 +7,7 @@
 //! - [`cli`]: the `xcam` command line.
 
 pub mod cli;
+pub mod client;
 pub mod config;
 mod csv_safe;
 pub mod error;

@@ -19,7 +19,9 @@ use crate::{
 };
 
 pub(super) fn router() -> Router<AppState> {
-    Router::new().route("/v1/logs", get(query_logs))
+    Router::new()
+        .route("/v1/logs", get(query_logs))
+        .route("/v1/stats", get(get_stats))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -172,4 +174,50 @@ fn log_cells(r: &LogRecord) -> Vec<String> {
             .map(|b| b.to_string())
             .unwrap_or_default(),
     ]
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct StatsQuery {
+    since: Option<String>,
+    /// `hour` or `day`.
+    bucket: Option<String>,
+}
+
+/// `GET /v1/stats`: inference counts, latency and errors per hour or day, and the predictions
+/// per model — what the operations page charts.
+pub(super) async fn get_stats(
+    State(state): State<AppState>,
+    Query(q): Query<StatsQuery>,
+) -> ApiResult<Response> {
+    let bad = |field: &str, msg: String| ApiError::Unprocessable {
+        code: "invalid_filter",
+        message: format!("{field}: {msg}"),
+    };
+    let since =
+        parse_when(q.since.as_deref().unwrap_or("7d"), Utc::now()).map_err(|e| bad("since", e))?;
+    let day = match q.bucket.as_deref().unwrap_or("day") {
+        "day" => true,
+        "hour" => false,
+        other => return Err(bad("bucket", format!("{other:?}: use hour or day"))),
+    };
+    let buckets = logs::buckets(&state.db, since, day).await?;
+    let mut predictions: std::collections::BTreeMap<
+        String,
+        std::collections::BTreeMap<String, i64>,
+    > = Default::default();
+    for (model, label, n) in logs::prediction_counts(&state.db, since).await? {
+        predictions.entry(model).or_default().insert(label, n);
+    }
+    let total: i64 = buckets.iter().map(|b| b.inferences).sum();
+    let failures: i64 = buckets.iter().map(|b| b.failures).sum();
+    Ok(Json(json!({
+        "since": since,
+        "bucket": if day { "day" } else { "hour" },
+        "inferences": total,
+        "failures": failures,
+        "error_rate": if total > 0 { failures as f64 / total as f64 } else { 0.0 },
+        "buckets": buckets,
+        "predictions": predictions,
+    }))
+    .into_response())
 }

@@ -138,3 +138,49 @@ pub async fn query(
     q.push(" ORDER BY ts DESC, id DESC LIMIT ").push_bind(limit);
     q.build_query_as::<LogRecord>().fetch_all(db).await
 }
+
+/// One time bucket of the inference log.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Bucket {
+    pub bucket: DateTime<Utc>,
+    pub inferences: i64,
+    pub failures: i64,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+}
+
+/// Inferences per hour or day since `since`, with latency percentiles and failures.
+pub async fn buckets(
+    db: impl PgExecutor<'_>,
+    since: DateTime<Utc>,
+    day: bool,
+) -> sqlx::Result<Vec<Bucket>> {
+    sqlx::query_as::<_, Bucket>(
+        r#"SELECT date_trunc(CASE WHEN $2 THEN 'day' ELSE 'hour' END, ts) AS bucket,
+                  count(*) FILTER (WHERE status <> 'retrying') AS inferences,
+                  count(*) FILTER (WHERE status = 'failed') AS failures,
+                  percentile_cont(0.5) WITHIN GROUP (ORDER BY processing_time_ms) FILTER (WHERE status = 'succeeded') AS p50_ms,
+                  percentile_cont(0.95) WITHIN GROUP (ORDER BY processing_time_ms) FILTER (WHERE status = 'succeeded') AS p95_ms
+           FROM inference_log WHERE ts >= $1
+           GROUP BY 1 ORDER BY 1"#,
+    )
+    .bind(since)
+    .bind(day)
+    .fetch_all(db)
+    .await
+}
+
+/// How often each label was the top prediction, per model, since `since`.
+pub async fn prediction_counts(
+    db: impl PgExecutor<'_>,
+    since: DateTime<Utc>,
+) -> sqlx::Result<Vec<(String, String, i64)>> {
+    sqlx::query_as(
+        r#"SELECT model_name, prediction, count(*) FROM inference_log
+           WHERE ts >= $1 AND status = 'succeeded' AND prediction IS NOT NULL
+           GROUP BY 1, 2 ORDER BY 1, 3 DESC"#,
+    )
+    .bind(since)
+    .fetch_all(db)
+    .await
+}

@@ -1,0 +1,478 @@
+//! `xcam submit | status | export | logs | stats | workers | cancel`.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+
+use super::{Api, ClientError, exit, progress::Progress};
+
+/// Where the API is.
+#[derive(Debug, Clone, Args)]
+pub struct Target {
+    /// Base URL of the xcam API.
+    #[arg(
+        long,
+        env = "XCAM_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub url: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Upload a ZIP of radiographs as a batch; with --wait, follow it to the end.
+    Submit(SubmitArgs),
+    /// A batch's status, or the recent batches.
+    Status { batch: Option<String> },
+    /// Save a batch's CSV report.
+    Export {
+        batch: String,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Query the inference log.
+    Logs(LogsArgs),
+    /// Inference counts, latency and errors per hour or day.
+    Stats {
+        #[arg(long, default_value = "7d")]
+        since: String,
+        #[arg(long, default_value = "day", value_parser = ["hour", "day"])]
+        bucket: String,
+    },
+    /// The live workers.
+    Workers,
+    /// Cancel a batch's queued items.
+    Cancel { batch: String },
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The ZIP archive.
+    pub file: PathBuf,
+    /// Model bundle name.
+    #[arg(long)]
+    pub model: String,
+    /// gradcam, gradcam++ or hirescam.
+    #[arg(long)]
+    pub method: Option<String>,
+    /// top1, positive, all, or label names separated by commas.
+    #[arg(long)]
+    pub labels: Option<String>,
+    /// Replace entry names with salted hashes everywhere.
+    #[arg(long)]
+    pub pseudonymize_names: bool,
+    /// Follow the batch until it ends.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: save the CSV report here at the end.
+    #[arg(long, requires = "wait")]
+    pub csv: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[arg(long)]
+    pub since: Option<String>,
+    #[arg(long)]
+    pub until: Option<String>,
+    #[arg(long)]
+    pub model: Option<String>,
+    #[arg(long)]
+    pub status: Option<String>,
+    #[arg(long)]
+    pub batch: Option<String>,
+    #[arg(long)]
+    pub worker: Option<String>,
+    #[arg(long)]
+    pub label: Option<String>,
+    #[arg(long = "min-ms")]
+    pub min_ms: Option<f32>,
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
+    pub format: String,
+}
+
+/// Runs a client command; returns the process's exit status.
+pub async fn run(target: &Target, command: ClientCommand) -> u8 {
+    let api = Api::new(&target.url);
+    let result = match command {
+        ClientCommand::Submit(args) => submit(&api, args).await,
+        ClientCommand::Status { batch: Some(id) } => api
+            .get(&format!("/v1/batches/{}", encode(&id)))
+            .await
+            .map(|b| {
+                print_batch(&b);
+                exit::OK
+            }),
+        ClientCommand::Status { batch: None } => list_batches(&api).await,
+        ClientCommand::Export { batch, output } => export(&api, &batch, &output).await.map(|n| {
+            println!("wrote {n} bytes to {}", output.display());
+            exit::OK
+        }),
+        ClientCommand::Logs(args) => logs(&api, &args).await,
+        ClientCommand::Stats { since, bucket } => stats(&api, &since, &bucket).await,
+        ClientCommand::Workers => workers(&api).await,
+        ClientCommand::Cancel { batch } => api
+            .post(&format!("/v1/batches/{}/cancel", encode(&batch)))
+            .await
+            .map(|v| {
+                println!(
+                    "batch {} cancelled: {} queued items will not run",
+                    batch, v["cancelled_items"]
+                );
+                exit::OK
+            }),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        exit::ERROR
+    })
+}
+
+fn encode(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect()
+}
+
+async fn submit(api: &Api, args: SubmitArgs) -> Result<u8, ClientError> {
+    let file = tokio::fs::File::open(&args.file)
+        .await
+        .map_err(|e| ClientError::Local(format!("{}: {e}", args.file.display())))?;
+    let size = file
+        .metadata()
+        .await
+        .map_err(|e| ClientError::Local(e.to_string()))?
+        .len();
+    let bar = std::sync::Arc::new(std::sync::Mutex::new(Progress::bytes(size)));
+    let counter = bar.clone();
+    // The archive is streamed from disk, never read into memory, with the bar fed as it goes.
+    let stream = tokio_util::io::ReaderStream::new(file).inspect(move |chunk| {
+        if let (Ok(bytes), Ok(bar)) = (chunk, counter.lock()) {
+            bar.inc(bytes.len() as u64);
+        }
+    });
+    let name = args
+        .file
+        .file_name()
+        .map_or_else(|| "upload.zip".into(), |n| n.to_string_lossy().into_owned());
+    let part =
+        reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(stream), size)
+            .file_name(name)
+            .mime_str("application/zip")
+            .expect("a valid MIME type");
+    let mut form = reqwest::multipart::Form::new().text("model", args.model.clone());
+    for (key, value) in [("method", &args.method), ("labels", &args.labels)] {
+        if let Some(v) = value {
+            form = form.text(key, v.clone());
+        }
+    }
+    if args.pseudonymize_names {
+        form = form.text("pseudonymize_names", "true");
+    }
+    let created = api
+        .post_multipart("/v1/batches", form.part("file", part))
+        .await?;
+    if let Ok(bar) = bar.lock() {
+        bar.finish();
+    }
+    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    println!(
+        "batch {id}: {} images, {} entries skipped, {} refused",
+        created["images"], created["skipped"], created["refused"]
+    );
+    if !args.wait {
+        println!("follow it with: xcam status {id}");
+        return Ok(exit::OK);
+    }
+    let view = follow(api, &id).await?;
+    print_batch(&view);
+    if let Some(path) = &args.csv {
+        let n = export(api, &id, path).await?;
+        println!("wrote the CSV report ({n} bytes) to {}", path.display());
+    }
+    Ok(match view["status"].as_str().unwrap_or_default() {
+        "succeeded" => exit::OK,
+        "completed_with_errors" => exit::SOME_FAILED,
+        _ => exit::BATCH_FAILED,
+    })
+}
+
+/// Polls a batch until it ends, with a bar (or plain lines without a terminal).
+async fn follow(api: &Api, id: &str) -> Result<Value, ClientError> {
+    let mut bar = Progress::items(1);
+    loop {
+        let view = api.get(&format!("/v1/batches/{}", encode(id))).await?;
+        let c = &view["counts"];
+        let n = |k: &str| c[k].as_u64().unwrap_or(0);
+        let done = n("succeeded") + n("failed") + n("rejected") + n("cancelled");
+        let status = view["status"].as_str().unwrap_or_default().to_owned();
+        let mut note = Vec::new();
+        if n("failed") + n("rejected") > 0 {
+            note.push(format!(
+                "{} failed, {} rejected",
+                n("failed"),
+                n("rejected")
+            ));
+        }
+        if let Some(rate) = view["throughput_per_s"].as_f64() {
+            note.push(format!("{rate:.1}/s"));
+        }
+        if let Some(eta) = view["eta_seconds"].as_f64().filter(|e| *e > 0.0) {
+            note.push(format!("eta {eta:.0}s"));
+        }
+        bar.update(done, n("total").max(1), &status, &note.join(", "));
+        if ["succeeded", "completed_with_errors", "failed", "cancelled"].contains(&status.as_str())
+        {
+            bar.finish();
+            return Ok(view);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn export(api: &Api, id: &str, path: &std::path::Path) -> Result<u64, ClientError> {
+    let response = api
+        .get_raw(&format!("/v1/batches/{}/results.csv", encode(id)))
+        .await?;
+    let mut out = tokio::fs::File::create(path)
+        .await
+        .map_err(|e| ClientError::Local(format!("{}: {e}", path.display())))?;
+    let mut stream = response.bytes_stream();
+    let mut written = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ClientError::Local(format!("the download broke off: {e}")))?;
+        out.write_all(&chunk)
+            .await
+            .map_err(|e| ClientError::Local(e.to_string()))?;
+        written += chunk.len() as u64;
+    }
+    out.flush()
+        .await
+        .map_err(|e| ClientError::Local(e.to_string()))?;
+    Ok(written)
+}
+
+fn print_batch(b: &Value) {
+    let c = &b["counts"];
+    println!(
+        "batch {}  {}  model {} {}  {}",
+        b["id"].as_str().unwrap_or_default(),
+        b["status"].as_str().unwrap_or_default(),
+        b["model_name"].as_str().unwrap_or_default(),
+        b["model_version"].as_str().unwrap_or_default(),
+        b["method"].as_str().unwrap_or_default()
+    );
+    println!(
+        "  items {}: {} succeeded, {} failed, {} rejected, {} cancelled, {} queued, {} running; {} entries skipped",
+        c["total"],
+        c["succeeded"],
+        c["failed"],
+        c["rejected"],
+        c["cancelled"],
+        c["queued"],
+        c["running"],
+        b["skipped_entries"]
+    );
+    if let Some(rate) = b["throughput_per_s"].as_f64() {
+        println!(
+            "  {rate:.1} images/s; progress {:.0}%",
+            b["progress"].as_f64().unwrap_or(0.0) * 100.0
+        );
+    }
+    if let Some(code) = b["error_code"].as_str() {
+        println!(
+            "  error {code}: {}",
+            b["error_message"].as_str().unwrap_or_default()
+        );
+    }
+}
+
+async fn list_batches(api: &Api) -> Result<u8, ClientError> {
+    let list = api.get("/v1/batches?limit=20").await?;
+    println!(
+        "{:<36}  {:<22} {:<10} {:>7} {:>9} {:>7}  created",
+        "batch", "status", "model", "items", "succeeded", "failed"
+    );
+    for b in list["batches"].as_array().into_iter().flatten() {
+        let c = &b["counts"];
+        println!(
+            "{:<36}  {:<22} {:<10} {:>7} {:>9} {:>7}  {}",
+            b["id"].as_str().unwrap_or_default(),
+            b["status"].as_str().unwrap_or_default(),
+            b["model_name"].as_str().unwrap_or_default(),
+            c["total"],
+            c["succeeded"],
+            c["failed"].as_i64().unwrap_or(0) + c["rejected"].as_i64().unwrap_or(0),
+            b["created_at"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(exit::OK)
+}
+
+async fn logs(api: &Api, a: &LogsArgs) -> Result<u8, ClientError> {
+    let mut query: Vec<(String, String)> = vec![("limit".into(), a.limit.to_string())];
+    for (k, v) in [
+        ("since", &a.since),
+        ("until", &a.until),
+        ("model", &a.model),
+        ("status", &a.status),
+        ("batch", &a.batch),
+        ("worker", &a.worker),
+        ("label", &a.label),
+    ] {
+        if let Some(v) = v {
+            query.push((k.into(), v.clone()));
+        }
+    }
+    if let Some(ms) = a.min_ms {
+        query.push(("min_ms".into(), ms.to_string()));
+    }
+    if a.format == "csv" {
+        query.push(("format".into(), "csv".into()));
+    }
+    let qs = query
+        .iter()
+        .map(|(k, v)| format!("{k}={}", form_encode(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    if a.format == "csv" {
+        let text = api
+            .get_raw(&format!("/v1/logs?{qs}"))
+            .await?
+            .text()
+            .await
+            .map_err(|e| ClientError::Local(e.to_string()))?;
+        print!("{text}");
+        return Ok(exit::OK);
+    }
+    let page = api.get(&format!("/v1/logs?{qs}")).await?;
+    if a.format == "json" {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&page).unwrap_or_default()
+        );
+        return Ok(exit::OK);
+    }
+    println!(
+        "{:<25} {:<8} {:<10} {:<12} {:>6} {:>8} {:>3}  {:<28} file",
+        "time", "model", "status", "prediction", "p", "ms", "try", "worker"
+    );
+    for e in page["entries"].as_array().into_iter().flatten() {
+        println!(
+            "{:<25} {:<8} {:<10} {:<12} {:>6} {:>8.1} {:>3}  {:<28} {}{}",
+            e["ts"]
+                .as_str()
+                .unwrap_or_default()
+                .get(..25)
+                .unwrap_or_default(),
+            e["model_name"].as_str().unwrap_or_default(),
+            e["status"].as_str().unwrap_or_default(),
+            e["prediction"].as_str().unwrap_or("-"),
+            e["probability"]
+                .as_f64()
+                .map_or("-".into(), |p| format!("{p:.3}")),
+            e["processing_time_ms"].as_f64().unwrap_or(0.0),
+            e["attempt"],
+            e["worker_id"].as_str().unwrap_or_default(),
+            e["filename"].as_str().unwrap_or_default(),
+            e["error_code"]
+                .as_str()
+                .map(|c| format!("  [{c}]"))
+                .unwrap_or_default(),
+        );
+    }
+    if let Some(next) = page["next_cursor"].as_str() {
+        println!("(more: add the cursor {next} with --limit, or narrow the filters)");
+    }
+    Ok(exit::OK)
+}
+
+async fn stats(api: &Api, since: &str, bucket: &str) -> Result<u8, ClientError> {
+    let s = api
+        .get(&format!(
+            "/v1/stats?since={}&bucket={bucket}",
+            form_encode(since)
+        ))
+        .await?;
+    println!(
+        "since {}: {} inferences, {} failed ({:.1}% errors)",
+        s["since"].as_str().unwrap_or_default(),
+        s["inferences"],
+        s["failures"],
+        s["error_rate"].as_f64().unwrap_or(0.0) * 100.0
+    );
+    println!(
+        "{:<25} {:>10} {:>8} {:>9} {:>9}",
+        bucket, "inferences", "failed", "p50 ms", "p95 ms"
+    );
+    for b in s["buckets"].as_array().into_iter().flatten() {
+        let ms = |k: &str| b[k].as_f64().map_or("-".into(), |v| format!("{v:.1}"));
+        println!(
+            "{:<25} {:>10} {:>8} {:>9} {:>9}",
+            b["bucket"]
+                .as_str()
+                .unwrap_or_default()
+                .get(..25)
+                .unwrap_or_default(),
+            b["inferences"],
+            b["failures"],
+            ms("p50_ms"),
+            ms("p95_ms")
+        );
+    }
+    for (model, labels) in s["predictions"].as_object().into_iter().flatten() {
+        let parts: Vec<String> = labels
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(l, n)| format!("{l} {n}"))
+            .collect();
+        println!("predictions of {model}: {}", parts.join(", "));
+    }
+    Ok(exit::OK)
+}
+
+async fn workers(api: &Api) -> Result<u8, ClientError> {
+    let list = api.get("/v1/workers").await?;
+    println!(
+        "{:<36} {:<8} {:<16} {:>6} {:>6}  last seen",
+        "worker", "device", "models", "done", "failed"
+    );
+    for w in list.as_array().into_iter().flatten() {
+        let models: Vec<&str> = w["models"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        println!(
+            "{:<36} {:<8} {:<16} {:>6} {:>6}  {}",
+            w["id"].as_str().unwrap_or_default(),
+            w["device"].as_str().unwrap_or_default(),
+            models.join(","),
+            w["jobs_done"],
+            w["jobs_failed"],
+            w["last_seen"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// Percent-encodes a query value.
+fn form_encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

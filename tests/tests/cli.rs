@@ -1,0 +1,158 @@
+//! The `xcam` command line against a real API and worker.
+
+use std::process::Command;
+
+use xcam_tests::{Stack, bin, demo_samples_zip, repo_root};
+
+fn xcam(url: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin("xcam"))
+        .args(args)
+        .env("XCAM_URL", url)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_wait_export_and_query_from_the_command_line() {
+    let stack = Stack::new().await;
+    let api = stack.producer(&[]).await;
+    let _worker = stack.worker("a", &[]);
+    let url = api.base.clone();
+    let out = tempfile::tempdir().unwrap();
+    let csv_path = out.path().join("report.csv");
+    let samples = repo_root().join("models/demo/samples/samples.zip");
+
+    let (code, stdout, stderr) = tokio::task::spawn_blocking({
+        let (url, samples, csv_path) = (url.clone(), samples.clone(), csv_path.clone());
+        move || {
+            xcam(
+                &url,
+                &[
+                    "submit",
+                    samples.to_str().unwrap(),
+                    "--model",
+                    "demo",
+                    "--wait",
+                    "--csv",
+                    csv_path.to_str().unwrap(),
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "every item succeeded: {stdout}\n{stderr}");
+    assert!(
+        stderr.contains("36/36 processed"),
+        "plain progress lines without a terminal: {stderr}"
+    );
+    let rows = csv::Reader::from_path(&csv_path).unwrap().records().count();
+    assert_eq!(rows, 36);
+    let batch = stdout
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(':')
+        .to_owned();
+
+    let (code, stdout, _) = xcam(&url, &["status", &batch]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("succeeded") && stdout.contains("36 succeeded"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = xcam(&url, &["status"]);
+    assert!(code == 0 && stdout.contains(&batch), "{stdout}");
+    let exported = out.path().join("again.csv");
+    let (code, _, _) = xcam(&url, &["export", &batch, "-o", exported.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        std::fs::read(&exported).unwrap(),
+        std::fs::read(&csv_path).unwrap()
+    );
+    let (code, stdout, _) = xcam(
+        &url,
+        &[
+            "logs", "--batch", &batch, "--limit", "100", "--format", "csv",
+        ],
+    );
+    assert_eq!(code, 0);
+    assert_eq!(
+        csv::Reader::from_reader(stdout.as_bytes())
+            .records()
+            .count(),
+        36
+    );
+    let (code, stdout, _) = xcam(
+        &url,
+        &[
+            "logs",
+            "--since",
+            "1h",
+            "--status",
+            "succeeded",
+            "--limit",
+            "5",
+        ],
+    );
+    assert!(code == 0 && stdout.lines().count() >= 6, "{stdout}");
+    let (code, stdout, _) = xcam(&url, &["stats", "--since", "1d", "--bucket", "hour"]);
+    assert!(code == 0 && stdout.contains("36 inferences"), "{stdout}");
+    let (code, stdout, _) = xcam(&url, &["workers"]);
+    assert!(
+        code == 0 && stdout.contains("cpu") && stdout.contains("demo"),
+        "{stdout}"
+    );
+
+    // Some entries rejected: a distinct exit status.
+    let mixed = out.path().join("mixed.zip");
+    let mut entries: Vec<(&str, Vec<u8>)> =
+        vec![("bad.png", b"\x89PNG\r\n\x1a\ntruncated".to_vec())];
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(demo_samples_zip())).unwrap();
+    let mut first = Vec::new();
+    std::io::Read::read_to_end(&mut archive.by_index(0).unwrap(), &mut first).unwrap();
+    entries.push(("good.png", first));
+    std::fs::write(&mixed, xcam_tests::zip_of(&entries)).unwrap();
+    let (code, stdout, stderr) = tokio::task::spawn_blocking({
+        let (url, mixed) = (url.clone(), mixed.clone());
+        move || {
+            xcam(
+                &url,
+                &[
+                    "submit",
+                    mixed.to_str().unwrap(),
+                    "--model",
+                    "demo",
+                    "--wait",
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 3, "{stdout}\n{stderr}");
+
+    // Errors are one line with the code; an unreachable server names the URL.
+    let (code, _, stderr) = xcam(
+        &url,
+        &["submit", samples.to_str().unwrap(), "--model", "nope"],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        stderr.trim().starts_with("error: unknown_model:") && stderr.trim().lines().count() == 1,
+        "{stderr}"
+    );
+    let (code, _, stderr) = xcam(&url, &["cancel", &batch]);
+    assert!(code == 1 && stderr.contains("conflict"), "{stderr}");
+    let (code, _, stderr) = xcam("http://127.0.0.1:9", &["workers"]);
+    assert!(
+        code == 1 && stderr.contains("cannot reach the xcam API at http://127.0.0.1:9"),
+        "{stderr}"
+    );
+    stack.finish().await;
+}
