@@ -37,18 +37,11 @@ for _ in $(seq 150); do
 done
 curl -fsS "$api/v1/workers" | json '"\n".join(f"==> worker {w[\"id\"]} on {w[\"device\"]} serving {\", \".join(w[\"models\"])}" for w in d)'
 
-echo "==> submitting models/demo/samples/samples.zip"
-batch=$(curl -fsS -F model=demo -F labels=top1 -F file=@models/demo/samples/samples.zip "$api/v1/batches" | json 'd["id"]')
-echo "    batch $batch"
-while :; do
-  view=$(curl -fsS "$api/v1/batches/$batch")
-  line=$(echo "$view" | json 'f"{d[\"status\"]:>22}  {d[\"counts\"][\"succeeded\"]}/{d[\"counts\"][\"total\"]} done, {d[\"counts\"][\"failed\"]} failed, {(d.get(\"throughput_per_s\") or 0):.1f} images/s"')
-  echo "    $line"
-  status=$(echo "$view" | json 'd["status"]')
-  case "$status" in succeeded|completed_with_errors|failed|cancelled) break ;; esac
-  sleep 1
-done
-curl -fsS -o .xcam/demo-results.csv "$api/v1/batches/$batch/results.csv"
+echo "==> xcam submit models/demo/samples/samples.zip --model demo --wait --csv .xcam/demo-results.csv"
+set +e
+XCAM_URL="$api" target/release/xcam submit models/demo/samples/samples.zip --model demo --wait --csv .xcam/demo-results.csv
+status=$?
+set -e
 echo "==> CSV report: .xcam/demo-results.csv ($(($(wc -l < .xcam/demo-results.csv) - 1)) rows)"
 python3 - .xcam/demo-results.csv <<'PY'
 import csv, sys
@@ -60,6 +53,11 @@ print(f"    … {len(rows) - 8} more")
 PY
 first=$(python3 -c "import csv; r=next(csv.DictReader(open('.xcam/demo-results.csv'))); print(r['overlay_url'])")
 echo "==> an overlay: $api$first"
-echo "==> logs:       $api/v1/logs?batch=$batch"
-echo "The API and the worker keep running; stop everything with: make down"
-[[ "$status" == succeeded ]]
+echo "==> the inference log, from the command line:"
+XCAM_URL="$api" target/release/xcam logs --since 1h --limit 5
+echo
+echo "The API ($api) and the worker keep running. Try:"
+echo "  export XCAM_URL=$api"
+echo "  target/release/xcam status; target/release/xcam workers; target/release/xcam stats --since 1d --bucket hour"
+echo "Stop everything with: make down"
+exit "$status"
