@@ -14,7 +14,7 @@ export CARGO_TERM_COLOR ?= never
 SERVICES_ENV = eval "$$(scripts/services.sh env)"
 CARGO_JOBS ?= 2
 
-.PHONY: help setup torch services down build test lint demo bench bench-pipeline fuzz
+.PHONY: help setup torch services down build test lint demo bench bench-pipeline fuzz dashboard browser
 
 help:
 	@echo "make demo    run the whole job end to end on local Redis and Postgres"
@@ -33,23 +33,34 @@ services:
 down:
 	@scripts/services.sh down
 
-setup: torch services
+# Chart.js for the dashboard, from npm through the committed lock file; the binary embeds it.
+dashboard: producer/dashboard/node_modules/chart.js/dist/chart.umd.min.js
 
-build: torch
+producer/dashboard/node_modules/chart.js/dist/chart.umd.min.js: producer/dashboard/package-lock.json producer/dashboard/package.json
+	npm ci --prefix producer/dashboard --no-audit --no-fund --ignore-scripts
+	@touch $@
+
+# Debian's Chromium and ChromeDriver for the dashboard's browser test, and playwright-core to drive it.
+browser:
+	@scripts/setup-browser.sh
+
+setup: torch services dashboard
+
+build: torch dashboard
 	cargo build --release -j $(CARGO_JOBS) --bins
 
-lint: torch
+lint: torch dashboard
 	cargo fmt --all --check
 	cargo clippy -j $(CARGO_JOBS) --all-targets -- -D warnings
 
-test: setup lint
+test: setup browser lint
 	$(SERVICES_ENV); cargo test -j $(CARGO_JOBS) --workspace
 
 demo: setup build
 	$(SERVICES_ENV); scripts/demo.sh
 
 # The property tests of the ZIP and DICOM ingestion paths, with many more cases than `make test`.
-fuzz: torch
+fuzz: torch dashboard
 	PROPTEST_CASES=$${PROPTEST_CASES:-20000} cargo test --release -j $(CARGO_JOBS) -p xcam-shared --test fuzz
 	PROPTEST_CASES=$${PROPTEST_CASES:-20000} cargo test --release -j $(CARGO_JOBS) -p xcam-producer fuzz
 

@@ -69,8 +69,8 @@ with zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_STORED) as z:
 PY
 rss() { awk '/^'"$1"':/ {print $2}' /proc/$api_pid/status; }
 before=$(rss VmRSS)
-# No worker serves the demo queue in this run: the jobs are only ingested, then cancelled.
-big=$(curl -fsS -F model=demo -F file=@"$work/big.zip" "$api/v1/batches" | json 'd["id"]')
+# The worker has stopped by now: these jobs are only ingested, then cancelled.
+big=$(curl -fsS -F model=densenet121 -F file=@"$work/big.zip" "$api/v1/batches" | json 'd["id"]')
 while [[ "$(curl -fsS "$api/v1/batches/$big" | json 'd["status"]')" == ingesting ]]; do sleep 0.5; done
 curl -fsS -X POST "$api/v1/batches/$big/cancel" >/dev/null
 peak=$(rss VmHWM)

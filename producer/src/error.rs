@@ -50,7 +50,7 @@ pub enum ApiError {
     Internal(#[source] anyhow::Error),
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// Stable, machine-readable error code.
     pub code: &'static str,

@@ -109,6 +109,22 @@ async fn submit_wait_export_and_query_from_the_command_line() {
         "{stdout}"
     );
 
+    // The fleet in Prometheus' format.
+    let (status, metrics) = api.get_text("/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        "xcam_queue_depth{model=\"demo\"} 0",
+        "xcam_items{model=\"demo\",status=\"succeeded\"} 36",
+        "xcam_inference_duration_seconds_count{model=\"demo\"} 36",
+        "xcam_queue_wait_seconds_count{model=\"demo\"} 36",
+        "xcam_dynamic_batch_size_count{model=\"demo\"} 36",
+        "xcam_worker_jobs_total{worker=",
+        "xcam_worker_last_heartbeat_seconds{worker=",
+        "xcam_http_requests_total{route=\"/v1/batches/{id}\",method=\"GET\",status=\"200\"}",
+    ] {
+        assert!(metrics.contains(line), "/metrics lacks {line}:\n{metrics}");
+    }
+
     // Some entries rejected: a distinct exit status.
     let mixed = out.path().join("mixed.zip");
     let mut entries: Vec<(&str, Vec<u8>)> =

@@ -5,7 +5,10 @@
 
 use std::io::Cursor;
 
-use image::{ImageEncoder, RgbImage, codecs::png::PngEncoder};
+use image::{
+    ImageEncoder, RgbImage,
+    codecs::png::{CompressionType, FilterType, PngEncoder},
+};
 use xcam_shared::imaging::GrayImage;
 
 /// Weight of the image in the blend (pytorch-grad-cam's default `image_weight`).
@@ -41,7 +44,14 @@ pub fn overlay_png(image: &GrayImage, map: &[f32]) -> Result<Vec<u8>, image::Ima
 
 fn encode_png(rgb: &RgbImage) -> Result<Vec<u8>, image::ImageError> {
     let mut out = Vec::new();
-    PngEncoder::new(Cursor::new(&mut out)).write_image(
+    // Fast compression: an overlay is encoded per image on the worker, beside inference, and
+    // the default level costs more CPU than the model's own head on a large radiograph.
+    PngEncoder::new_with_quality(
+        Cursor::new(&mut out),
+        CompressionType::Fast,
+        FilterType::Adaptive,
+    )
+    .write_image(
         rgb.as_raw(),
         rgb.width(),
         rgb.height(),

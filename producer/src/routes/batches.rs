@@ -3,14 +3,14 @@
 use std::sync::Arc;
 
 use axum::{
-    Json, Router,
-    extract::{DefaultBodyLimit, Multipart, Path, Query, State},
+    Json,
+    extract::{DefaultBodyLimit, Multipart, Path, Query, State, multipart::MultipartRejection},
     http::{HeaderMap, StatusCode},
-    routing::{get, post},
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 use xcam_shared::{
     db::{
@@ -22,34 +22,49 @@ use xcam_shared::{
 
 use super::parse_batch_id;
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{ApiError, ApiResult, ErrorBody},
     ingest::{self, BatchRequest, archive, upload},
     state::AppState,
 };
 
-pub(super) fn router(max_upload: u64) -> Router<AppState> {
-    // The multipart extractor's 2 MB default would refuse any real archive; the upload route
-    // gets the configured limit (plus room for the form's other fields), and only it does.
+pub(super) fn router(max_upload: u64) -> OpenApiRouter<AppState> {
+    // The multipart extractor's 2 MB default would refuse any real archive. Only the upload
+    // reads a body here, so the configured limit (plus room for the form's other fields) can
+    // apply to the whole group.
     let body_limit = usize::try_from(max_upload.saturating_add(1 << 20)).unwrap_or(usize::MAX);
-    Router::new()
-        .route(
-            "/v1/batches",
-            post(create_batch)
-                .layer(DefaultBodyLimit::max(body_limit))
-                .get(list_batches),
-        )
-        .route("/v1/batches/{id}", get(get_batch))
-        .route("/v1/batches/{id}/cancel", post(cancel_batch))
-        .route("/v1/batches/{id}/report", get(get_report))
+    OpenApiRouter::new()
+        .routes(routes!(create_batch, list_batches))
+        .routes(routes!(get_batch))
+        .routes(routes!(cancel_batch))
+        .routes(routes!(get_report))
+        .layer(DefaultBodyLimit::max(body_limit))
 }
 
 /// `POST /v1/batches`: multipart `file` (ZIP), `model`, optional `method`, `labels`,
 /// `pseudonymize_names`. Answers 202 once the archive is stored and checked.
+#[utoipa::path(
+    post,
+    path = "/v1/batches",
+    tag = "batches",
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 202, body = serde_json::Value, description = "{id, status: ingesting, images, skipped, refused, links}"),
+        (status = 400, body = ErrorBody, description = "invalid_zip, invalid_request"),
+        (status = 413, body = ErrorBody, description = "upload_too_large, too_many_entries, archive_too_large, entry_too_large, zip_bomb"),
+        (status = 422, body = ErrorBody, description = "no_images, duplicate_names, unknown_model, invalid_method, unknown_label"),
+    )
+)]
 async fn create_batch(
     State(state): State<AppState>,
     headers: HeaderMap,
-    multipart: Multipart,
+    multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    let multipart = multipart.map_err(|e| {
+        ApiError::InvalidRequest(format!(
+            "the upload must be a multipart/form-data form: {}",
+            e.body_text()
+        ))
+    })?;
     let settings = state.settings.clone();
     let form =
         upload::read_form(multipart, &settings.upload_dir, settings.max_upload_bytes).await?;
@@ -189,6 +204,8 @@ async fn view(state: &AppState, batch: BatchRecord) -> ApiResult<BatchView> {
     })
 }
 
+/// A batch: status, counts per item status, progress, throughput, ETA.
+#[utoipa::path(get, path = "/v1/batches/{id}", tag = "batches", params(("id" = String, Path, description = "batch id")), responses((status = 200, body = serde_json::Value), (status = 404, body = ErrorBody)))]
 async fn get_batch(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -200,13 +217,15 @@ async fn get_batch(
     Ok(Json(view(&state, batch).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 struct ListQuery {
     limit: Option<i64>,
     /// `created_at` of the last batch of the previous page.
     before: Option<DateTime<Utc>>,
 }
 
+/// Recent batches, newest first.
+#[utoipa::path(get, path = "/v1/batches", tag = "batches", params(ListQuery), responses((status = 200, body = serde_json::Value)))]
 async fn list_batches(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
@@ -223,6 +242,8 @@ async fn list_batches(
     Ok(Json(json!({ "batches": views, "next_before": next })))
 }
 
+/// Queued items become cancelled; running ones finish.
+#[utoipa::path(post, path = "/v1/batches/{id}/cancel", tag = "batches", params(("id" = String, Path, description = "batch id")), responses((status = 200, body = serde_json::Value), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn cancel_batch(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -239,7 +260,8 @@ async fn cancel_batch(
     }
 }
 
-/// `GET /v1/batches/{id}/report`: why entries were refused or failed, and what was flagged.
+/// Why entries were refused or failed, and what was flagged, by code.
+#[utoipa::path(get, path = "/v1/batches/{id}/report", tag = "batches", params(("id" = String, Path, description = "batch id")), responses((status = 200, body = serde_json::Value), (status = 404, body = ErrorBody)))]
 async fn get_report(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -282,4 +304,24 @@ async fn get_report(
         "errors": refused,
         "warnings": flagged,
     })))
+}
+
+/// The upload form, for the API document.
+#[allow(
+    dead_code,
+    reason = "describes the multipart form; the handler reads it field by field"
+)]
+#[derive(utoipa::ToSchema)]
+struct UploadForm {
+    /// The ZIP archive of radiographs.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+    /// Model bundle name.
+    model: String,
+    /// gradcam (default), gradcam++ or hirescam.
+    method: Option<String>,
+    /// top1 (default), positive, all, or label names separated by commas.
+    labels: Option<String>,
+    /// true to replace entry names with salted hashes everywhere.
+    pseudonymize_names: Option<bool>,
 }

@@ -1,22 +1,28 @@
 //! Liveness and readiness.
 
-use axum::{Json, Router, extract::State, routing::get};
+use axum::{Json, extract::State};
 use serde_json::{Value, json};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{error::ApiError, state::AppState};
+use crate::{
+    error::{ApiError, ErrorBody},
+    state::AppState,
+};
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
 }
 
 /// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = serde_json::Value)))]
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// Redis and Postgres both answer.
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, body = serde_json::Value), (status = 503, body = ErrorBody)))]
 async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     sqlx::query("SELECT 1")
         .execute(&state.db)

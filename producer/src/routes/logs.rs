@@ -1,15 +1,15 @@
 //! `GET /v1/logs`: operators' queries over the inference log.
 
 use axum::{
-    Json, Router,
+    Json,
     extract::{Query, State},
     http::header,
     response::{IntoResponse, Response},
-    routing::get,
 };
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use xcam_shared::db::logs::{self, LogFilter, LogRecord};
 
 use super::results::csv_line;
@@ -18,13 +18,13 @@ use crate::{
     state::AppState,
 };
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/logs", get(query_logs))
-        .route("/v1/stats", get(get_stats))
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(query_logs))
+        .routes(routes!(get_stats))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 pub(crate) struct LogQuery {
     /// RFC 3339 time, or a duration back from now (`24h`, `7d`).
     since: Option<String>,
@@ -66,6 +66,8 @@ fn cursor_of(r: &LogRecord) -> String {
     format!("{}.{}", r.ts.timestamp_micros(), r.id)
 }
 
+/// The inference log, newest first, filtered; JSON or CSV.
+#[utoipa::path(get, path = "/v1/logs", tag = "logs", params(LogQuery), responses((status = 200, body = serde_json::Value, description = "{entries, next_cursor}; text/csv with format=csv"), (status = 422, body = crate::error::ErrorBody)))]
 async fn query_logs(
     State(state): State<AppState>,
     Query(q): Query<LogQuery>,
@@ -176,7 +178,7 @@ fn log_cells(r: &LogRecord) -> Vec<String> {
     ]
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 pub(crate) struct StatsQuery {
     since: Option<String>,
     /// `hour` or `day`.
@@ -185,6 +187,7 @@ pub(crate) struct StatsQuery {
 
 /// `GET /v1/stats`: inference counts, latency and errors per hour or day, and the predictions
 /// per model — what the operations page charts.
+#[utoipa::path(get, path = "/v1/stats", tag = "logs", params(StatsQuery), responses((status = 200, body = serde_json::Value), (status = 422, body = crate::error::ErrorBody)))]
 pub(super) async fn get_stats(
     State(state): State<AppState>,
     Query(q): Query<StatsQuery>,

@@ -1,17 +1,17 @@
 //! A batch's results: JSON pages, the CSV report (streamed), and each item's artefacts.
 
 use axum::{
-    Json, Router,
+    Json,
     body::Body,
     extract::{Path, Query, State},
     http::header,
     response::{IntoResponse, Response},
-    routing::get,
 };
 use bytes::Bytes;
 use futures::stream;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 use xcam_shared::db::{self, results::ReportRow};
 
@@ -22,24 +22,23 @@ use crate::{
     state::AppState,
 };
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/batches/{id}/results", get(list_results))
-        .route("/v1/batches/{id}/results.csv", get(export_results_csv))
-        .route(
-            "/v1/batches/{id}/items/{item}/overlay.png",
-            get(get_overlay),
-        )
-        .route("/v1/batches/{id}/items/{item}/cam.npy", get(get_cam))
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_results))
+        .routes(routes!(export_results_csv))
+        .routes(routes!(get_overlay))
+        .routes(routes!(get_cam))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 struct PageQuery {
     limit: Option<i64>,
     /// Entry index of the last row of the previous page.
     after: Option<i32>,
 }
 
+/// A page of a batch's results, in entry order.
+#[utoipa::path(get, path = "/v1/batches/{id}/results", tag = "results", params(("id" = String, Path, description = "batch id"), PageQuery), responses((status = 200, body = serde_json::Value), (status = 404, body = crate::error::ErrorBody)))]
 async fn list_results(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -75,6 +74,7 @@ fn overlay_url(batch: Uuid, item: Uuid) -> String {
 const CSV_PAGE: i64 = 500;
 
 /// `GET /v1/batches/{id}/results.csv`: one row per item in entry order, streamed page by page.
+#[utoipa::path(get, path = "/v1/batches/{id}/results.csv", tag = "results", params(("id" = String, Path, description = "batch id")), responses((status = 200, content_type = "text/csv", body = String), (status = 404, body = crate::error::ErrorBody)))]
 async fn export_results_csv(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -256,7 +256,7 @@ pub(crate) fn csv_line(cells: &[String]) -> Bytes {
     Bytes::from(w.into_inner().unwrap_or_default())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 struct ArtefactQuery {
     /// Which explained label (default: the first).
     label: Option<String>,
@@ -293,6 +293,8 @@ async fn artefact(
     Ok(([(header::CONTENT_TYPE, mime)], bytes).into_response())
 }
 
+/// The colour overlay of an item's map.
+#[utoipa::path(get, path = "/v1/batches/{id}/items/{item}/overlay.png", tag = "results", params(("id" = String, Path, description = "batch id"), ("item" = String, Path, description = "item id"), ArtefactQuery), responses((status = 200, content_type = "image/png", body = Vec<u8>), (status = 404, body = crate::error::ErrorBody)))]
 async fn get_overlay(
     State(state): State<AppState>,
     Path((id, item)): Path<(String, String)>,
@@ -301,6 +303,8 @@ async fn get_overlay(
     artefact(&state, &id, &item, q.label.as_deref(), true).await
 }
 
+/// The raw normalised map (float32 .npy, H×W of the original).
+#[utoipa::path(get, path = "/v1/batches/{id}/items/{item}/cam.npy", tag = "results", params(("id" = String, Path, description = "batch id"), ("item" = String, Path, description = "item id"), ArtefactQuery), responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = crate::error::ErrorBody)))]
 async fn get_cam(
     State(state): State<AppState>,
     Path((id, item)): Path<(String, String)>,

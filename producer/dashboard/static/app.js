@@ -1,0 +1,247 @@
+// xcam's dashboard: batches (upload, live progress, results with overlays, report, CSV) and
+// operations (charts from /v1/stats, the inference log, the fleet). Plain DOM and fetch; the
+// charts are Chart.js, embedded in the binary.
+"use strict";
+
+const view = document.getElementById("view");
+let timer = null;
+const charts = [];
+
+const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+const fmt = (n, d = 1) => (n == null ? "–" : Number(n).toFixed(d));
+const when = (t) => (t ? new Date(t).toLocaleString() : "–");
+
+async function api(path, options) {
+  const r = await fetch(path, options);
+  const body = r.headers.get("content-type")?.includes("json") ? await r.json() : null;
+  if (!r.ok) throw new Error(body ? `${body.code}: ${body.message}` : `HTTP ${r.status}`);
+  return body;
+}
+
+function progressBar(fraction, id) {
+  return `<div class="progress"${id ? ` id="${id}"` : ""}><div style="width:${Math.round((fraction || 0) * 100)}%"></div></div>`;
+}
+
+function route() {
+  clearInterval(timer);
+  charts.splice(0).forEach((c) => c.destroy());
+  const hash = location.hash || "#/";
+  document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", hash.startsWith(a.getAttribute("href")) && (a.dataset.nav !== "batches" || !hash.startsWith("#/ops"))));
+  const batch = hash.match(/^#\/batches\/([0-9a-f-]+)/);
+  if (batch) return batchPage(batch[1]);
+  if (hash.startsWith("#/ops")) return opsPage();
+  return batchesPage();
+}
+window.addEventListener("hashchange", route);
+window.addEventListener("DOMContentLoaded", route);
+
+// ---------------------------------------------------------------- batches
+
+async function batchesPage() {
+  const models = await api("/v1/models").catch(() => []);
+  view.innerHTML = `
+    <h1>Batches</h1>
+    <div class="card">
+      <form id="upload" class="row">
+        <label>ZIP of radiographs <input type="file" name="file" accept=".zip,application/zip" required></label>
+        <label>Model <select name="model">${models.map((m) => `<option>${esc(m.name)}</option>`).join("")}</select></label>
+        <label>Method <select name="method"><option>gradcam</option><option>gradcam++</option><option>hirescam</option></select></label>
+        <label>Labels <input name="labels" value="top1" size="14" title="top1, positive, all, or names"></label>
+        <label><span><input type="checkbox" name="pseudonymize_names" value="true"> pseudonymise names</span></label>
+        <button type="submit" id="upload-button">Upload</button>
+      </form>
+      <div id="upload-progress" hidden>${progressBar(0, "upload-bar")}<span class="muted" id="upload-text"></span></div>
+      <p class="error" id="upload-error"></p>
+    </div>
+    <table id="batches"><thead><tr><th>batch</th><th>status</th><th>model</th><th>progress</th><th class="num">items</th><th class="num">failed</th><th class="num">images/s</th><th>created</th></tr></thead><tbody></tbody></table>`;
+  document.getElementById("upload").addEventListener("submit", upload);
+  const refresh = async () => {
+    const list = await api("/v1/batches?limit=50").catch(() => ({ batches: [] }));
+    document.querySelector("#batches tbody").innerHTML = list.batches.map((b) => `
+      <tr data-batch="${b.id}">
+        <td><a href="#/batches/${b.id}"><code>${b.id.slice(0, 8)}…</code></a></td>
+        <td class="status ${b.status}">${b.status}</td>
+        <td>${esc(b.model_name)}</td>
+        <td>${progressBar(b.progress)}</td>
+        <td class="num">${b.counts.total}</td>
+        <td class="num">${b.counts.failed + b.counts.rejected}</td>
+        <td class="num">${fmt(b.throughput_per_s)}</td>
+        <td>${when(b.created_at)}</td>
+      </tr>`).join("") || `<tr><td colspan="8" class="muted">No batches yet: upload a ZIP above.</td></tr>`;
+  };
+  await refresh();
+  timer = setInterval(refresh, 2000);
+}
+
+function upload(event) {
+  event.preventDefault();
+  const form = event.target;
+  const data = new FormData(form);
+  // XMLHttpRequest, not fetch: only it reports upload progress.
+  const xhr = new XMLHttpRequest();
+  const bar = document.querySelector("#upload-bar > div");
+  document.getElementById("upload-progress").hidden = false;
+  document.getElementById("upload-error").textContent = "";
+  document.getElementById("upload-button").disabled = true;
+  xhr.upload.onprogress = (e) => {
+    if (!e.lengthComputable) return;
+    bar.style.width = `${(100 * e.loaded) / e.total}%`;
+    document.getElementById("upload-text").textContent = ` ${(e.loaded / 1048576).toFixed(1)} / ${(e.total / 1048576).toFixed(1)} MiB`;
+  };
+  xhr.onload = () => {
+    document.getElementById("upload-button").disabled = false;
+    const body = JSON.parse(xhr.responseText || "{}");
+    if (xhr.status === 202) location.hash = `#/batches/${body.id}`;
+    else document.getElementById("upload-error").textContent = `${body.code}: ${body.message}`;
+  };
+  xhr.onerror = () => {
+    document.getElementById("upload-button").disabled = false;
+    document.getElementById("upload-error").textContent = "the upload failed: the server did not answer";
+  };
+  xhr.open("POST", "/v1/batches");
+  xhr.send(data);
+}
+
+async function batchPage(id) {
+  view.innerHTML = `<h1>Batch <code>${esc(id)}</code></h1><div id="summary"></div>
+    <div class="row"><a class="button" id="csv" href="/v1/batches/${id}/results.csv" download>Download CSV</a>
+    <button class="secondary" id="cancel">Cancel queued items</button></div>
+    <h2>Validation report</h2><div id="report"></div>
+    <h2>Results</h2><table id="results"><thead><tr><th>#</th><th>entry</th><th>status</th><th>overlay</th><th>top label</th><th class="num">p</th><th>peak</th><th>box</th><th class="num">ms</th><th>worker</th></tr></thead><tbody></tbody></table>`;
+  document.getElementById("cancel").onclick = async () => {
+    await api(`/v1/batches/${id}/cancel`, { method: "POST" }).catch((e) => alert(e.message));
+  };
+  const refresh = async () => {
+    const b = await api(`/v1/batches/${id}`);
+    const c = b.counts;
+    document.getElementById("summary").innerHTML = `
+      <div class="stats">
+        <div class="stat">status<b class="status ${b.status}" id="batch-status">${b.status}</b></div>
+        <div class="stat">progress<b>${Math.round(b.progress * 100)}%</b>${progressBar(b.progress)}</div>
+        <div class="stat">succeeded<b>${c.succeeded}</b></div><div class="stat">failed<b>${c.failed}</b></div>
+        <div class="stat">rejected<b>${c.rejected}</b></div><div class="stat">queued / running<b>${c.queued} / ${c.running}</b></div>
+        <div class="stat">images/s<b>${fmt(b.throughput_per_s)}</b></div><div class="stat">ETA<b>${b.eta_seconds ? fmt(b.eta_seconds, 0) + " s" : "–"}</b></div>
+      </div>
+      <p class="muted">${esc(b.model_name)} ${esc(b.model_version)} · ${esc(b.method)} · labels ${esc(b.labels)} · ${b.total_entries} entries, ${b.skipped_entries} skipped · created ${when(b.created_at)}</p>`;
+    document.getElementById("cancel").disabled = !["ingesting", "queued", "running"].includes(b.status);
+    const report = await api(`/v1/batches/${id}/report`);
+    const codes = Object.entries(report.errors_by_code).map(([k, v]) => `<code>${esc(k)}</code> ${v}`).join(" · ") || "no errors";
+    const warns = Object.entries(report.warnings_by_code).map(([k, v]) => `<code>${esc(k)}</code> ${v}`).join(" · ") || "no warnings";
+    document.getElementById("report").innerHTML = `<p>${codes}<br>${warns}</p>` + (report.errors.length ? `<table><thead><tr><th>#</th><th>entry</th><th>code</th><th>message</th></tr></thead><tbody>${report.errors.map((e) => `<tr><td>${e.entry_index}</td><td>${esc(e.entry_name)}</td><td><code>${esc(e.code)}</code></td><td>${esc(e.message)}</td></tr>`).join("")}</tbody></table>` : "");
+    const page = await api(`/v1/batches/${id}/results?limit=200`);
+    document.querySelector("#results tbody").innerHTML = page.items.map((r) => {
+      const cam = r.cams?.[0];
+      return `<tr><td>${r.entry_index}</td><td>${esc(r.entry_name)}</td><td class="status ${r.status}">${r.status}</td>
+        <td>${r.overlay_url ? `<img class="thumb" loading="lazy" src="${r.overlay_url}" data-item="${r.item_id}" data-label="${esc(cam?.label)}" alt="overlay">` : ""}</td>
+        <td>${esc(r.top_label)}</td><td class="num">${fmt(r.top_probability, 3)}</td>
+        <td>${cam?.peak ? cam.peak.join(", ") : ""}</td><td>${cam?.bbox ? cam.bbox.join(", ") : ""}</td>
+        <td class="num">${fmt(r.processing_ms, 0)}</td><td class="muted">${esc(r.worker_id)}</td></tr>`;
+    }).join("");
+    document.querySelectorAll("img.thumb").forEach((img) => (img.onclick = () => enlarge(id, img.dataset.item, img.dataset.label)));
+    if (["succeeded", "completed_with_errors", "failed", "cancelled"].includes(b.status)) clearInterval(timer);
+  };
+  await refresh().catch((e) => (view.innerHTML = `<p class="error">${esc(e.message)}</p>`));
+  timer = setInterval(() => refresh().catch(() => {}), 2000);
+}
+
+function enlarge(batch, item, label) {
+  document.getElementById("modal-original").src = `/v1/batches/${batch}/items/${item}/image.png`;
+  document.getElementById("modal-overlay").src = `/v1/batches/${batch}/items/${item}/overlay.png`;
+  document.getElementById("modal-caption").textContent = `Grad-CAM: ${label}`;
+  document.getElementById("modal").classList.remove("hidden");
+}
+document.addEventListener("click", (e) => {
+  if (e.target.id === "modal" || e.target.id === "modal-close") document.getElementById("modal").classList.add("hidden");
+});
+
+// ---------------------------------------------------------------- operations
+
+async function opsPage() {
+  view.innerHTML = `
+    <h1>Operations</h1>
+    <div class="row card">
+      <label>Since <input id="since" value="7d" size="8"></label>
+      <label>Bucket <select id="bucket"><option>hour</option><option selected>day</option></select></label>
+      <button id="apply">Apply</button>
+    </div>
+    <div class="stats" id="totals"></div>
+    <div class="charts">
+      <div class="chart-box"><canvas id="chart-counts"></canvas></div>
+      <div class="chart-box"><canvas id="chart-latency"></canvas></div>
+      <div class="chart-box"><canvas id="chart-predictions"></canvas></div>
+    </div>
+    <h2>Workers</h2><table id="workers"><thead><tr><th>worker</th><th>host</th><th>device</th><th>models</th><th class="num">done</th><th class="num">failed</th><th>last seen</th></tr></thead><tbody></tbody></table>
+    <h2>Inference log</h2>
+    <form id="log-filters" class="row card">
+      ${["since", "until", "model", "status", "batch", "worker", "label", "min_ms"].map((f) => `<label>${f}<input name="${f}" size="10" ${f === "since" ? 'value="24h"' : ""}></label>`).join("")}
+      <label>limit<input name="limit" value="100" size="5"></label>
+      <button type="submit">Filter</button><a class="button secondary" id="log-csv" download>CSV</a>
+    </form>
+    <table id="log"><thead><tr><th>time</th><th>model</th><th>status</th><th>prediction</th><th class="num">p</th><th class="num">ms</th><th class="num">try</th><th>worker</th><th>file</th><th>error</th></tr></thead><tbody></tbody></table>`;
+  document.getElementById("apply").onclick = () => drawCharts().catch(showError);
+  document.getElementById("log-filters").addEventListener("submit", (e) => {
+    e.preventDefault();
+    loadLog().catch(showError);
+  });
+  await Promise.all([drawCharts(), loadLog(), loadWorkers()]).catch(showError);
+  timer = setInterval(() => loadWorkers().catch(() => {}), 5000);
+}
+
+function showError(e) {
+  view.insertAdjacentHTML("afterbegin", `<p class="error">${esc(e.message)}</p>`);
+}
+
+async function drawCharts() {
+  const since = document.getElementById("since").value;
+  const bucket = document.getElementById("bucket").value;
+  const s = await api(`/v1/stats?since=${encodeURIComponent(since)}&bucket=${bucket}`);
+  document.getElementById("totals").innerHTML = `
+    <div class="stat">inferences<b id="total-inferences">${s.inferences}</b></div>
+    <div class="stat">failed<b>${s.failures}</b></div>
+    <div class="stat">error rate<b>${fmt(s.error_rate * 100)}%</b></div>
+    <div class="stat">p50 / p95 ms<b>${fmt(median(s.buckets.map((b) => b.p50_ms)), 0)} / ${fmt(Math.max(0, ...s.buckets.map((b) => b.p95_ms || 0)), 0)}</b></div>`;
+  charts.splice(0).forEach((c) => c.destroy());
+  const labels = s.buckets.map((b) => new Date(b.bucket).toLocaleString([], bucket === "hour" ? { month: "short", day: "numeric", hour: "2-digit" } : { month: "short", day: "numeric" }));
+  const line = (id, title, datasets) => charts.push(new Chart(document.getElementById(id), {
+    type: "line", data: { labels, datasets }, options: { maintainAspectRatio: false, animation: false, plugins: { title: { display: true, text: title } }, scales: { y: { beginAtZero: true } } },
+  }));
+  line("chart-counts", `Inferences per ${bucket}`, [
+    { label: "inferences", data: s.buckets.map((b) => b.inferences), borderColor: "#2457d6", backgroundColor: "#2457d6" },
+    { label: "failed", data: s.buckets.map((b) => b.failures), borderColor: "#c0392b", backgroundColor: "#c0392b" },
+  ]);
+  line("chart-latency", "Latency (ms)", [
+    { label: "p50", data: s.buckets.map((b) => b.p50_ms), borderColor: "#1b8a4b", backgroundColor: "#1b8a4b" },
+    { label: "p95", data: s.buckets.map((b) => b.p95_ms), borderColor: "#b7791f", backgroundColor: "#b7791f" },
+  ]);
+  const models = Object.keys(s.predictions);
+  const allLabels = [...new Set(models.flatMap((m) => Object.keys(s.predictions[m])))];
+  const palette = ["#2457d6", "#1b8a4b", "#b7791f", "#c0392b", "#7b3fb5", "#16808a"];
+  charts.push(new Chart(document.getElementById("chart-predictions"), {
+    type: "bar",
+    data: { labels: allLabels, datasets: models.map((m, i) => ({ label: m, data: allLabels.map((l) => s.predictions[m][l] || 0), backgroundColor: palette[i % palette.length] })) },
+    options: { maintainAspectRatio: false, animation: false, plugins: { title: { display: true, text: "Top predictions per model" } } },
+  }));
+}
+
+function median(values) {
+  const v = values.filter((x) => x != null).sort((a, b) => a - b);
+  return v.length ? v[Math.floor(v.length / 2)] : null;
+}
+
+async function loadLog() {
+  const params = new URLSearchParams();
+  new FormData(document.getElementById("log-filters")).forEach((value, key) => value && params.set(key, value));
+  document.getElementById("log-csv").href = `/v1/logs?${params}&format=csv`;
+  const page = await api(`/v1/logs?${params}`);
+  document.querySelector("#log tbody").innerHTML = page.entries.map((e) => `
+    <tr><td>${when(e.ts)}</td><td>${esc(e.model_name)}</td><td class="status ${e.status}">${e.status}</td><td>${esc(e.prediction)}</td>
+    <td class="num">${fmt(e.probability, 3)}</td><td class="num">${fmt(e.processing_time_ms, 0)}</td><td class="num">${e.attempt}</td>
+    <td class="muted">${esc(e.worker_id)}</td><td>${esc(e.filename)}</td><td>${e.error_code ? `<code>${esc(e.error_code)}</code>` : ""}</td></tr>`).join("") || `<tr><td colspan="10" class="muted">No entries match.</td></tr>`;
+}
+
+async function loadWorkers() {
+  const workers = await api("/v1/workers");
+  document.querySelector("#workers tbody").innerHTML = workers.map((w) => `
+    <tr><td><code>${esc(w.id)}</code></td><td>${esc(w.host)}</td><td>${esc(w.device)}</td><td>${esc(w.models.join(", "))}</td>
+    <td class="num">${w.jobs_done}</td><td class="num">${w.jobs_failed}</td><td>${when(w.last_seen)}</td></tr>`).join("") || `<tr><td colspan="7" class="muted">No live workers.</td></tr>`;
+}
