@@ -194,26 +194,25 @@ pub async fn cancel(db: &sqlx::PgPool, id: Uuid) -> sqlx::Result<Option<u64>> {
 ///
 /// ingesting and cancelled are left alone (but a cancelled batch still gets its end time);
 /// otherwise: queued until an item starts, running while any is open, then succeeded (all
-/// succeeded), failed (none did) or completed_with_errors.
+/// succeeded), failed (none did) or completed_with_errors. Workers call this after every item,
+/// so it only asks index probes (EXISTS on `(batch_id, status)`), never counts a whole batch.
 pub async fn refresh(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<()> {
     sqlx::query(
         r#"WITH c AS (
-               SELECT count(*) FILTER (WHERE status IN ('queued', 'running')) AS open,
-                      count(*) FILTER (WHERE status = 'succeeded') AS ok,
-                      count(*) FILTER (WHERE status <> 'queued') AS touched,
-                      count(*) AS total,
-                      min(started_at) AS first_started
-               FROM items WHERE batch_id = $1)
+               SELECT EXISTS (SELECT 1 FROM items WHERE batch_id = $1 AND status IN ('queued', 'running')) AS open,
+                      EXISTS (SELECT 1 FROM items WHERE batch_id = $1 AND status <> 'queued') AS touched,
+                      EXISTS (SELECT 1 FROM items WHERE batch_id = $1 AND status = 'succeeded') AS any_ok,
+                      EXISTS (SELECT 1 FROM items WHERE batch_id = $1 AND status <> 'succeeded') AS any_not_ok)
            UPDATE batches b SET
                status = CASE
                    WHEN b.status IN ('ingesting', 'cancelled') THEN b.status
-                   WHEN c.open > 0 AND c.touched = 0 THEN 'queued'
-                   WHEN c.open > 0 THEN 'running'
-                   WHEN c.total > 0 AND c.ok = c.total THEN 'succeeded'
-                   WHEN c.ok = 0 THEN 'failed'
+                   WHEN c.open AND NOT c.touched THEN 'queued'
+                   WHEN c.open THEN 'running'
+                   WHEN c.any_ok AND NOT c.any_not_ok THEN 'succeeded'
+                   WHEN NOT c.any_ok THEN 'failed'
                    ELSE 'completed_with_errors' END,
-               started_at = COALESCE(b.started_at, c.first_started),
-               finished_at = CASE WHEN c.open = 0 AND b.status <> 'ingesting'
+               started_at = COALESCE(b.started_at, CASE WHEN c.touched THEN now() END),
+               finished_at = CASE WHEN NOT c.open AND b.status <> 'ingesting'
                                   THEN COALESCE(b.finished_at, now()) END,
                updated_at = now()
            FROM c WHERE b.id = $1"#,
