@@ -61,9 +61,6 @@ pub struct ServeArgs {
     /// How often the reconciler looks for queued items whose job is missing from Redis.
     #[arg(long = "reconcile-every", env = "XCAM_RECONCILE_EVERY", default_value = "30s", value_parser = humantime::parse_duration)]
     pub reconcile_every: Duration,
-    /// A worker silent for this long is presumed dead and its jobs go to another worker.
-    #[arg(long = "orphan-after", env = "XCAM_ORPHAN_AFTER", default_value = "15s", value_parser = humantime::parse_duration)]
-    pub orphan_after: Duration,
     #[command(flatten)]
     pub db: DatabaseArgs,
     #[command(flatten)]

@@ -33,10 +33,7 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
     let db = db::connect(&args.db).await?;
     db::migrate(&db).await?;
     let redis = jobs::connect(&args.redis).await?;
-    let blobs = match &args.blob.blob_url {
-        Some(url) => BlobStore::open(url)?,
-        None => BlobStore::local(std::path::Path::new(".xcam/blobs"))?,
-    };
+    let blobs = BlobStore::from_args(&args.blob)?;
     let models = bundle::discover(&args.models_dir)
         .with_context(|| format!("XCAM_MODELS_DIR={}", args.models_dir.display()))?;
     if models.is_empty() {
@@ -51,7 +48,7 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
     let settings = Settings {
         queue_prefix: args.redis.queue_prefix.clone(),
         queue_tuning: jobs::QueueTuning {
-            orphan_after: args.orphan_after,
+            orphan_after: args.redis.orphan_after,
             ..Default::default()
         },
         upload_dir,
@@ -81,23 +78,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let reconciler = tokio::spawn(reconciler::run(state.clone(), args.reconcile_every));
     tracing::info!(addr = %listener.local_addr()?, models = ?state.models.keys().collect::<Vec<_>>(), blobs = state.blobs.url(), "xcam serving");
     axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(xcam_shared::shutdown_signal())
         .await?;
     reconciler.abort();
     Ok(())
-}
-
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
 }

@@ -83,6 +83,15 @@ impl BlobStore {
         Self::open(url.as_str())
     }
 
+    /// The store the configuration names: `XCAM_BLOB_URL`, or `.xcam/blobs` under the working
+    /// directory.
+    pub fn from_args(args: &crate::config::BlobArgs) -> Result<Self, BlobError> {
+        match &args.blob_url {
+            Some(url) => Self::open(url),
+            None => Self::local(FsPath::new(".xcam/blobs")),
+        }
+    }
+
     /// The URL the store was opened from.
     pub fn url(&self) -> &str {
         &self.url

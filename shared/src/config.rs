@@ -39,6 +39,10 @@ pub struct RedisArgs {
         default_value = "xcam"
     )]
     pub queue_prefix: String,
+
+    /// A worker silent for this long is presumed dead and its jobs go to the other workers.
+    #[arg(long = "orphan-after", env = "XCAM_ORPHAN_AFTER", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub orphan_after: Duration,
 }
 
 /// Where blobs (images, overlays, CAMs) live.

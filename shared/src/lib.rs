@@ -16,3 +16,19 @@ pub mod imaging;
 pub mod jobs;
 pub mod targets;
 pub mod telemetry;
+
+/// Resolves on SIGINT or SIGTERM: both binaries stop gracefully on either.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}

@@ -461,6 +461,31 @@ pub fn zip_of(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
     out.into_inner()
 }
 
+/// A small grayscale PNG whose pattern depends on `seed` (so each is a distinct image).
+pub fn png(width: u32, height: u32, seed: u32) -> Vec<u8> {
+    let img = image::GrayImage::from_fn(width, height, |x, y| {
+        image::Luma([((x * 5 + y * 3 + seed * 7) % 256) as u8])
+    });
+    let mut bytes = Vec::new();
+    img.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )
+    .expect("PNG encodes");
+    bytes
+}
+
+/// A ZIP of `n` distinct 48×48 PNGs named by `name(i)`.
+pub fn png_zip(n: usize, name: impl Fn(usize) -> String) -> Vec<u8> {
+    let entries: Vec<(String, Vec<u8>)> =
+        (0..n).map(|i| (name(i), png(48, 48, i as u32))).collect();
+    let borrowed: Vec<(&str, Vec<u8>)> = entries
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.clone()))
+        .collect();
+    zip_of(&borrowed)
+}
+
 /// The demo sample archive's bytes.
 pub fn demo_samples_zip() -> Vec<u8> {
     std::fs::read(repo_root().join("models/demo/samples/samples.zip"))

@@ -4,32 +4,9 @@
 use std::time::Duration;
 
 use xcam_tests::{
-    Stack, TestDb, eventually, repo_root,
+    Stack, TestDb, eventually, png_zip, repo_root,
     servers::{PrivatePostgres, PrivateRedis},
-    zip_of,
 };
-
-fn pngs(n: usize) -> Vec<u8> {
-    let entries: Vec<(String, Vec<u8>)> = (0..n)
-        .map(|i| {
-            let img = image::GrayImage::from_fn(40, 40, |x, y| {
-                image::Luma([((x * 3 + y * 11 + i as u32 * 13) % 256) as u8])
-            });
-            let mut bytes = Vec::new();
-            img.write_to(
-                &mut std::io::Cursor::new(&mut bytes),
-                image::ImageFormat::Png,
-            )
-            .unwrap();
-            (format!("img_{i:04}.png"), bytes)
-        })
-        .collect();
-    let borrowed: Vec<(&str, Vec<u8>)> = entries
-        .iter()
-        .map(|(n, b)| (n.as_str(), b.clone()))
-        .collect();
-    zip_of(&borrowed)
-}
 
 async fn succeeded(stack: &Stack, batch: uuid::Uuid) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM items WHERE batch_id = $1 AND status = 'succeeded'")
@@ -37,6 +14,25 @@ async fn succeeded(stack: &Stack, batch: uuid::Uuid) -> i64 {
         .fetch_one(&stack.db.pool)
         .await
         .unwrap_or(0)
+}
+
+/// Uploads 150 images and returns once the batch is under way.
+async fn start_batch(stack: &Stack, api: &xcam_tests::Producer) -> uuid::Uuid {
+    let (status, created) = api
+        .upload(
+            png_zip(150, |i| format!("img_{i:04}.png")),
+            &[("model", "demo")],
+        )
+        .await;
+    assert_eq!(status, 202, "{created}");
+    let batch: uuid::Uuid = created["id"].as_str().unwrap().parse().unwrap();
+    eventually(
+        Duration::from_secs(120),
+        "the batch to be under way",
+        || async { (succeeded(stack, batch).await >= 5).then_some(()) },
+    )
+    .await;
+    batch
 }
 
 async fn assert_one_result_per_item(stack: &Stack, batch: uuid::Uuid, n: i64) {
@@ -59,15 +55,7 @@ async fn a_redis_restart_mid_batch_loses_nothing() {
     );
     let api = stack.producer(&[]).await;
     let _worker = stack.worker("a", &["--max-batch=4"]);
-    let (status, created) = api.upload(pngs(150), &[("model", "demo")]).await;
-    assert_eq!(status, 202, "{created}");
-    let batch: uuid::Uuid = created["id"].as_str().unwrap().parse().unwrap();
-    eventually(
-        Duration::from_secs(120),
-        "the batch to be under way",
-        || async { (succeeded(&stack, batch).await >= 5).then_some(()) },
-    )
-    .await;
+    let batch = start_batch(&stack, &api).await;
     redis.restart();
     let view = api
         .wait_for_batch(&batch.to_string(), Duration::from_secs(300))
@@ -87,15 +75,7 @@ async fn a_postgres_outage_under_a_running_worker_loses_nothing() {
     );
     let api = stack.producer(&[]).await;
     let worker = stack.worker("a", &["--max-batch=4"]);
-    let (status, created) = api.upload(pngs(150), &[("model", "demo")]).await;
-    assert_eq!(status, 202, "{created}");
-    let batch: uuid::Uuid = created["id"].as_str().unwrap().parse().unwrap();
-    eventually(
-        Duration::from_secs(120),
-        "the batch to be under way",
-        || async { (succeeded(&stack, batch).await >= 5).then_some(()) },
-    )
-    .await;
+    let batch = start_batch(&stack, &api).await;
     pg.down();
     // The outage itself (not a wait for a condition): long enough for the worker to fail
     // claims and writes, and for the queue to re-schedule those jobs.

@@ -37,18 +37,7 @@ fn parse_csv(text: &str) -> (Vec<String>, Vec<BTreeMap<String, String>>) {
 /// `n` small distinct grayscale PNGs named by `name(i)`.
 fn png_entries(n: usize, name: impl Fn(usize) -> String) -> Vec<(String, Vec<u8>)> {
     (0..n)
-        .map(|i| {
-            let img = image::GrayImage::from_fn(48, 48, |x, y| {
-                image::Luma([((x * 5 + y * 3 + i as u32 * 7) % 256) as u8])
-            });
-            let mut bytes = Vec::new();
-            img.write_to(
-                &mut std::io::Cursor::new(&mut bytes),
-                image::ImageFormat::Png,
-            )
-            .unwrap();
-            (name(i), bytes)
-        })
+        .map(|i| (name(i), xcam_tests::png(48, 48, i as u32)))
         .collect()
 }
 

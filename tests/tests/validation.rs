@@ -9,7 +9,7 @@ use std::{
 
 use serde_json::Value;
 use xcam_shared::imaging::{self, Format, ImageLimits};
-use xcam_tests::{Stack, python, repo_root, zip_of};
+use xcam_tests::{Stack, png, python, repo_root, zip_of};
 
 /// Writes the test DICOMs (tests/reference/make_dicoms.py) and returns their directory and the
 /// PHI values to look for.
@@ -179,22 +179,6 @@ fn dicom_rules_give_stable_codes_and_warnings() {
     );
 }
 
-fn png(width: u32, height: u32, seed: u8) -> Vec<u8> {
-    let img = image::GrayImage::from_fn(width, height, |x, y| {
-        image::Luma([(x as u8)
-            .wrapping_mul(3)
-            .wrapping_add(y as u8)
-            .wrapping_add(seed)])
-    });
-    let mut bytes = Vec::new();
-    img.write_to(
-        &mut std::io::Cursor::new(&mut bytes),
-        image::ImageFormat::Png,
-    )
-    .unwrap();
-    bytes
-}
-
 /// Sets the "encrypted" flag of the entry named `name` in a ZIP's local and central headers.
 fn mark_encrypted(mut zip: Vec<u8>, name: &str) -> Vec<u8> {
     for (sig, flag_at, name_at) in [(b"PK\x03\x04", 6usize, 30usize), (b"PK\x01\x02", 8, 46)] {
@@ -321,7 +305,7 @@ async fn hostile_archives_end_in_clear_codes_and_write_nothing_outside_the_blob_
         "{body}"
     );
     let many: Vec<(String, Vec<u8>)> = (0..13)
-        .map(|i| (format!("{i}.png"), png(40, 40, i as u8)))
+        .map(|i| (format!("{i}.png"), png(40, 40, i)))
         .collect();
     let many: Vec<(&str, Vec<u8>)> = many.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
     let (status, body) = api.upload(zip_of(&many), &[("model", "demo")]).await;

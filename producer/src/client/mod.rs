@@ -84,42 +84,33 @@ impl Api {
         })
     }
 
-    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
-        let response = self
-            .http
-            .get(self.url(path))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(&e))?;
-        self.check(response)
-            .await?
-            .json()
-            .await
-            .map_err(|e| ClientError::Local(format!("unreadable answer: {e}")))
-    }
-
-    pub async fn get_raw(&self, path: &str) -> Result<reqwest::Response, ClientError> {
-        let response = self
-            .http
-            .get(self.url(path))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(&e))?;
+    /// Sends a request; an error answer becomes its `{code, message}`.
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        let response = request.send().await.map_err(|e| self.unreachable(&e))?;
         self.check(response).await
     }
 
-    pub async fn post(&self, path: &str) -> Result<Value, ClientError> {
-        let response = self
-            .http
-            .post(self.url(path))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(&e))?;
-        self.check(response)
+    async fn json(&self, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+        self.send(request)
             .await?
             .json()
             .await
             .map_err(|e| ClientError::Local(format!("unreadable answer: {e}")))
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
+        self.json(self.http.get(self.url(path))).await
+    }
+
+    pub async fn get_raw(&self, path: &str) -> Result<reqwest::Response, ClientError> {
+        self.send(self.http.get(self.url(path))).await
+    }
+
+    pub async fn post(&self, path: &str) -> Result<Value, ClientError> {
+        self.json(self.http.post(self.url(path))).await
     }
 
     pub async fn post_multipart(
@@ -127,17 +118,7 @@ impl Api {
         path: &str,
         form: reqwest::multipart::Form,
     ) -> Result<Value, ClientError> {
-        let response = self
-            .http
-            .post(self.url(path))
-            .multipart(form)
-            .send()
+        self.json(self.http.post(self.url(path)).multipart(form))
             .await
-            .map_err(|e| self.unreachable(&e))?;
-        self.check(response)
-            .await?
-            .json()
-            .await
-            .map_err(|e| ClientError::Local(format!("unreadable answer: {e}")))
     }
 }

@@ -46,9 +46,6 @@ pub struct RunArgs {
     /// Longest wait for a batch to fill, in milliseconds.
     #[arg(long = "max-wait-ms", env = "XCAM_MAX_WAIT_MS", default_value_t = 20)]
     pub max_wait_ms: u64,
-    /// A worker silent for this long is presumed dead; its jobs go to the others.
-    #[arg(long = "orphan-after", env = "XCAM_ORPHAN_AFTER", default_value = "15s", value_parser = humantime::parse_duration)]
-    pub orphan_after: Duration,
     /// How often an idle worker looks for new jobs.
     #[arg(long = "poll-interval", env = "XCAM_POLL_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
@@ -72,10 +69,7 @@ pub struct RunArgs {
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let db = db::connect(&args.db).await?;
     let redis = jobs::connect(&args.redis).await?;
-    let blobs = match &args.blob.blob_url {
-        Some(url) => BlobStore::open(url)?,
-        None => BlobStore::local(std::path::Path::new(".xcam/blobs"))?,
-    };
+    let blobs = BlobStore::from_args(&args.blob)?;
     let options = BatchOptions {
         max_batch: args.max_batch.max(1),
         max_wait: Duration::from_millis(args.max_wait_ms),
@@ -118,7 +112,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let heartbeat = tokio::spawn(heartbeat(db.clone(), worker_id.clone()));
     let tuning = QueueTuning {
-        orphan_after: args.orphan_after,
+        orphan_after: args.redis.orphan_after,
         fetch_batch: options.max_batch,
     };
     let mut monitor = Monitor::new().shutdown_timeout(Duration::from_secs(120));
@@ -153,7 +147,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let flag = signalled.clone();
     let result = monitor
         .run_with_signal(async move {
-            crate::shutdown_signal().await;
+            xcam_shared::shutdown_signal().await;
             tracing::info!("shutting down: finishing in-flight jobs");
             flag.store(true, Ordering::SeqCst);
             Ok(())
