@@ -54,6 +54,7 @@ lint: torch dashboard
 	cargo clippy -j $(CARGO_JOBS) --all-targets -- -D warnings
 
 test: setup browser lint
+	cargo build -j $(CARGO_JOBS) --workspace --bins
 	$(SERVICES_ENV); cargo test -j $(CARGO_JOBS) --workspace
 
 demo: setup build
