@@ -45,7 +45,7 @@ pub fn bin(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} is not built: run the tests with `make test` (cargo test --workspace)",
+        "{} is not built: run the tests with `make test`, which builds the binaries first",
         path.display()
     );
     path

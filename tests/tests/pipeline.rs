@@ -53,7 +53,7 @@ fn zip_owned(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
 async fn demo_samples_go_through_the_pipeline_and_match_the_explain_command() {
     let stack = Stack::new().await;
     let api = stack.producer(&[]).await;
-    let _worker = stack.worker("a", &[]);
+    let mut worker = stack.worker("a", &[]);
 
     let (status, created) = api.upload(demo_samples_zip(), &[("model", "demo")]).await;
     assert_eq!(status, 202, "{created}");
@@ -149,6 +149,21 @@ async fn demo_samples_go_through_the_pipeline_and_match_the_explain_command() {
     assert_eq!(workers[0]["device"], "cpu");
     let (status, _) = api.get_json("/readyz").await;
     assert_eq!(status, 200);
+
+    // SIGTERM: the worker finishes what it holds, says so in Postgres and exits cleanly.
+    let exit = tokio::task::block_in_place(|| worker.terminate()).expect("the worker was running");
+    assert!(exit.success(), "{exit:?}\n{}", worker.log_text());
+    assert!(
+        worker.log_text().contains("stopped"),
+        "{}",
+        worker.log_text()
+    );
+    let (_, workers) = api.get_json("/v1/workers").await;
+    assert_eq!(
+        workers.as_array().unwrap().len(),
+        0,
+        "a stopped worker leaves the live list: {workers}"
+    );
     stack.finish().await;
 }
 

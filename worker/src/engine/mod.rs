@@ -210,8 +210,13 @@ impl Engine {
     }
 }
 
+/// How often the inference thread logs its batching figures.
+const FIGURES_EVERY: Duration = Duration::from_secs(10);
+
 /// The inference thread's loop: gather a batch, run it, reply, until every sender is gone.
 fn serve(model: &LoadedModel, rx: &mpsc::Receiver<Request>, options: BatchOptions) {
+    let (mut batches, mut images, mut busy, mut since) =
+        (0u64, 0u64, Duration::ZERO, Instant::now());
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         let deadline = Instant::now() + options.max_wait;
@@ -222,11 +227,27 @@ fn serve(model: &LoadedModel, rx: &mpsc::Receiver<Request>, options: BatchOption
                 Err(_) => break,
             }
         }
-        run_batch(model, batch);
+        let size = batch.len() as u64;
+        busy += run_batch(model, batch);
+        (batches, images) = (batches + 1, images + size);
+        if since.elapsed() >= FIGURES_EVERY {
+            tracing::info!(
+                model = model.bundle.name(),
+                batches,
+                images,
+                mean_batch = images as f64 / batches as f64,
+                max_batch = options.max_batch,
+                max_wait_ms = options.max_wait.as_millis() as u64,
+                busy_pct = 100.0 * busy.as_secs_f64() / since.elapsed().as_secs_f64(),
+                "dynamic batching"
+            );
+            (batches, images, busy, since) = (0, 0, Duration::ZERO, Instant::now());
+        }
     }
 }
 
-fn run_batch(model: &LoadedModel, batch: Vec<Request>) {
+/// Runs one batch and replies to each request; returns the time the batch took.
+fn run_batch(model: &LoadedModel, batch: Vec<Request>) -> Duration {
     let started = Instant::now();
     let size = batch.len();
     let (inputs, rest): (Vec<Tensor>, Vec<(Target, oneshot::Sender<_>)>) = batch
@@ -248,7 +269,8 @@ fn run_batch(model: &LoadedModel, batch: Vec<Request>) {
             .unwrap_or_else(|| "libtorch panicked".into());
         Err(EngineError::Inference(reason))
     });
-    let batch_ms = started.elapsed().as_secs_f64() * 1e3;
+    let elapsed = started.elapsed();
+    let batch_ms = elapsed.as_secs_f64() * 1e3;
     tracing::debug!(
         model = model.bundle.name(),
         batch = size,
@@ -271,4 +293,5 @@ fn run_batch(model: &LoadedModel, batch: Vec<Request>) {
             }
         }
     }
+    elapsed
 }

@@ -107,3 +107,81 @@ pub fn to_original(map: &Tensor, geometry: &Geometry) -> Tensor {
         .narrow(1, i64::from(left), w)
         .contiguous()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(resize: ResizePolicy) -> InputSpec {
+        InputSpec {
+            height: 64,
+            width: 64,
+            channels: 1,
+            resize,
+            normalize: Normalization::Range {
+                low: 0.0,
+                high: 1.0,
+            },
+        }
+    }
+
+    /// A 200×100 image with a bright block at x 140..180, y 20..60.
+    fn image() -> GrayImage {
+        let (w, h) = (200u32, 100u32);
+        let pixels = (0..w * h)
+            .map(|i| {
+                if (140..180).contains(&(i % w)) && (20..60).contains(&(i / w)) {
+                    1.0
+                } else {
+                    0.1
+                }
+            })
+            .collect();
+        GrayImage {
+            width: w,
+            height: h,
+            pixels,
+        }
+    }
+
+    /// Maps the model input back (as a CAM would be) and finds the bright block again.
+    fn round_trip(resize: ResizePolicy) -> Vec<f32> {
+        let prepared = prepare(&image(), &spec(resize));
+        assert_eq!(prepared.input.size(), [1, 64, 64]);
+        let back = to_original(&prepared.input.squeeze_dim(0), &prepared.geometry);
+        assert_eq!(back.size(), [100, 200]);
+        Vec::<f32>::try_from(back.flatten(0, -1)).unwrap()
+    }
+
+    #[test]
+    fn letterbox_and_stretch_map_back_onto_the_original_pixels() {
+        for resize in [ResizePolicy::Letterbox, ResizePolicy::Stretch] {
+            let back = round_trip(resize);
+            let at = |x: usize, y: usize| back[y * 200 + x];
+            assert!(
+                at(160, 40) > 0.8,
+                "{resize:?}: the block's centre stays bright ({})",
+                at(160, 40)
+            );
+            assert!(
+                at(60, 40) < 0.2 && at(160, 90) < 0.2,
+                "{resize:?}: elsewhere stays dark"
+            );
+        }
+        // Letterbox pads the short side with the image's minimum, not with black.
+        let prepared = prepare(&image(), &spec(ResizePolicy::Letterbox));
+        assert_eq!(
+            prepared.geometry,
+            Geometry {
+                width: 200,
+                height: 100,
+                square: 200
+            }
+        );
+        let corner = prepared.input.double_value(&[0, 0, 0]);
+        assert!(
+            (corner - 0.1).abs() < 1e-4,
+            "padding is the minimum: {corner}"
+        );
+    }
+}
