@@ -16,13 +16,15 @@ pub struct Target {
     pub labels: LabelSelection,
 }
 
-/// The map of one explained label, still at the target layer's resolution (on the CPU).
+/// The map of one explained label, still at the target layer's resolution.
 #[derive(Debug)]
 pub struct RawCam {
     pub label: usize,
     pub method: Method,
-    /// h×w, ReLU'd, not normalised.
-    pub map: Tensor,
+    /// h×w row-major, ReLU'd, not normalised.
+    pub map: Vec<f32>,
+    pub h: usize,
+    pub w: usize,
     pub raw_max: f32,
 }
 
@@ -179,11 +181,16 @@ impl LoadedModel {
                 let Some(&label) = p.get(slot) else { continue };
                 let method = targets[i].method;
                 let map = cam::cam(method, &a_cpu.get(i as i64), &g.get(i as i64));
-                let raw_max = map.max().double_value(&[]) as f32;
+                let (h, w) = (map.size()[0] as usize, map.size()[1] as usize);
+                let map =
+                    Vec::<f32>::try_from(map.flatten(0, -1)).map_err(|e| self.model_error(e))?;
+                let raw_max = map.iter().copied().fold(0.0, f32::max);
                 outputs[i].cams.push(RawCam {
                     label,
                     method,
                     map,
+                    h,
+                    w,
                     raw_max,
                 });
             }

@@ -1,7 +1,8 @@
 //! From decoded pixels to the model's input tensor, remembering how to map a map at the model's
 //! resolution back onto the original image.
 
-use tch::{Kind, Tensor};
+use image::{ImageBuffer, Luma, imageops};
+use tch::Tensor;
 use xcam_shared::{
     bundle::{InputSpec, Normalization, ResizePolicy},
     imaging::GrayImage,
@@ -37,75 +38,101 @@ pub struct Prepared {
     pub geometry: Geometry,
 }
 
-/// Resizes with antialiasing (as PIL and torchvision do), pads for letterbox, normalises.
+/// Resizes (bilinear, antialiased when shrinking), pads for letterbox, normalises.
+///
+/// Plain Rust on purpose: this runs on the callers' threads, beside the inference thread, and a
+/// libtorch op here would start a second OpenMP team competing with the model's for the cores.
 pub fn prepare(image: &GrayImage, spec: &InputSpec) -> Prepared {
-    let (w, h) = (image.width as i64, image.height as i64);
-    let mut x = Tensor::from_slice(&image.pixels).view([1, 1, h, w]);
     let mut geometry = Geometry {
         width: image.width,
         height: image.height,
         square: 0,
     };
-    if spec.resize == ResizePolicy::Letterbox && w != h {
-        let side = w.max(h);
-        let (left, top) = ((side - w) / 2, (side - h) / 2);
+    let mut plane = ImageBuffer::<Luma<f32>, Vec<f32>>::from_raw(
+        image.width,
+        image.height,
+        image.pixels.clone(),
+    )
+    .expect("a GrayImage holds width × height pixels");
+    if spec.resize == ResizePolicy::Letterbox && image.width != image.height {
+        let side = image.width.max(image.height);
         // Pad with the image's own minimum: with zeros, a bright-background image would get
         // dark bars the model has never seen.
         let fill = image.pixels.iter().copied().fold(f32::INFINITY, f32::min);
-        x = x.constant_pad_nd([left, side - w - left, top, side - h - top]) + 0.0;
-        x = x.where_scalarother(&pad_mask(h, w, side, left, top), f64::from(fill));
-        geometry.square = side as u32;
+        let mut square = ImageBuffer::from_pixel(side, side, Luma([fill]));
+        let (left, top) = ((side - image.width) / 2, (side - image.height) / 2);
+        imageops::replace(&mut square, &plane, i64::from(left), i64::from(top));
+        plane = square;
+        geometry.square = side;
     }
-    let (th, tw) = (i64::from(spec.height), i64::from(spec.width));
-    if x.size()[2..] != [th, tw] {
-        x = x.internal_upsample_bilinear2d_aa([th, tw], false, None, None);
+    if plane.dimensions() != (spec.width, spec.height) {
+        plane = imageops::resize(
+            &plane,
+            spec.width,
+            spec.height,
+            imageops::FilterType::Triangle,
+        );
     }
-    let x = normalise(x, &spec.normalize, spec.channels);
-    Prepared {
-        input: x.squeeze_dim(0),
-        geometry,
-    }
+    let data = normalise(plane.as_raw(), &spec.normalize, spec.channels);
+    let input = Tensor::from_slice(&data).view([
+        i64::from(spec.channels),
+        i64::from(spec.height),
+        i64::from(spec.width),
+    ]);
+    Prepared { input, geometry }
 }
 
-fn pad_mask(h: i64, w: i64, side: i64, left: i64, top: i64) -> Tensor {
-    let ones = Tensor::ones([1, 1, h, w], (Kind::Bool, tch::Device::Cpu));
-    ones.constant_pad_nd([left, side - w - left, top, side - h - top])
+fn normalise(plane: &[f32], norm: &Normalization, channels: u32) -> Vec<f32> {
+    let mut out = Vec::with_capacity(plane.len() * channels as usize);
+    for c in 0..channels as usize {
+        let (scale, offset) = match norm {
+            Normalization::Range { low, high } => (high - low, *low),
+            Normalization::MeanStd { mean, std } => (1.0 / std[c], -mean[c] / std[c]),
+        };
+        out.extend(plane.iter().map(|v| v * scale + offset));
+    }
+    out
 }
 
-fn normalise(x: Tensor, norm: &Normalization, channels: u32) -> Tensor {
-    let x = if channels == 3 {
-        x.repeat([1, 3, 1, 1])
+/// Maps a low-resolution map (h×w, row-major) onto the original image's pixels (H×W),
+/// bilinearly with half-pixel centres (align_corners = false, as cv2.resize and
+/// pytorch-grad-cam do). Plain Rust, like [`prepare`], to keep libtorch on its own thread.
+pub fn to_original(map: &[f32], h: usize, w: usize, geometry: &Geometry) -> Vec<f32> {
+    let (width, height) = (geometry.width as usize, geometry.height as usize);
+    let (out_w, out_h, left, top) = if geometry.square == 0 {
+        (width, height, 0, 0)
     } else {
-        x
+        let (left, top) = geometry.offset();
+        (
+            geometry.square as usize,
+            geometry.square as usize,
+            left as usize,
+            top as usize,
+        )
     };
-    match norm {
-        Normalization::Range { low, high } => x * f64::from(high - low) + f64::from(*low),
-        Normalization::MeanStd { mean, std } => {
-            let c = mean.len() as i64;
-            let mean = Tensor::from_slice(mean).view([1, c, 1, 1]);
-            let std = Tensor::from_slice(std).view([1, c, 1, 1]);
-            (x - mean) / std
+    // Source coordinate and blend weight of each output column and row.
+    let axis = |n_out: usize, n_in: usize, from: usize, count: usize| -> Vec<(usize, usize, f32)> {
+        let scale = n_in as f32 / n_out as f32;
+        (from..from + count)
+            .map(|i| {
+                let src = ((i as f32 + 0.5) * scale - 0.5).max(0.0);
+                let i0 = (src.floor() as usize).min(n_in - 1);
+                let i1 = (i0 + 1).min(n_in - 1);
+                (i0, i1, src - i0 as f32)
+            })
+            .collect()
+    };
+    let cols = axis(out_w, w, left, width);
+    let rows = axis(out_h, h, top, height);
+    let mut out = Vec::with_capacity(width * height);
+    for &(y0, y1, fy) in &rows {
+        for &(x0, x1, fx) in &cols {
+            let top = map[y0 * w + x0] * (1.0 - fx) + map[y0 * w + x1] * fx;
+            let bottom = map[y1 * w + x0] * (1.0 - fx) + map[y1 * w + x1] * fx;
+            out.push(top * (1.0 - fy) + bottom * fy);
         }
     }
-}
-
-/// Maps a low-resolution map (h×w) onto the original image's pixels (H×W), bilinearly with
-/// half-pixel centres (align_corners = false, as cv2.resize and pytorch-grad-cam do).
-pub fn to_original(map: &Tensor, geometry: &Geometry) -> Tensor {
-    let map = map.view([1, 1, map.size()[0], map.size()[1]]);
-    let (w, h) = (i64::from(geometry.width), i64::from(geometry.height));
-    if geometry.square == 0 {
-        return map
-            .upsample_bilinear2d([h, w], false, None, None)
-            .view([h, w]);
-    }
-    let side = i64::from(geometry.square);
-    let (left, top) = geometry.offset();
-    map.upsample_bilinear2d([side, side], false, None, None)
-        .view([side, side])
-        .narrow(0, i64::from(top), h)
-        .narrow(1, i64::from(left), w)
-        .contiguous()
+    out
 }
 
 #[cfg(test)]
@@ -148,9 +175,28 @@ mod tests {
     fn round_trip(resize: ResizePolicy) -> Vec<f32> {
         let prepared = prepare(&image(), &spec(resize));
         assert_eq!(prepared.input.size(), [1, 64, 64]);
-        let back = to_original(&prepared.input.squeeze_dim(0), &prepared.geometry);
-        assert_eq!(back.size(), [100, 200]);
-        Vec::<f32>::try_from(back.flatten(0, -1)).unwrap()
+        let input = Vec::<f32>::try_from(prepared.input.flatten(0, -1)).unwrap();
+        let back = to_original(&input, 64, 64, &prepared.geometry);
+        assert_eq!(back.len(), 100 * 200);
+        back
+    }
+
+    #[test]
+    fn upsampling_matches_libtorch_bilinear_without_corner_alignment() {
+        let map: Vec<f32> = (0..12).map(|i| (i * i % 7) as f32).collect();
+        let geometry = Geometry {
+            width: 13,
+            height: 7,
+            square: 0,
+        };
+        let ours = to_original(&map, 3, 4, &geometry);
+        let reference = Tensor::from_slice(&map)
+            .view([1, 1, 3, 4])
+            .upsample_bilinear2d([7, 13], false, None, None);
+        let reference = Vec::<f32>::try_from(reference.flatten(0, -1)).unwrap();
+        for (a, b) in ours.iter().zip(&reference) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
     }
 
     #[test]

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use tch::Tensor;
 use xcam_shared::bundle::Bundle;
 
 use super::{
@@ -58,7 +57,7 @@ pub fn finish(raw: &RawOutput, geometry: &Geometry, bundle: &Bundle, device: &st
         .cams
         .iter()
         .map(|c| {
-            let map = normalise(&to_original(&c.map, geometry), c.raw_max);
+            let map = normalise(to_original(&c.map, c.h, c.w, geometry), c.raw_max);
             let (peak, bbox) = if c.raw_max > 0.0 {
                 let peak = peak(&map, geometry.width);
                 (
@@ -94,8 +93,7 @@ pub fn finish(raw: &RawOutput, geometry: &Geometry, bundle: &Bundle, device: &st
 }
 
 /// Per-image min–max normalisation, as pytorch-grad-cam does; a blank map stays all zeros.
-fn normalise(map: &Tensor, raw_max: f32) -> Vec<f32> {
-    let mut v = Vec::<f32>::try_from(map.flatten(0, -1)).unwrap_or_default();
+fn normalise(mut v: Vec<f32>, raw_max: f32) -> Vec<f32> {
     if raw_max <= 0.0 {
         v.iter_mut().for_each(|x| *x = 0.0);
         return v;
