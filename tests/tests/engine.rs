@@ -244,8 +244,14 @@ fn an_image_gets_the_same_map_alone_or_in_a_batch() {
     // Submit four at once so they share one batch.
     let spec = &engine.bundle().manifest.input;
     // Prepare first, then submit back to back, well inside the batching window.
-    let prepared: Vec<_> = images.iter().map(|im| xcam_worker::engine::preprocess::prepare(im, spec)).collect();
-    let pending: Vec<_> = prepared.into_iter().map(|p| (p.geometry, engine.submit(p.input, target.clone()).unwrap())).collect();
+    let prepared: Vec<_> = images
+        .iter()
+        .map(|im| xcam_worker::engine::preprocess::prepare(im, spec))
+        .collect();
+    let pending: Vec<_> = prepared
+        .into_iter()
+        .map(|p| (p.geometry, engine.submit(p.input, target.clone()).unwrap()))
+        .collect();
     let mut first = None;
     for (geometry, rx) in pending {
         let inferred = rx.blocking_recv().unwrap().unwrap();
