@@ -35,7 +35,8 @@ for _ in $(seq 150); do
   alive worker || { cat "$run/worker.log"; exit 1; }
   sleep 0.2
 done
-curl -fsS "$api/v1/workers" | json '"\n".join(f"==> worker {w[\"id\"]} on {w[\"device\"]} serving {\", \".join(w[\"models\"])}" for w in d)'
+echo "==> xcam workers"
+XCAM_URL="$api" target/release/xcam workers
 
 echo "==> xcam submit models/demo/samples/samples.zip --model demo --wait --csv .xcam/demo-results.csv"
 set +e

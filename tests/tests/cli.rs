@@ -101,6 +101,30 @@ async fn submit_wait_export_and_query_from_the_command_line() {
         ],
     );
     assert!(code == 0 && stdout.lines().count() >= 6, "{stdout}");
+    let cursor = stdout
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("(more: repeat with --cursor "))
+        .map(|c| c.trim_end_matches(')').to_owned())
+        .expect("a next page");
+    let (code, next, _) = xcam(
+        &url,
+        &[
+            "logs",
+            "--since",
+            "1h",
+            "--status",
+            "succeeded",
+            "--limit",
+            "5",
+            "--cursor",
+            &cursor,
+        ],
+    );
+    assert!(
+        code == 0 && next.lines().nth(1) != stdout.lines().nth(1),
+        "the second page starts elsewhere:\n{stdout}\n{next}"
+    );
     let (code, stdout, _) = xcam(&url, &["stats", "--since", "1d", "--bucket", "hour"]);
     assert!(code == 0 && stdout.contains("36 inferences"), "{stdout}");
     let (code, stdout, _) = xcam(&url, &["workers"]);

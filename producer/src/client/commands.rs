@@ -93,6 +93,9 @@ pub struct LogsArgs {
     pub min_ms: Option<f32>,
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
+    /// Continue after the last entry of a previous page (its `next_cursor`).
+    #[arg(long)]
+    pub cursor: Option<String>,
     #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
     pub format: String,
 }
@@ -326,6 +329,7 @@ async fn logs(api: &Api, a: &LogsArgs) -> Result<u8, ClientError> {
         ("batch", &a.batch),
         ("worker", &a.worker),
         ("label", &a.label),
+        ("cursor", &a.cursor),
     ] {
         if let Some(v) = v {
             query.push((k.into(), v.clone()));
@@ -389,7 +393,7 @@ async fn logs(api: &Api, a: &LogsArgs) -> Result<u8, ClientError> {
         );
     }
     if let Some(next) = page["next_cursor"].as_str() {
-        println!("(more: add the cursor {next} with --limit, or narrow the filters)");
+        println!("(more: repeat with --cursor {next})");
     }
     Ok(exit::OK)
 }
