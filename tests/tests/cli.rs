@@ -88,18 +88,16 @@ async fn submit_wait_export_and_query_from_the_command_line() {
             .count(),
         36
     );
-    let (code, stdout, _) = xcam(
-        &url,
-        &[
-            "logs",
-            "--since",
-            "1h",
-            "--status",
-            "succeeded",
-            "--limit",
-            "5",
-        ],
-    );
+    let page = [
+        "logs",
+        "--since",
+        "1h",
+        "--status",
+        "succeeded",
+        "--limit",
+        "5",
+    ];
+    let (code, stdout, _) = xcam(&url, &page);
     assert!(code == 0 && stdout.lines().count() >= 6, "{stdout}");
     let cursor = stdout
         .lines()
@@ -107,20 +105,7 @@ async fn submit_wait_export_and_query_from_the_command_line() {
         .and_then(|l| l.strip_prefix("(more: repeat with --cursor "))
         .map(|c| c.trim_end_matches(')').to_owned())
         .expect("a next page");
-    let (code, next, _) = xcam(
-        &url,
-        &[
-            "logs",
-            "--since",
-            "1h",
-            "--status",
-            "succeeded",
-            "--limit",
-            "5",
-            "--cursor",
-            &cursor,
-        ],
-    );
+    let (code, next, _) = xcam(&url, &[&page[..], &["--cursor", &cursor]].concat());
     assert!(
         code == 0 && next.lines().nth(1) != stdout.lines().nth(1),
         "the second page starts elsewhere:\n{stdout}\n{next}"
