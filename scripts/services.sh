@@ -81,8 +81,18 @@ case "$cmd" in
     mkdir -p "$state"
     load_state
     ensure_packages
-    [[ -n "${REDIS_URL:-}" ]] || start_redis
-    [[ -n "${DATABASE_URL:-}" ]] || start_postgres
+    if [[ -n "${REDIS_URL:-}" ]]; then
+      redis-cli -u "$REDIS_URL" ping 2>/dev/null | grep -q PONG ||
+        { echo "REDIS_URL is set, but no Redis answers there; unset it to use xcam's own server" >&2; exit 1; }
+    else
+      start_redis
+    fi
+    if [[ -n "${DATABASE_URL:-}" ]]; then
+      "$pg_bin/pg_isready" -q -d "$DATABASE_URL" ||
+        { echo "DATABASE_URL is set, but no Postgres answers there; unset it to use xcam's own server" >&2; exit 1; }
+    else
+      start_postgres
+    fi
     write_env
     ;;
   down)
