@@ -79,16 +79,18 @@ cmd="${1:-up}"
 case "$cmd" in
   up)
     mkdir -p "$state"
+    # URLs the user set (the state file below also defines them, for our own servers).
+    user_redis="${REDIS_URL:-}" user_db="${DATABASE_URL:-}"
     load_state
     ensure_packages
-    if [[ -n "${REDIS_URL:-}" ]]; then
-      redis-cli -u "$REDIS_URL" ping 2>/dev/null | grep -q PONG ||
+    if [[ -n "$user_redis" ]]; then
+      redis-cli -u "$user_redis" ping 2>/dev/null | grep -q PONG ||
         { echo "REDIS_URL is set, but no Redis answers there; unset it to use xcam's own server" >&2; exit 1; }
     else
       start_redis
     fi
-    if [[ -n "${DATABASE_URL:-}" ]]; then
-      "$pg_bin/pg_isready" -q -d "$DATABASE_URL" ||
+    if [[ -n "$user_db" ]]; then
+      "$pg_bin/pg_isready" -q -d "$user_db" ||
         { echo "DATABASE_URL is set, but no Postgres answers there; unset it to use xcam's own server" >&2; exit 1; }
     else
       start_postgres
