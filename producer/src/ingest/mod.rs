@@ -89,12 +89,12 @@ async fn ingest_inner(
     while let Some((entry, read)) = rx.recv().await {
         let read = match read {
             Ok((bytes, warnings)) => {
-                let sha = sha256_hex(&bytes);
+                let (sha, size) = (sha256_hex(&bytes), bytes.len() as i64);
                 let key = image_key(&sha);
                 if !state.blobs.exists(&key).await? {
-                    state.blobs.put(&key, bytes.clone().into()).await?;
+                    state.blobs.put(&key, bytes.into()).await?;
                 }
-                Ok((sha, key, bytes.len() as i64, warnings))
+                Ok((sha, key, size, warnings))
             }
             Err(rejection) => Err(rejection),
         };
