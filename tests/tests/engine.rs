@@ -7,7 +7,7 @@ use xcam_shared::{bundle::Bundle, imaging};
 use xcam_tests::{demo_bundle, python, repo_root};
 use xcam_worker::{
     device::DeviceSpec,
-    engine::{BatchOptions, Engine, EngineError, LabelSelection, Method, Target},
+    engine::{Engine, EngineError, EngineOptions, LabelSelection, Method, Target},
     explain,
 };
 
@@ -15,7 +15,7 @@ fn engine(bundle: &Path) -> Engine {
     Engine::start(
         Bundle::load(bundle).expect("bundle loads"),
         DeviceSpec::Cpu,
-        BatchOptions::default(),
+        EngineOptions::default(),
     )
     .expect("engine starts")
 }

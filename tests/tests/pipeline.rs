@@ -8,7 +8,7 @@ use xcam_shared::{bundle::Bundle, imaging};
 use xcam_tests::{Stack, demo_bundle, demo_samples_zip, eventually, zip_of};
 use xcam_worker::{
     device::DeviceSpec,
-    engine::{BatchOptions, Engine, LabelSelection, Method, Target},
+    engine::{Engine, EngineOptions, LabelSelection, Method, Target},
 };
 
 const BATCH_DEADLINE: Duration = Duration::from_secs(240);
@@ -74,7 +74,7 @@ async fn demo_samples_go_through_the_pipeline_and_match_the_explain_command() {
     let engine = Engine::start(
         Bundle::load(&demo_bundle()).unwrap(),
         DeviceSpec::Cpu,
-        BatchOptions::default(),
+        EngineOptions::default(),
     )
     .unwrap();
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(demo_samples_zip())).unwrap();

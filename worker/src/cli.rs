@@ -8,8 +8,8 @@ use xcam_shared::{bundle, config::TelemetryArgs};
 
 use crate::{
     bench,
-    device::DeviceSpec,
-    engine::{BatchOptions, Engine, LabelSelection, LoadedModel, Method, Target},
+    device::{DeviceSpec, Parallelism},
+    engine::{Engine, EngineOptions, LabelSelection, Method, Target},
     explain,
 };
 
@@ -45,6 +45,16 @@ pub struct ModelArgs {
     /// Device: auto (first GPU if any, else CPU), cpu, or cuda:N.
     #[arg(long, env = "XCAM_DEVICE", default_value = "auto")]
     pub device: DeviceSpec,
+    /// Copies of the model run side by side, each with an even share of the cores
+    /// [default: one per core, up to 4, on the CPU; one on a GPU].
+    #[arg(long, env = "XCAM_REPLICAS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub replicas: Option<u16>,
+}
+
+impl ModelArgs {
+    pub fn replicas(&self) -> Option<usize> {
+        self.replicas.map(usize::from)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -95,9 +105,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Explain(args) => {
             let bundle = bundle::resolve(&args.model, &args.model_args.models_dir)?;
-            let options = BatchOptions {
+            let options = EngineOptions {
                 max_batch: args.max_batch.max(1),
-                ..BatchOptions::default()
+                replicas: args.model_args.replicas(),
+                ..EngineOptions::default()
             };
             let engine = Engine::start(bundle, args.model_args.device, options)?;
             let target = Target {
@@ -141,14 +152,27 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 .device
                 .resolve()
                 .map_err(anyhow::Error::msg)?;
-            let model = LoadedModel::load(bundle, device).context("loading the model")?;
-            let report = bench::run(&model, args.batch.max(1), args.seconds, args.method)?;
+            let parallelism = Parallelism::resolve(args.model_args.replicas(), device);
+            let report = bench::run(
+                &bundle,
+                device,
+                parallelism,
+                args.batch.max(1),
+                args.seconds,
+                args.method,
+            )
+            .context("benchmarking the model")?;
             if args.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 println!(
-                    "model {} on {} ({} threads), batch {}, {}",
-                    report.model, report.device, report.threads, report.batch, report.method
+                    "model {} on {} ({} replica(s) × {} thread(s)), batch {}, {}",
+                    report.model,
+                    report.device,
+                    report.replicas,
+                    report.threads,
+                    report.batch,
+                    report.method
                 );
                 println!(
                     "  forward only   {:>8.1} images/s",

@@ -3,7 +3,7 @@
 //!
 //! Overlays are built from pixels only: nothing of the input file's metadata is carried over.
 
-use std::io::Cursor;
+use std::{io::Cursor, sync::LazyLock};
 
 use image::{
     ImageEncoder, RgbImage,
@@ -21,23 +21,35 @@ pub fn jet(v: f32) -> [f32; 3] {
     [channel(3.0), channel(2.0), channel(1.0)]
 }
 
-/// Blends the map's colours over the (grayscale) image and encodes a PNG.
+/// The map's share of each blended pixel, per 8-bit map level: pytorch-grad-cam quantises the
+/// map to `uint8` before colouring it, so 256 entries are exact, not an approximation.
+static JET_WEIGHTED: LazyLock<[[f32; 3]; 256]> = LazyLock::new(|| {
+    std::array::from_fn(|level| jet(level as f32 / 255.0).map(|c| (1.0 - IMAGE_WEIGHT) * c))
+});
+
+/// Blends the map's colours over the (grayscale) image and encodes a PNG, as pytorch-grad-cam's
+/// `show_cam_on_image` does: `uint8(255 · blend / max(blend))`.
 pub fn overlay_png(image: &GrayImage, map: &[f32]) -> Result<Vec<u8>, image::ImageError> {
+    let lut = &*JET_WEIGHTED;
+    // `as u8` saturates (and sends NaN to 0), like numpy's clip-then-cast of the map.
+    let level = |m: f32| usize::from((255.0 * m) as u8);
+    let peak = image
+        .pixels
+        .iter()
+        .zip(map)
+        .map(|(&g, &m)| {
+            let [r, gr, b] = lut[level(m)];
+            r.max(gr).max(b) + IMAGE_WEIGHT * g
+        })
+        .fold(0f32, f32::max);
+    // Divided, not multiplied by a reciprocal: the brightest channel must come out at 255.
+    let peak = if peak > 0.0 { peak } else { f32::INFINITY };
     let mut rgb = RgbImage::new(image.width, image.height);
-    let mut peak = 0f32;
-    let mut blended = Vec::with_capacity(map.len() * 3);
-    for (&g, &m) in image.pixels.iter().zip(map) {
-        let c = jet(m);
-        for ch in c {
-            let v = (1.0 - IMAGE_WEIGHT) * ch + IMAGE_WEIGHT * g;
-            peak = peak.max(v);
-            blended.push(v);
+    for ((out, &g), &m) in rgb.chunks_exact_mut(3).zip(&image.pixels).zip(map) {
+        let gray = IMAGE_WEIGHT * g;
+        for (o, c) in out.iter_mut().zip(lut[level(m)]) {
+            *o = ((c + gray) / peak * 255.0) as u8;
         }
-    }
-    // pytorch-grad-cam rescales the blend by its maximum before quantising.
-    let scale = if peak > 0.0 { 255.0 / peak } else { 0.0 };
-    for (dst, src) in rgb.as_mut().iter_mut().zip(&blended) {
-        *dst = (src * scale).round().clamp(0.0, 255.0) as u8;
     }
     encode_png(&rgb)
 }
@@ -94,6 +106,20 @@ mod tests {
             f32::from_le_bytes(bytes[bytes.len() - 4..].try_into().unwrap()),
             1.0
         );
+    }
+
+    #[test]
+    fn overlay_is_show_cam_on_image() {
+        let image = GrayImage {
+            width: 2,
+            height: 1,
+            pixels: vec![0.2, 0.9],
+        };
+        // Blends: [0.1, 0.1, 0.35] and [0.7, 0.45, 0.45]; the brightest channel becomes 255
+        // and the rest scale with it, truncated as numpy's uint8 cast does.
+        let png = overlay_png(&image, &[0.0, 1.0]).unwrap();
+        let rgb = image::load_from_memory(&png).unwrap().to_rgb8();
+        assert_eq!(rgb.as_raw(), &[36, 36, 127, 255, 163, 163]);
     }
 
     #[test]

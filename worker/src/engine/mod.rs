@@ -1,6 +1,7 @@
-//! The Grad-CAM engine: a model on a device, owned by one inference thread fed through a
-//! channel. Requests that arrive close together are run as one batch (up to `max_batch` images,
-//! waiting at most `max_wait` for the batch to fill), so callers get dynamic batching for free.
+//! The Grad-CAM engine: a model on a device, each replica owned by its own inference thread, all
+//! fed through one channel. Requests that arrive close together are run as one batch (up to
+//! `max_batch` images, waiting at most `max_wait` for the batch to fill), so callers get dynamic
+//! batching for free; one replica gathers at a time, so batches fill before the next begins.
 //!
 //! Inference and autograd never run on the async executor: callers `await` a oneshot reply.
 //! Pre- and post-processing (resizing, upsampling to the original size, summaries, overlays)
@@ -13,7 +14,7 @@ pub mod summary;
 
 use std::{
     panic::AssertUnwindSafe,
-    sync::mpsc,
+    sync::{Arc, Mutex, PoisonError, mpsc},
     thread,
     time::{Duration, Instant},
 };
@@ -26,7 +27,7 @@ pub use cam::{LabelSelection, Method};
 pub use model::{LoadedModel, Target};
 pub use summary::{CamSummary, Explanation};
 
-use crate::device::{DeviceSpec, describe};
+use crate::device::{DeviceSpec, Parallelism, describe};
 
 /// What can go wrong in the engine. `is_permanent()` says whether retrying could help.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -62,18 +63,21 @@ impl EngineError {
     }
 }
 
-/// Batching knobs.
+/// Batching and replica knobs.
 #[derive(Debug, Clone, Copy)]
-pub struct BatchOptions {
+pub struct EngineOptions {
     pub max_batch: usize,
     pub max_wait: Duration,
+    /// Copies of the model on the device; `None` picks per device ([`Parallelism::resolve`]).
+    pub replicas: Option<usize>,
 }
 
-impl Default for BatchOptions {
+impl Default for EngineOptions {
     fn default() -> Self {
         Self {
             max_batch: 8,
             max_wait: Duration::from_millis(20),
+            replicas: None,
         }
     }
 }
@@ -100,6 +104,7 @@ pub struct Engine {
     tx: mpsc::Sender<Request>,
     bundle: Bundle,
     device: String,
+    parallelism: Parallelism,
 }
 
 impl std::fmt::Debug for Engine {
@@ -107,40 +112,74 @@ impl std::fmt::Debug for Engine {
         f.debug_struct("Engine")
             .field("model", &self.bundle.name())
             .field("device", &self.device)
+            .field("parallelism", &self.parallelism)
             .finish()
     }
 }
 
 impl Engine {
-    /// Loads the bundle on the device (on the new thread, which then owns it) and returns once
-    /// the model is warm.
+    /// Loads the bundle on the device once per replica (each on its own thread, which then owns
+    /// it) and returns once every replica is warm.
     pub fn start(
         bundle: Bundle,
         device: DeviceSpec,
-        options: BatchOptions,
+        options: EngineOptions,
     ) -> Result<Self, EngineError> {
         let device = device.resolve().map_err(EngineError::Device)?;
+        let parallelism = Parallelism::resolve(options.replicas, device);
         let (tx, rx) = mpsc::channel::<Request>();
+        let shared = Arc::new(Shared {
+            rx: Mutex::new(rx),
+            figures: Mutex::new(Figures::new()),
+            options,
+            replicas: parallelism.replicas,
+        });
         let (ready_tx, ready_rx) = mpsc::channel();
-        let for_thread = bundle.clone();
-        thread::Builder::new()
-            .name(format!("infer-{}-{}", bundle.name(), describe(device)))
-            .spawn(move || match LoadedModel::load(for_thread, device) {
-                Ok(model) => {
-                    let _ = ready_tx.send(Ok(()));
-                    serve(&model, &rx, options);
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                }
-            })
-            .map_err(|e| EngineError::Device(format!("cannot start the inference thread: {e}")))?;
-        ready_rx.recv().map_err(|_| EngineError::Stopped)??;
+        for replica in 0..parallelism.replicas {
+            let (bundle, shared, ready) = (bundle.clone(), shared.clone(), ready_tx.clone());
+            thread::Builder::new()
+                .name(format!("infer-{}-{replica}", bundle.name()))
+                .spawn(move || {
+                    if !device.is_cuda() {
+                        // Per thread: OpenMP's thread count is this thread's own setting.
+                        tch::set_num_threads(parallelism.threads as i32);
+                    }
+                    match LoadedModel::load(bundle, device) {
+                        Ok(model) => {
+                            let _ = ready.send(Ok(()));
+                            serve(&model, &shared);
+                        }
+                        Err(e) => {
+                            let _ = ready.send(Err(e));
+                        }
+                    }
+                })
+                .map_err(|e| {
+                    EngineError::Device(format!("cannot start an inference thread: {e}"))
+                })?;
+        }
+        drop(ready_tx);
+        for _ in 0..parallelism.replicas {
+            ready_rx.recv().map_err(|_| EngineError::Stopped)??;
+        }
+        tracing::info!(
+            model = bundle.name(),
+            device = describe(device),
+            replicas = parallelism.replicas,
+            threads_per_replica = parallelism.threads,
+            "engine ready"
+        );
         Ok(Self {
             tx,
             bundle,
             device: describe(device),
+            parallelism,
         })
+    }
+
+    /// Replicas and threads per replica.
+    pub fn parallelism(&self) -> Parallelism {
+        self.parallelism
     }
 
     pub fn bundle(&self) -> &Bundle {
@@ -210,40 +249,82 @@ impl Engine {
     }
 }
 
-/// How often the inference thread logs its batching figures.
+/// How often the engine logs its batching figures.
 const FIGURES_EVERY: Duration = Duration::from_secs(10);
 
-/// The inference thread's loop: gather a batch, run it, reply, until every sender is gone.
-fn serve(model: &LoadedModel, rx: &mpsc::Receiver<Request>, options: BatchOptions) {
-    let (mut batches, mut images, mut busy, mut since) =
-        (0u64, 0u64, Duration::ZERO, Instant::now());
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        let deadline = Instant::now() + options.max_wait;
-        while batch.len() < options.max_batch {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
-            }
-        }
-        let size = batch.len() as u64;
-        busy += run_batch(model, batch);
-        (batches, images) = (batches + 1, images + size);
-        if since.elapsed() >= FIGURES_EVERY {
-            tracing::info!(
-                model = model.bundle.name(),
-                batches,
-                images,
-                mean_batch = images as f64 / batches as f64,
-                max_batch = options.max_batch,
-                max_wait_ms = options.max_wait.as_millis() as u64,
-                busy_pct = 100.0 * busy.as_secs_f64() / since.elapsed().as_secs_f64(),
-                "dynamic batching"
-            );
-            (batches, images, busy, since) = (0, 0, Duration::ZERO, Instant::now());
+/// What the replicas of one engine share.
+struct Shared {
+    /// Taken by one replica at a time, for as long as it gathers a batch.
+    rx: Mutex<mpsc::Receiver<Request>>,
+    figures: Mutex<Figures>,
+    options: EngineOptions,
+    replicas: usize,
+}
+
+/// Batching figures since they were last logged, over all replicas.
+struct Figures {
+    batches: u64,
+    images: u64,
+    busy: Duration,
+    since: Instant,
+}
+
+impl Figures {
+    fn new() -> Self {
+        Self {
+            batches: 0,
+            images: 0,
+            busy: Duration::ZERO,
+            since: Instant::now(),
         }
     }
+}
+
+/// A replica's loop: gather a batch, run it, reply, until every sender is gone.
+fn serve(model: &LoadedModel, shared: &Shared) {
+    let options = shared.options;
+    while let Some(batch) = gather(shared) {
+        let size = batch.len() as u64;
+        let busy = run_batch(model, batch);
+        let mut f = shared
+            .figures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        (f.batches, f.images, f.busy) = (f.batches + 1, f.images + size, f.busy + busy);
+        let elapsed = f.since.elapsed();
+        if elapsed >= FIGURES_EVERY {
+            tracing::info!(
+                model = model.bundle.name(),
+                batches = f.batches,
+                images = f.images,
+                mean_batch = f.images as f64 / f.batches as f64,
+                max_batch = options.max_batch,
+                max_wait_ms = options.max_wait.as_millis() as u64,
+                replicas = shared.replicas,
+                busy_pct =
+                    100.0 * f.busy.as_secs_f64() / elapsed.as_secs_f64() / shared.replicas as f64,
+                "dynamic batching"
+            );
+            *f = Figures::new();
+        }
+    }
+}
+
+/// Waits for a first request, then takes more until the batch is full or `max_wait` has
+/// passed; `None` once every sender is gone.
+fn gather(shared: &Shared) -> Option<Vec<Request>> {
+    let options = shared.options;
+    let rx = shared.rx.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut batch = vec![rx.recv().ok()?];
+    let deadline = Instant::now() + options.max_wait;
+    while batch.len() < options.max_batch {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(request) => batch.push(request),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
 }
 
 /// Runs one batch and replies to each request; returns the time the batch took.

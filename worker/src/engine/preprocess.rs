@@ -1,7 +1,13 @@
 //! From decoded pixels to the model's input tensor, remembering how to map a map at the model's
 //! resolution back onto the original image.
 
-use image::{ImageBuffer, Luma, imageops};
+use std::borrow::Cow;
+
+use fast_image_resize::{
+    FilterType, ResizeAlg, ResizeOptions, Resizer,
+    images::{TypedImage, TypedImageRef},
+    pixels::F32,
+};
 use tch::Tensor;
 use xcam_shared::{
     bundle::{InputSpec, Normalization, ResizePolicy},
@@ -48,38 +54,45 @@ pub fn prepare(image: &GrayImage, spec: &InputSpec) -> Prepared {
         height: image.height,
         square: 0,
     };
-    let mut plane = ImageBuffer::<Luma<f32>, Vec<f32>>::from_raw(
-        image.width,
-        image.height,
-        image.pixels.clone(),
-    )
-    .expect("a GrayImage holds width × height pixels");
-    if spec.resize == ResizePolicy::Letterbox && image.width != image.height {
-        let side = image.width.max(image.height);
+    let mut plane = Cow::Borrowed(image.pixels.as_slice());
+    let (mut width, mut height) = (image.width, image.height);
+    if spec.resize == ResizePolicy::Letterbox && width != height {
+        let side = width.max(height);
         // Pad with the image's own minimum: with zeros, a bright-background image would get
         // dark bars the model has never seen.
         let fill = image.pixels.iter().copied().fold(f32::INFINITY, f32::min);
-        let mut square = ImageBuffer::from_pixel(side, side, Luma([fill]));
-        let (left, top) = ((side - image.width) / 2, (side - image.height) / 2);
-        imageops::replace(&mut square, &plane, i64::from(left), i64::from(top));
-        plane = square;
-        geometry.square = side;
+        let mut square = vec![fill; side as usize * side as usize];
+        let (left, top) = ((side - width) / 2, (side - height) / 2);
+        for (y, row) in image.pixels.chunks_exact(width as usize).enumerate() {
+            let at = (top as usize + y) * side as usize + left as usize;
+            square[at..at + row.len()].copy_from_slice(row);
+        }
+        plane = Cow::Owned(square);
+        (width, height, geometry.square) = (side, side, side);
     }
-    if plane.dimensions() != (spec.width, spec.height) {
-        plane = imageops::resize(
-            &plane,
-            spec.width,
-            spec.height,
-            imageops::FilterType::Triangle,
-        );
+    if (width, height) != (spec.width, spec.height) {
+        plane = Cow::Owned(resize(&plane, (width, height), (spec.width, spec.height)));
     }
-    let data = normalise(plane.as_raw(), &spec.normalize, spec.channels);
+    let data = normalise(&plane, &spec.normalize, spec.channels);
     let input = Tensor::from_slice(&data).view([
         i64::from(spec.channels),
         i64::from(spec.height),
         i64::from(spec.width),
     ]);
     Prepared { input, geometry }
+}
+
+/// Bilinear convolution whose support widens with the scale when shrinking (Pillow's and
+/// torchvision's antialiased resize), SIMD-accelerated.
+fn resize(plane: &[f32], from: (u32, u32), to: (u32, u32)) -> Vec<f32> {
+    let src = TypedImageRef::<F32>::new(from.0, from.1, bytemuck::cast_slice(plane))
+        .expect("the plane holds width × height pixels");
+    let mut dst = TypedImage::<F32>::new(to.0, to.1);
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    Resizer::new()
+        .resize_typed(&src, &mut dst, &options)
+        .expect("single-channel f32 images of non-zero size always resize");
+    bytemuck::cast_slice(dst.pixels()).to_vec()
 }
 
 fn normalise(plane: &[f32], norm: &Normalization, channels: u32) -> Vec<f32> {
@@ -124,13 +137,18 @@ pub fn to_original(map: &[f32], h: usize, w: usize, geometry: &Geometry) -> Vec<
     };
     let cols = axis(out_w, w, left, width);
     let rows = axis(out_h, h, top, height);
+    // Separable: each source row is widened once, then every output row blends two of them.
+    let wide: Vec<f32> = map
+        .chunks_exact(w)
+        .flat_map(|src| {
+            cols.iter()
+                .map(|&(x0, x1, fx)| src[x0] + (src[x1] - src[x0]) * fx)
+        })
+        .collect();
     let mut out = Vec::with_capacity(width * height);
     for &(y0, y1, fy) in &rows {
-        for &(x0, x1, fx) in &cols {
-            let top = map[y0 * w + x0] * (1.0 - fx) + map[y0 * w + x1] * fx;
-            let bottom = map[y1 * w + x0] * (1.0 - fx) + map[y1 * w + x1] * fx;
-            out.push(top * (1.0 - fy) + bottom * fy);
-        }
+        let (upper, lower) = (&wide[y0 * width..][..width], &wide[y1 * width..][..width]);
+        out.extend(upper.iter().zip(lower).map(|(&a, &b)| a + (b - a) * fy));
     }
     out
 }

@@ -121,42 +121,109 @@ pub fn peak(map: &[f32], width: u32) -> [u32; 2] {
 }
 
 /// Box of the largest 8-connected region where `map >= threshold × max`.
+///
+/// Labels runs of qualifying pixels rather than pixels: a CAM upsampled to a full radiograph is
+/// a few smooth blobs, so a row holds a handful of runs where it holds thousands of pixels.
 pub fn strongest_region(map: &[f32], width: u32, height: u32, threshold: f32) -> [u32; 4] {
-    let (w, h) = (width as usize, height as usize);
+    let w = width as usize;
     let cut = threshold * map.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut seen = vec![false; map.len()];
-    let mut stack = Vec::new();
-    let mut best = (0usize, [0u32; 4]);
-    for start in 0..map.len() {
-        if seen[start] || map[start] < cut {
-            continue;
+    let mut regions = Regions::default();
+    let mut above: Vec<Run> = Vec::new();
+    let mut current: Vec<Run> = Vec::new();
+    for (y, row) in map.chunks_exact(w).take(height as usize).enumerate() {
+        current.clear();
+        let mut x = 0;
+        while x < w {
+            let Some(start) = row[x..].iter().position(|&v| v >= cut).map(|i| x + i) else {
+                break;
+            };
+            let end = row[start..]
+                .iter()
+                .position(|&v| v < cut)
+                .map_or(w, |i| start + i);
+            let id = regions.add(start, end, y);
+            // 8-connected: runs touch when their column spans overlap or meet diagonally.
+            for run in above.iter().filter(|r| r.start <= end && start <= r.end) {
+                regions.join(id, run.region);
+            }
+            current.push(Run {
+                start,
+                end,
+                region: id,
+            });
+            x = end;
         }
-        seen[start] = true;
-        stack.push(start);
-        let (mut count, mut x0, mut y0, mut x1, mut y1) = (0usize, w, h, 0usize, 0usize);
-        while let Some(p) = stack.pop() {
-            let (x, y) = (p % w, p / w);
-            count += 1;
-            (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
-            for ny in y.saturating_sub(1)..=(y + 1).min(h - 1) {
-                for nx in x.saturating_sub(1)..=(x + 1).min(w - 1) {
-                    let q = ny * w + nx;
-                    if !seen[q] && map[q] >= cut {
-                        seen[q] = true;
-                        stack.push(q);
-                    }
-                }
+        std::mem::swap(&mut above, &mut current);
+    }
+    regions.largest_box()
+}
+
+/// A horizontal run `[start, end)` of qualifying pixels in one row.
+struct Run {
+    start: usize,
+    end: usize,
+    region: usize,
+}
+
+/// Union–find over runs, each root carrying its region's pixel count and box.
+#[derive(Default)]
+struct Regions {
+    parent: Vec<usize>,
+    count: Vec<usize>,
+    /// [x0, y0, x1, y1], x1 and y1 exclusive.
+    bbox: Vec<[usize; 4]>,
+}
+
+impl Regions {
+    fn add(&mut self, start: usize, end: usize, y: usize) -> usize {
+        let id = self.parent.len();
+        self.parent.push(id);
+        self.count.push(end - start);
+        self.bbox.push([start, y, end, y + 1]);
+        id
+    }
+
+    fn root(&mut self, mut i: usize) -> usize {
+        while self.parent[i] != i {
+            self.parent[i] = self.parent[self.parent[i]];
+            i = self.parent[i];
+        }
+        i
+    }
+
+    fn join(&mut self, a: usize, b: usize) {
+        let (a, b) = (self.root(a), self.root(b));
+        if a == b {
+            return;
+        }
+        // The older run stays the root, so that ties go to the region met first in scan order.
+        let (keep, gone) = (a.min(b), a.max(b));
+        self.parent[gone] = keep;
+        self.count[keep] += self.count[gone];
+        let (k, g) = (self.bbox[keep], self.bbox[gone]);
+        self.bbox[keep] = [
+            k[0].min(g[0]),
+            k[1].min(g[1]),
+            k[2].max(g[2]),
+            k[3].max(g[3]),
+        ];
+    }
+
+    fn largest_box(&mut self) -> [u32; 4] {
+        let mut best: Option<usize> = None;
+        for i in 0..self.parent.len() {
+            if self.root(i) == i && best.is_none_or(|b| self.count[i] > self.count[b]) {
+                best = Some(i);
             }
         }
-        if count > best.0 {
-            best = (count, [x0 as u32, y0 as u32, x1 as u32 + 1, y1 as u32 + 1]);
-        }
+        best.map_or([0; 4], |b| self.bbox[b].map(|v| v as u32))
     }
-    best.1
 }
 
 #[cfg(test)]
 mod tests {
+    use proptest::strategy::Strategy;
+
     use super::*;
 
     #[test]
@@ -172,6 +239,53 @@ mod tests {
         }
         assert_eq!(strongest_region(&map, w, h, 0.5), [3, 1, 5, 4]);
         assert_eq!(peak(&map, w), [0, 0]);
+    }
+
+    /// Pixel by pixel: the definition the run labelling must agree with.
+    fn flood_fill_box(map: &[f32], w: usize, h: usize, cut: f32) -> [u32; 4] {
+        let mut seen = vec![false; map.len()];
+        let mut best = (0usize, [0u32; 4]);
+        for start in 0..map.len() {
+            if seen[start] || map[start] < cut {
+                continue;
+            }
+            seen[start] = true;
+            let (mut stack, mut count, mut b) = (vec![start], 0, [w, h, 0, 0]);
+            while let Some(p) = stack.pop() {
+                let (x, y) = (p % w, p / w);
+                count += 1;
+                b = [b[0].min(x), b[1].min(y), b[2].max(x + 1), b[3].max(y + 1)];
+                for ny in y.saturating_sub(1)..=(y + 1).min(h - 1) {
+                    for nx in x.saturating_sub(1)..=(x + 1).min(w - 1) {
+                        let q = ny * w + nx;
+                        if !seen[q] && map[q] >= cut {
+                            seen[q] = true;
+                            stack.push(q);
+                        }
+                    }
+                }
+            }
+            if count > best.0 {
+                best = (count, b.map(|v| v as u32));
+            }
+        }
+        best.1
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn run_labelling_agrees_with_a_pixel_flood_fill(
+            (w, h, cells) in (1usize..24, 1usize..24).prop_flat_map(|(w, h)| {
+                (proptest::strategy::Just(w), proptest::strategy::Just(h), proptest::collection::vec(0u8..4, w * h))
+            })
+        ) {
+            let map: Vec<f32> = cells.iter().map(|&c| f32::from(c) / 3.0).collect();
+            let cut = 0.5 * map.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            proptest::prop_assert_eq!(
+                strongest_region(&map, w as u32, h as u32, 0.5),
+                flood_fill_box(&map, w, h, cut)
+            );
+        }
     }
 
     #[test]

@@ -30,7 +30,7 @@ use xcam_shared::{
 
 use crate::{
     cli::ModelArgs,
-    engine::{BatchOptions, Engine},
+    engine::{Engine, EngineOptions},
 };
 
 pub use handler::JobContext;
@@ -70,9 +70,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let db = db::connect(&args.db).await?;
     let redis = jobs::connect(&args.redis).await?;
     let blobs = BlobStore::from_args(&args.blob)?;
-    let options = BatchOptions {
+    let options = EngineOptions {
         max_batch: args.max_batch.max(1),
         max_wait: Duration::from_millis(args.max_wait_ms),
+        replicas: args.model_args.replicas(),
     };
     let mut engines = BTreeMap::new();
     for spec in &args.models {
@@ -117,6 +118,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let mut monitor = Monitor::new().shutdown_timeout(Duration::from_secs(120));
     for (model, engine) in engines {
+        // Every replica's batch in flight, and one more being fetched and decoded meanwhile.
+        let concurrency = options.max_batch * (engine.parallelism().replicas + 1);
         let ctx = Arc::new(JobContext {
             db: db.clone(),
             blobs: blobs.clone(),
@@ -125,7 +128,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             retry_budget: args.retry_budget,
         });
         let queue = jobs::queue_name(&args.redis.queue_prefix, &model);
-        let (conn, poll, concurrency) = (redis.clone(), args.poll_interval, options.max_batch * 2);
+        let (conn, poll) = (redis.clone(), args.poll_interval);
         let name = format!("{worker_id}-{model}");
         monitor = monitor.register(move |restarts| {
             // A fresh apalis name per restart: re-registering a name seen moments ago is refused.
