@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench-pipeline`: the whole pipeline against the engine alone, from one run.
 #   1. 500 synthetic radiographs through producer → Redis → one worker → Postgres, DenseNet-121
-#      bundle, batch 8; beside `xcam-worker bench` for the same bundle and batch size.
+#      bundle, batch 8; beside `xcam-worker bench` for the same bundle, batch size and replicas.
 #   2. The producer's peak memory while it ingests a 1 GiB ZIP.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -40,17 +40,14 @@ for _ in $(seq 300); do [[ "$(curl -fsS "$api/v1/workers")" != "[]" ]] && break;
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 echo "==> pipeline: $images images, one worker, batch $batch"
 start=$(date +%s.%N)
-id=$(curl -fsS -F model=densenet121 -F file=@"$work/images.zip" "$api/v1/batches" | json 'd["id"]')
-while :; do
-  status=$(curl -fsS "$api/v1/batches/$id" | json 'd["status"]')
-  case "$status" in succeeded|completed_with_errors|failed|cancelled) break ;; esac
-  sleep 0.5
-done
+# One long-lived client follows the batch, as a user would, rather than a process per poll.
+out=$(XCAM_URL="$api" target/release/xcam submit --wait --model densenet121 "$work/images.zip") || [[ $? == 3 ]]
 end=$(date +%s.%N)
+id=$(sed -n 's/^batch \([0-9a-f-]*\):.*/\1/p' <<<"$out" | head -1)
 view=$(curl -fsS "$api/v1/batches/$id")
 kill $worker_pid; wait $worker_pid 2>/dev/null || true; unset worker_pid
 
-echo "==> engine alone: xcam-worker bench, same bundle and batch size"
+echo "==> engine alone: xcam-worker bench, same bundle, batch size and replicas"
 engine=$(target/release/xcam-worker bench --model densenet121 --device cpu --batch "$batch" --seconds 10 --json)
 
 echo "==> producer memory while ingesting a 1 GiB ZIP"
@@ -85,7 +82,7 @@ wall = end - start
 steady = view["throughput_per_s"]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 print()
-print(f"DenseNet-121 (18 outputs), batch {engine['batch']}, {engine['device']} — {cpu}, {os.cpu_count()} cores, {datetime.date.today()}")
+print(f"DenseNet-121 (18 outputs), batch {engine['batch']}, {engine['device']}, {engine['replicas']} replica(s) × {engine['threads']} thread(s) — {cpu}, {os.cpu_count()} cores, {datetime.date.today()}")
 print(f"| {'':46} | {'images/s':>9} |")
 print(f"|{'-'*48}|{'-'*11}|")
 print(f"| {'engine alone: forward only':46} | {engine['forward_images_per_s']:9.1f} |")

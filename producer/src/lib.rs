@@ -4,8 +4,10 @@
 //! - [`routes`]: the API, one module per resource; [`error`]: its one error type.
 //! - [`ingest`]: upload spooling, archive checks, ingestion and job pushes.
 //! - [`reconciler`]: re-pushes jobs that Redis lost.
+//! - [`artefacts`]: overlays and maps, drawn from a result's grids when first asked for.
 //! - [`cli`]: the `xcam` command line.
 
+pub mod artefacts;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -4,7 +4,8 @@
 //! - [`telemetry`]: one tracing set-up for every binary.
 //! - [`db`]: the Postgres schema (migrations) and every query, with bound parameters only.
 //! - [`jobs`]: the job payload that travels through Redis, and the apalis queue set-up.
-//! - [`blob`]: where image bytes, overlays and raw CAMs live (Postgres only holds their keys).
+//! - [`blob`]: where image bytes and rendered overlays live (Postgres only holds their keys).
+//! - [`heatmap`]: from a CAM's grid to the map over the original image, its overlay and `.npy`.
 //! - [`bundle`]: model bundle manifests (`model.toml`) and their checksum verification.
 //! - [`imaging`]: decoding radiographs into one grayscale plane.
 
@@ -12,6 +13,7 @@ pub mod blob;
 pub mod bundle;
 pub mod config;
 pub mod db;
+pub mod heatmap;
 pub mod imaging;
 pub mod jobs;
 pub mod targets;

@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use serde_json::Value;
-use xcam_shared::{bundle::Bundle, imaging};
+use xcam_shared::{bundle::Bundle, heatmap, imaging};
 use xcam_tests::{Stack, demo_bundle, demo_samples_zip, eventually, zip_of};
 use xcam_worker::{
     device::DeviceSpec,
@@ -78,6 +78,7 @@ async fn demo_samples_go_through_the_pipeline_and_match_the_explain_command() {
     )
     .unwrap();
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(demo_samples_zip())).unwrap();
+    let mut first = None;
     for (i, row) in rows.iter().enumerate() {
         assert_eq!(row["status"], "succeeded");
         assert_eq!(row["entry_index"], i.to_string(), "rows are in entry order");
@@ -110,29 +111,60 @@ async fn demo_samples_go_through_the_pipeline_and_match_the_explain_command() {
             .collect();
         assert_eq!(got, bbox, "{}", row["entry_name"]);
         assert_eq!(row["device"], "cpu");
+        if i == 0 {
+            first = Some((image, cam.map.clone()));
+        }
     }
 
-    // Artefacts and the paged JSON view.
+    // Artefacts, drawn by the API from the stored grid: the same pixels and map as explain's.
     let item = rows[0]["item_id"].clone();
-    let overlay = api
-        .client
-        .get(api.url(&format!("/v1/batches/{id}/items/{item}/overlay.png")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(overlay.headers()["content-type"], "image/png");
-    let png = overlay.bytes().await.unwrap();
-    assert_eq!(imaging::sniff_format(&png), Some(imaging::Format::Png));
-    let npy = api
-        .client
-        .get(api.url(&format!("/v1/batches/{id}/items/{item}/cam.npy")))
-        .send()
-        .await
+    let (image, map) = first.unwrap();
+    let artefact = |name: &'static str| {
+        let url = api.url(&format!("/v1/batches/{id}/items/{item}/{name}"));
+        let client = api.client.clone();
+        async move {
+            let response = client.get(url).send().await.unwrap();
+            assert_eq!(response.status(), 200, "{name}");
+            let mime = response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            (mime, response.bytes().await.unwrap())
+        }
+    };
+    let (mime, png) = artefact("overlay.png").await;
+    assert_eq!(mime, "image/png");
+    let drawn = image::load_from_memory(&png).unwrap().to_rgb8();
+    let expected = image::load_from_memory(&heatmap::overlay_png(&image, &map).unwrap())
         .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+        .to_rgb8();
+    assert_eq!(drawn.dimensions(), (image.width, image.height));
+    let off = drawn
+        .as_raw()
+        .iter()
+        .zip(expected.as_raw())
+        .filter(|(a, b)| a.abs_diff(**b) > 1)
+        .count();
+    assert_eq!(off, 0, "the overlay is explain's, to one level of rounding");
+    assert_eq!(
+        artefact("overlay.png").await.1,
+        png,
+        "a drawn overlay is kept"
+    );
+    let (_, npy) = artefact("cam.npy").await;
     assert!(npy.starts_with(b"\x93NUMPY"));
+    let header = u16::from_le_bytes([npy[8], npy[9]]) as usize;
+    let values: Vec<f32> = npy[10 + header..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert_eq!(values.len(), map.len());
+    let worst = values
+        .iter()
+        .zip(&map)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-3, "the map is explain's: off by {worst}");
     let (_, page) = api
         .get_json(&format!("/v1/batches/{id}/results?limit=10"))
         .await;

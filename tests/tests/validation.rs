@@ -465,6 +465,29 @@ async fn no_patient_identifier_reaches_tables_logs_csv_or_overlays() {
     let (_, report) = api.get_text(&format!("/v1/batches/{id}/report")).await;
     haystacks.push(("the report".into(), report.into_bytes()));
     haystacks.push(("the worker's log".into(), worker.log_text().into_bytes()));
+    // Every overlay and map, as the API draws them; then whatever the blob store kept.
+    let (_, page) = api
+        .get_json(&format!("/v1/batches/{id}/results?limit=100"))
+        .await;
+    for item in page["items"].as_array().unwrap() {
+        for cam in item["cams"].as_array().into_iter().flatten() {
+            for artefact in ["overlay.png", "cam.npy"] {
+                let response = api
+                    .client
+                    .get(api.url(&format!(
+                        "/v1/batches/{id}/items/{}/{artefact}?label={}",
+                        item["item_id"].as_str().unwrap(),
+                        cam["label"].as_str().unwrap()
+                    )))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+                let bytes = response.bytes().await.unwrap().to_vec();
+                haystacks.push((format!("{artefact} of {}", item["item_id"]), bytes));
+            }
+        }
+    }
     haystacks.push(("the API's log".into(), api.log_text().into_bytes()));
     for entry in walk(stack.blobs.path()) {
         if entry.to_string_lossy().contains("derived") {

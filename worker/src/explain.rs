@@ -7,12 +7,9 @@ use std::{
 
 use anyhow::{Context, bail};
 use serde::Serialize;
-use xcam_shared::imaging;
+use xcam_shared::{heatmap, imaging};
 
-use crate::{
-    engine::{CamSummary, Engine, Explanation, Target, preprocess, summary},
-    render,
-};
+use crate::engine::{CamSummary, Engine, Explanation, Target, preprocess, summary};
 
 /// What `<stem>.json` holds.
 #[derive(Debug, Serialize)]
@@ -115,9 +112,9 @@ fn write_cam(
     overlay: &Path,
     npy: &Path,
 ) -> anyhow::Result<()> {
-    fs::write(overlay, render::overlay_png(image, &cam.map)?)
+    fs::write(overlay, heatmap::overlay_png(image, &cam.map)?)
         .with_context(|| format!("cannot write {}", overlay.display()))?;
-    fs::write(npy, render::npy_f32(&cam.map, image.width, image.height))
+    fs::write(npy, heatmap::npy_f32(&cam.map, image.width, image.height))
         .with_context(|| format!("cannot write {}", npy.display()))?;
     Ok(())
 }

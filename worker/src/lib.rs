@@ -2,7 +2,6 @@
 //! (`xcam-worker run`) consumes the batch pipeline's jobs from Redis.
 //!
 //! - [`engine`]: the model on its device, owned by an inference thread that batches requests.
-//! - [`render`]: overlays and `.npy` maps.
 //! - [`explain`], [`bench`]: the `explain` and `bench` subcommands.
 //! - [`cli`]: the command line.
 
@@ -12,4 +11,3 @@ pub mod device;
 pub mod engine;
 pub mod explain;
 pub mod pipeline;
-pub mod render;

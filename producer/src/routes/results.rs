@@ -17,6 +17,7 @@ use xcam_shared::db::{self, results::ReportRow};
 
 use super::parse_batch_id;
 use crate::{
+    artefacts,
     csv_safe::neutralise,
     error::{ApiError, ApiResult},
     state::AppState,
@@ -273,10 +274,10 @@ async fn artefact(
     let item: Uuid = item
         .parse()
         .map_err(|_| ApiError::NotFound(format!("no item {item}")))?;
-    db::items::get(&state.db, batch, item)
+    let record = db::items::get(&state.db, batch, item)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no item {item} in batch {batch}")))?;
-    let cams = db::results::cams(&state.db, item)
+    let (cams, geometry) = db::results::cams(&state.db, item)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("item {item} has no result yet")))?;
     let cam = match label {
@@ -284,13 +285,17 @@ async fn artefact(
         None => cams.first(),
     }
     .ok_or_else(|| ApiError::NotFound(format!("item {item} has no map for that label")))?;
-    let (key, mime) = if png {
-        (&cam.overlay_key, "image/png")
+    artefacts::check(cam, &geometry)?;
+    if png {
+        let image_key = record.blob_key.as_deref().ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!("item {item} has a result but no image"))
+        })?;
+        let bytes = artefacts::overlay(state, item, image_key, cam, geometry).await?;
+        Ok(([(header::CONTENT_TYPE, "image/png")], bytes).into_response())
     } else {
-        (&cam.cam_key, "application/octet-stream")
-    };
-    let bytes = state.blobs.get(key).await?;
-    Ok(([(header::CONTENT_TYPE, mime)], bytes).into_response())
+        let bytes = artefacts::map_npy(cam, geometry).await?;
+        Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+    }
 }
 
 /// The colour overlay of an item's map.

@@ -6,6 +6,8 @@ use serde::Serialize;
 use sqlx::{PgExecutor, types::Json};
 use uuid::Uuid;
 
+use crate::heatmap::{Geometry, Grid};
+
 /// One explained label as stored.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct StoredCam {
@@ -14,8 +16,8 @@ pub struct StoredCam {
     pub peak: Option<[u32; 2]>,
     pub bbox: Option<[u32; 4]>,
     pub raw_max: f32,
-    pub overlay_key: String,
-    pub cam_key: String,
+    /// The map at the target layer's resolution: overlays and `.npy` maps are drawn from it.
+    pub grid: Grid,
 }
 
 #[derive(Debug, Clone)]
@@ -30,8 +32,7 @@ pub struct NewResult<'a> {
     pub top_probability: f32,
     pub method: &'a str,
     pub cams: &'a [StoredCam],
-    pub image_width: i32,
-    pub image_height: i32,
+    pub geometry: Geometry,
     pub device: &'a str,
     pub worker_id: &'a str,
     pub attempt: i32,
@@ -40,16 +41,15 @@ pub struct NewResult<'a> {
 }
 
 pub async fn upsert(db: impl PgExecutor<'_>, r: &NewResult<'_>) -> sqlx::Result<()> {
-    let first = r.cams.first();
     sqlx::query(
         r#"INSERT INTO results (item_id, batch_id, model_name, model_version, predictions, top_label,
-                                top_probability, method, cams, overlay_key, cam_key, image_width, image_height,
+                                top_probability, method, cams, image_width, image_height, letterbox_side,
                                 device, worker_id, attempt, processing_ms, queue_wait_ms)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
            ON CONFLICT (item_id) DO UPDATE SET
                predictions = EXCLUDED.predictions, top_label = EXCLUDED.top_label,
                top_probability = EXCLUDED.top_probability, method = EXCLUDED.method, cams = EXCLUDED.cams,
-               overlay_key = EXCLUDED.overlay_key, cam_key = EXCLUDED.cam_key, device = EXCLUDED.device,
+               letterbox_side = EXCLUDED.letterbox_side, device = EXCLUDED.device,
                worker_id = EXCLUDED.worker_id, attempt = EXCLUDED.attempt,
                processing_ms = EXCLUDED.processing_ms, queue_wait_ms = EXCLUDED.queue_wait_ms,
                updated_at = now()"#,
@@ -63,10 +63,9 @@ pub async fn upsert(db: impl PgExecutor<'_>, r: &NewResult<'_>) -> sqlx::Result<
     .bind(r.top_probability)
     .bind(r.method)
     .bind(Json(r.cams))
-    .bind(first.map(|c| c.overlay_key.as_str()))
-    .bind(first.map(|c| c.cam_key.as_str()))
-    .bind(r.image_width)
-    .bind(r.image_height)
+    .bind(r.geometry.width as i32)
+    .bind(r.geometry.height as i32)
+    .bind(r.geometry.square as i32)
     .bind(r.device)
     .bind(r.worker_id)
     .bind(r.attempt)
@@ -129,11 +128,23 @@ pub async fn report_page(
 }
 
 /// The stored CAMs of one item.
-pub async fn cams(db: impl PgExecutor<'_>, item_id: Uuid) -> sqlx::Result<Option<Vec<StoredCam>>> {
-    let row: Option<(Json<Vec<StoredCam>>,)> =
-        sqlx::query_as("SELECT cams FROM results WHERE item_id = $1")
-            .bind(item_id)
-            .fetch_optional(db)
-            .await?;
-    Ok(row.map(|r| r.0.0))
+/// An item's CAMs and how its image sat in the model's input: what drawing its maps takes.
+pub async fn cams(
+    db: impl PgExecutor<'_>,
+    item_id: Uuid,
+) -> sqlx::Result<Option<(Vec<StoredCam>, Geometry)>> {
+    let row: Option<(Json<Vec<StoredCam>>, i32, i32, i32)> = sqlx::query_as(
+        "SELECT cams, image_width, image_height, letterbox_side FROM results WHERE item_id = $1",
+    )
+    .bind(item_id)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|(cams, width, height, square)| {
+        let geometry = Geometry {
+            width: width as u32,
+            height: height as u32,
+            square: square as u32,
+        };
+        (cams.0, geometry)
+    }))
 }

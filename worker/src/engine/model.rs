@@ -2,7 +2,7 @@
 //! runs — forward only, and forward plus one head backward per explained label.
 
 use tch::{CModule, Device, Kind, Tensor};
-use xcam_shared::bundle::Bundle;
+use xcam_shared::{bundle::Bundle, heatmap::Grid};
 
 use super::{
     EngineError,
@@ -21,10 +21,7 @@ pub struct Target {
 pub struct RawCam {
     pub label: usize,
     pub method: Method,
-    /// h×w row-major, ReLU'd, not normalised.
-    pub map: Vec<f32>,
-    pub h: usize,
-    pub w: usize,
+    pub grid: Grid,
     pub raw_max: f32,
 }
 
@@ -188,9 +185,7 @@ impl LoadedModel {
                 outputs[i].cams.push(RawCam {
                     label,
                     method,
-                    map,
-                    h,
-                    w,
+                    grid: Grid { h, w, values: map },
                     raw_max,
                 });
             }

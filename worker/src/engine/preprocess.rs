@@ -1,5 +1,5 @@
-//! From decoded pixels to the model's input tensor, remembering how to map a map at the model's
-//! resolution back onto the original image.
+//! From decoded pixels to the model's input tensor, remembering (as a [`Geometry`]) how to map a
+//! map at the model's resolution back onto the original image.
 
 use std::borrow::Cow;
 
@@ -9,33 +9,11 @@ use fast_image_resize::{
     pixels::F32,
 };
 use tch::Tensor;
+pub use xcam_shared::heatmap::Geometry;
 use xcam_shared::{
     bundle::{InputSpec, Normalization, ResizePolicy},
     imaging::GrayImage,
 };
-
-/// How the original image sits in the model's input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Geometry {
-    pub width: u32,
-    pub height: u32,
-    /// Side of the padded square (letterbox), or 0 for stretch.
-    pub square: u32,
-}
-
-impl Geometry {
-    /// Where the image sits inside the padded square (letterbox only).
-    pub fn offset(&self) -> (u32, u32) {
-        if self.square == 0 {
-            (0, 0)
-        } else {
-            (
-                (self.square - self.width) / 2,
-                (self.square - self.height) / 2,
-            )
-        }
-    }
-}
 
 /// One image ready for the model: a C×H×W float tensor on the CPU.
 #[derive(Debug)]
@@ -107,54 +85,10 @@ fn normalise(plane: &[f32], norm: &Normalization, channels: u32) -> Vec<f32> {
     out
 }
 
-/// Maps a low-resolution map (h×w, row-major) onto the original image's pixels (H×W),
-/// bilinearly with half-pixel centres (align_corners = false, as cv2.resize and
-/// pytorch-grad-cam do). Plain Rust, like [`prepare`], to keep libtorch on its own thread.
-pub fn to_original(map: &[f32], h: usize, w: usize, geometry: &Geometry) -> Vec<f32> {
-    let (width, height) = (geometry.width as usize, geometry.height as usize);
-    let (out_w, out_h, left, top) = if geometry.square == 0 {
-        (width, height, 0, 0)
-    } else {
-        let (left, top) = geometry.offset();
-        (
-            geometry.square as usize,
-            geometry.square as usize,
-            left as usize,
-            top as usize,
-        )
-    };
-    // Source coordinate and blend weight of each output column and row.
-    let axis = |n_out: usize, n_in: usize, from: usize, count: usize| -> Vec<(usize, usize, f32)> {
-        let scale = n_in as f32 / n_out as f32;
-        (from..from + count)
-            .map(|i| {
-                let src = ((i as f32 + 0.5) * scale - 0.5).max(0.0);
-                let i0 = (src.floor() as usize).min(n_in - 1);
-                let i1 = (i0 + 1).min(n_in - 1);
-                (i0, i1, src - i0 as f32)
-            })
-            .collect()
-    };
-    let cols = axis(out_w, w, left, width);
-    let rows = axis(out_h, h, top, height);
-    // Separable: each source row is widened once, then every output row blends two of them.
-    let wide: Vec<f32> = map
-        .chunks_exact(w)
-        .flat_map(|src| {
-            cols.iter()
-                .map(|&(x0, x1, fx)| src[x0] + (src[x1] - src[x0]) * fx)
-        })
-        .collect();
-    let mut out = Vec::with_capacity(width * height);
-    for &(y0, y1, fy) in &rows {
-        let (upper, lower) = (&wide[y0 * width..][..width], &wide[y1 * width..][..width]);
-        out.extend(upper.iter().zip(lower).map(|(&a, &b)| a + (b - a) * fy));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
+    use xcam_shared::heatmap::{Grid, upsample};
+
     use super::*;
 
     fn spec(resize: ResizePolicy) -> InputSpec {
@@ -194,7 +128,12 @@ mod tests {
         let prepared = prepare(&image(), &spec(resize));
         assert_eq!(prepared.input.size(), [1, 64, 64]);
         let input = Vec::<f32>::try_from(prepared.input.flatten(0, -1)).unwrap();
-        let back = to_original(&input, 64, 64, &prepared.geometry);
+        let grid = Grid {
+            h: 64,
+            w: 64,
+            values: input,
+        };
+        let back = upsample(&grid, &prepared.geometry);
         assert_eq!(back.len(), 100 * 200);
         back
     }
@@ -207,7 +146,12 @@ mod tests {
             height: 7,
             square: 0,
         };
-        let ours = to_original(&map, 3, 4, &geometry);
+        let grid = Grid {
+            h: 3,
+            w: 4,
+            values: map.clone(),
+        };
+        let ours = upsample(&grid, &geometry);
         let reference = Tensor::from_slice(&map)
             .view([1, 1, 3, 4])
             .upsample_bilinear2d([7, 13], false, None, None);

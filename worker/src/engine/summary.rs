@@ -5,11 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use xcam_shared::bundle::Bundle;
+use xcam_shared::heatmap::{self, Geometry, Grid};
 
-use super::{
-    model::RawOutput,
-    preprocess::{Geometry, to_original},
-};
+use super::model::RawOutput;
 
 /// Everything xcam says about one image.
 #[derive(Debug, Clone, Serialize)]
@@ -38,6 +36,9 @@ pub struct CamSummary {
     /// The map's maximum before normalisation: how strong the evidence was. 0 means the label's
     /// score has no positive evidence anywhere (a blank map).
     pub raw_max: f32,
+    /// The map at the target layer's resolution, before upsampling and normalisation: all it
+    /// takes to draw the map again.
+    pub grid: Grid,
     /// H×W, row-major, min–max normalised to [0, 1].
     #[serde(skip)]
     pub map: Vec<f32>,
@@ -57,7 +58,7 @@ pub fn finish(raw: &RawOutput, geometry: &Geometry, bundle: &Bundle, device: &st
         .cams
         .iter()
         .map(|c| {
-            let map = normalise(to_original(&c.map, c.h, c.w, geometry), c.raw_max);
+            let map = heatmap::full_map(&c.grid, c.raw_max, geometry);
             let (peak, bbox) = if c.raw_max > 0.0 {
                 let peak = peak(&map, geometry.width);
                 (
@@ -73,6 +74,7 @@ pub fn finish(raw: &RawOutput, geometry: &Geometry, bundle: &Bundle, device: &st
                 peak,
                 bbox,
                 raw_max: c.raw_max,
+                grid: c.grid.clone(),
                 map,
             }
         })
@@ -90,22 +92,6 @@ pub fn finish(raw: &RawOutput, geometry: &Geometry, bundle: &Bundle, device: &st
         device: device.to_owned(),
         cams,
     }
-}
-
-/// Per-image min–max normalisation, as pytorch-grad-cam does; a blank map stays all zeros.
-fn normalise(mut v: Vec<f32>, raw_max: f32) -> Vec<f32> {
-    if raw_max <= 0.0 {
-        v.iter_mut().for_each(|x| *x = 0.0);
-        return v;
-    }
-    let (lo, hi) = v
-        .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
-            (lo.min(x), hi.max(x))
-        });
-    let scale = 1.0 / (hi - lo + 1e-7);
-    v.iter_mut().for_each(|x| *x = (*x - lo) * scale);
-    v
 }
 
 /// [x, y] of the first maximum.

@@ -1,5 +1,5 @@
-//! One job: claim the item, fetch and decode the image, explain it, store the artefacts and
-//! the result, log the attempt.
+//! One job: claim the item, fetch and decode the image, explain it, record the result, log the
+//! attempt.
 //!
 //! Failures are sorted into permanent ones (the image or the request is bad: the item fails at
 //! once with its code) and transient ones (Postgres, the blob store or the engine is unwell: the
@@ -12,7 +12,7 @@ use apalis::prelude::{BoxDynError, Data};
 use chrono::Utc;
 use sqlx::PgPool;
 use xcam_shared::{
-    blob::{self, BlobError, BlobStore},
+    blob::{BlobError, BlobStore},
     db::{
         self,
         logs::NewLogEntry,
@@ -23,9 +23,10 @@ use xcam_shared::{
     targets::{LabelSelection, Method},
 };
 
-use crate::{
-    engine::{Engine, EngineError, Explanation, Inferred, Target, preprocess, summary},
-    render,
+use crate::engine::{
+    Engine, EngineError, Explanation, Inferred, Target,
+    preprocess::{self, Geometry},
+    summary,
 };
 
 /// What every job of one model's queue shares.
@@ -79,6 +80,7 @@ struct Outcome {
     explanation: Explanation,
     cams: Vec<StoredCam>,
     inferred: Inferred,
+    geometry: Geometry,
 }
 
 /// The apalis handler. `Ok` means the queue is done with the job (whatever the item's outcome,
@@ -139,8 +141,7 @@ pub async fn handle(job: GradCamJobV1, ctx: Data<Arc<JobContext>>) -> Result<(),
                     top_probability: e.top_probability,
                     method,
                     cams: &outcome.cams,
-                    image_width: e.width as i32,
-                    image_height: e.height as i32,
+                    geometry: outcome.geometry,
                     device: ctx.engine.device(),
                     worker_id: &ctx.worker_id,
                     attempt: claim.attempts,
@@ -216,11 +217,8 @@ async fn explain(ctx: &JobContext, job: &GradCamJobV1) -> Result<Outcome, JobErr
     let bytes = ctx.blobs.get(&job.blob_key).await?;
     let spec = ctx.engine.bundle().manifest.input.clone();
     // Decoding and resizing are CPU work: a blocking thread, never the executor.
-    let (image, prepared) = tokio::task::spawn_blocking(move || {
-        imaging::decode(&bytes).map(|image| {
-            let prepared = preprocess::prepare(&image, &spec);
-            (image, prepared)
-        })
+    let prepared = tokio::task::spawn_blocking(move || {
+        imaging::decode(&bytes).map(|image| preprocess::prepare(&image, &spec))
     })
     .await
     .map_err(|e| JobError::Transient {
@@ -240,57 +238,38 @@ async fn explain(ctx: &JobContext, job: &GradCamJobV1) -> Result<Outcome, JobErr
         })??;
 
     let engine = ctx.engine.clone();
-    let item = job.item_id;
-    let (explanation, files, inferred) = tokio::task::spawn_blocking(move || {
+    // Upsampling and summarising are CPU work too. The overlay and the full-size map are not
+    // drawn here: the producer draws them from the grid when someone first asks.
+    let (explanation, inferred) = tokio::task::spawn_blocking(move || {
         let explanation = summary::finish(
             &inferred.output,
             &geometry,
             engine.bundle(),
             engine.device(),
         );
-        let files: Result<Vec<_>, image::ImageError> = explanation
-            .cams
-            .iter()
-            .map(|c| {
-                let overlay = render::overlay_png(&image, &c.map)?;
-                let npy = render::npy_f32(&c.map, image.width, image.height);
-                Ok((
-                    blob::derived_key(item, &c.label, "overlay.png"),
-                    overlay,
-                    blob::derived_key(item, &c.label, "cam.npy"),
-                    npy,
-                ))
-            })
-            .collect();
-        (explanation, files, inferred)
+        (explanation, inferred)
     })
     .await
     .map_err(|e| JobError::Transient {
         code: "internal",
         message: e.to_string(),
     })?;
-    let files = files.map_err(|e| JobError::Transient {
-        code: "render_failed",
-        message: e.to_string(),
-    })?;
-
-    let mut cams = Vec::with_capacity(files.len());
-    for (cam, (overlay_key, overlay, cam_key, npy)) in explanation.cams.iter().zip(files) {
-        ctx.blobs.put(&overlay_key, overlay.into()).await?;
-        ctx.blobs.put(&cam_key, npy.into()).await?;
-        cams.push(StoredCam {
+    let cams = explanation
+        .cams
+        .iter()
+        .map(|cam| StoredCam {
             label: cam.label.clone(),
             method: cam.method.clone(),
             peak: cam.peak,
             bbox: cam.bbox,
             raw_max: cam.raw_max,
-            overlay_key,
-            cam_key,
-        });
-    }
+            grid: cam.grid.clone(),
+        })
+        .collect();
     Ok(Outcome {
         explanation,
         cams,
         inferred,
+        geometry,
     })
 }

@@ -1,0 +1,257 @@
+//! A CAM from its raw grid to what a person sees: the map upsampled onto the original image's
+//! pixels and min–max normalised, its colour overlay as a PNG, and the map as a NumPy `.npy`.
+//!
+//! Shared by the worker, which computes the grids and summarises the maps, and the producer,
+//! which renders an item's overlay or map when someone first asks for it: a result keeps a grid
+//! of a few dozen numbers, not megabytes of pixels per image. Overlays are built from pixels
+//! only: nothing of the input file's metadata is carried over.
+
+use std::{io::Cursor, sync::LazyLock};
+
+use image::{
+    ImageEncoder, RgbImage,
+    codecs::png::{CompressionType, FilterType, PngEncoder},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::imaging::GrayImage;
+
+/// How the original image sat in the model's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Geometry {
+    pub width: u32,
+    pub height: u32,
+    /// Side of the padded square (letterbox), or 0 for stretch.
+    pub square: u32,
+}
+
+impl Geometry {
+    /// Where the image sits inside the padded square (letterbox only).
+    pub fn offset(&self) -> (u32, u32) {
+        if self.square == 0 {
+            (0, 0)
+        } else {
+            (
+                (self.square - self.width) / 2,
+                (self.square - self.height) / 2,
+            )
+        }
+    }
+}
+
+/// A CAM at the target layer's resolution: `h`×`w`, row-major, ReLU'd, not normalised.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Grid {
+    pub h: usize,
+    pub w: usize,
+    pub values: Vec<f32>,
+}
+
+impl Grid {
+    /// Whether the grid holds `h × w` values (a stored one is checked before use).
+    pub fn is_consistent(&self) -> bool {
+        self.h > 0 && self.w > 0 && self.values.len() == self.h * self.w
+    }
+}
+
+/// The map over the original image, in [0, 1]: what overlays, `.npy` files and summaries show.
+pub fn full_map(grid: &Grid, raw_max: f32, geometry: &Geometry) -> Vec<f32> {
+    normalise(upsample(grid, geometry), raw_max)
+}
+
+/// Maps a grid onto the original image's pixels (H×W), bilinearly with half-pixel centres
+/// (align_corners = false, as cv2.resize and pytorch-grad-cam do).
+pub fn upsample(grid: &Grid, geometry: &Geometry) -> Vec<f32> {
+    let (h, w) = (grid.h, grid.w);
+    let (width, height) = (geometry.width as usize, geometry.height as usize);
+    let (out_w, out_h, left, top) = if geometry.square == 0 {
+        (width, height, 0, 0)
+    } else {
+        let (left, top) = geometry.offset();
+        (
+            geometry.square as usize,
+            geometry.square as usize,
+            left as usize,
+            top as usize,
+        )
+    };
+    // Source coordinate and blend weight of each output column and row.
+    let axis = |n_out: usize, n_in: usize, from: usize, count: usize| -> Vec<(usize, usize, f32)> {
+        let scale = n_in as f32 / n_out as f32;
+        (from..from + count)
+            .map(|i| {
+                let src = ((i as f32 + 0.5) * scale - 0.5).max(0.0);
+                let i0 = (src.floor() as usize).min(n_in - 1);
+                let i1 = (i0 + 1).min(n_in - 1);
+                (i0, i1, src - i0 as f32)
+            })
+            .collect()
+    };
+    let cols = axis(out_w, w, left, width);
+    let rows = axis(out_h, h, top, height);
+    // Separable: each source row is widened once, then every output row blends two of them.
+    let wide: Vec<f32> = grid
+        .values
+        .chunks_exact(w)
+        .flat_map(|src| {
+            cols.iter()
+                .map(|&(x0, x1, fx)| src[x0] + (src[x1] - src[x0]) * fx)
+        })
+        .collect();
+    let mut out = Vec::with_capacity(width * height);
+    for &(y0, y1, fy) in &rows {
+        let (upper, lower) = (&wide[y0 * width..][..width], &wide[y1 * width..][..width]);
+        out.extend(upper.iter().zip(lower).map(|(&a, &b)| a + (b - a) * fy));
+    }
+    out
+}
+
+/// Per-image min–max normalisation, as pytorch-grad-cam does; a blank map stays all zeros.
+pub fn normalise(mut v: Vec<f32>, raw_max: f32) -> Vec<f32> {
+    if raw_max <= 0.0 {
+        v.iter_mut().for_each(|x| *x = 0.0);
+        return v;
+    }
+    let (lo, hi) = v
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        });
+    let scale = 1.0 / (hi - lo + 1e-7);
+    v.iter_mut().for_each(|x| *x = (*x - lo) * scale);
+    v
+}
+
+/// Weight of the image in the blend (pytorch-grad-cam's default `image_weight`).
+pub const IMAGE_WEIGHT: f32 = 0.5;
+
+/// The jet colormap (as OpenCV's COLORMAP_JET), for v in [0, 1].
+pub fn jet(v: f32) -> [f32; 3] {
+    let v = v.clamp(0.0, 1.0);
+    let channel = |offset: f32| (1.5 - (4.0 * v - offset).abs()).clamp(0.0, 1.0);
+    [channel(3.0), channel(2.0), channel(1.0)]
+}
+
+/// The map's share of each blended pixel, per 8-bit map level: pytorch-grad-cam quantises the
+/// map to `uint8` before colouring it, so 256 entries are exact, not an approximation.
+static JET_WEIGHTED: LazyLock<[[f32; 3]; 256]> = LazyLock::new(|| {
+    std::array::from_fn(|level| jet(level as f32 / 255.0).map(|c| (1.0 - IMAGE_WEIGHT) * c))
+});
+
+/// Blends the map's colours over the (grayscale) image and encodes a PNG, as pytorch-grad-cam's
+/// `show_cam_on_image` does: `uint8(255 · blend / max(blend))`.
+pub fn overlay_png(image: &GrayImage, map: &[f32]) -> Result<Vec<u8>, image::ImageError> {
+    let lut = &*JET_WEIGHTED;
+    // `as u8` saturates (and sends NaN to 0), like numpy's clip-then-cast of the map.
+    let level = |m: f32| usize::from((255.0 * m) as u8);
+    let peak = image
+        .pixels
+        .iter()
+        .zip(map)
+        .map(|(&g, &m)| {
+            let [r, gr, b] = lut[level(m)];
+            r.max(gr).max(b) + IMAGE_WEIGHT * g
+        })
+        .fold(0f32, f32::max);
+    // Divided, not multiplied by a reciprocal: the brightest channel must come out at 255.
+    let peak = if peak > 0.0 { peak } else { f32::INFINITY };
+    let mut rgb = RgbImage::new(image.width, image.height);
+    for ((out, &g), &m) in rgb.chunks_exact_mut(3).zip(&image.pixels).zip(map) {
+        let gray = IMAGE_WEIGHT * g;
+        for (o, c) in out.iter_mut().zip(lut[level(m)]) {
+            *o = ((c + gray) / peak * 255.0) as u8;
+        }
+    }
+    let mut out = Vec::new();
+    // Fast compression: the default level costs several times the CPU for a few percent.
+    PngEncoder::new_with_quality(
+        Cursor::new(&mut out),
+        CompressionType::Fast,
+        FilterType::Adaptive,
+    )
+    .write_image(
+        rgb.as_raw(),
+        rgb.width(),
+        rgb.height(),
+        image::ExtendedColorType::Rgb8,
+    )?;
+    Ok(out)
+}
+
+/// A little-endian float32 `.npy` (format 1.0) of shape (height, width).
+pub fn npy_f32(map: &[f32], width: u32, height: u32) -> Vec<u8> {
+    let mut header =
+        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({height}, {width}), }}");
+    // The magic (6) + version (2) + length (2) + header + '\n' is padded to a multiple of 64.
+    let unpadded = 10 + header.len() + 1;
+    header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
+    header.push('\n');
+    let mut out = Vec::with_capacity(10 + header.len() + map.len() * 4);
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for v in map {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn npy_header_is_aligned_and_describes_the_shape() {
+        let bytes = npy_f32(&[0.0, 0.5, 1.0, 0.25, 0.75, 1.0], 3, 2);
+        let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+        assert_eq!((10 + header_len) % 64, 0);
+        let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
+        assert!(header.contains("'shape': (2, 3)"), "{header}");
+        assert_eq!(bytes.len(), 10 + header_len + 6 * 4);
+        assert_eq!(
+            f32::from_le_bytes(bytes[bytes.len() - 4..].try_into().unwrap()),
+            1.0
+        );
+    }
+
+    #[test]
+    fn a_grid_upsamples_onto_the_letterboxed_image_only() {
+        // A 2×2 grid over a 4×2 image letterboxed into a 4×4 square: the image is the middle
+        // two rows of the square, so it sees the grid's blend of top and bottom.
+        let grid = Grid {
+            h: 2,
+            w: 2,
+            values: vec![0.0, 0.0, 1.0, 1.0],
+        };
+        let geometry = Geometry {
+            width: 4,
+            height: 2,
+            square: 4,
+        };
+        let map = upsample(&grid, &geometry);
+        assert_eq!(map.len(), 8);
+        assert!(map.iter().all(|v| (0.25..=0.75).contains(v)), "{map:?}");
+        assert!(map[4] > map[0], "the lower row is nearer the bright half");
+    }
+
+    #[test]
+    fn overlay_is_show_cam_on_image() {
+        let image = GrayImage {
+            width: 2,
+            height: 1,
+            pixels: vec![0.2, 0.9],
+        };
+        // Blends: [0.1, 0.1, 0.35] and [0.7, 0.45, 0.45]; the brightest channel becomes 255
+        // and the rest scale with it, truncated as numpy's uint8 cast does.
+        let png = overlay_png(&image, &[0.0, 1.0]).unwrap();
+        let rgb = image::load_from_memory(&png).unwrap().to_rgb8();
+        assert_eq!(rgb.as_raw(), &[36, 36, 127, 255, 163, 163]);
+    }
+
+    #[test]
+    fn jet_runs_blue_to_red() {
+        assert_eq!(jet(0.0), [0.0, 0.0, 0.5]);
+        assert_eq!(jet(1.0), [0.5, 0.0, 0.0]);
+        assert_eq!(jet(0.5), [0.5, 1.0, 0.5]);
+    }
+}
