@@ -55,9 +55,7 @@ pub fn run(
         let replicas: Vec<_> = (0..parallelism.replicas)
             .map(|_| {
                 scope.spawn(|| {
-                    if !device.is_cuda() {
-                        tch::set_num_threads(parallelism.threads as i32);
-                    }
+                    parallelism.enter(device);
                     let replica = Replica::load(bundle, device, batch, method);
                     // Every thread arrives, loaded or not, so that none waits for ever.
                     barrier.wait();

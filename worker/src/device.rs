@@ -104,4 +104,12 @@ impl Parallelism {
             threads: (cores / replicas).max(1),
         }
     }
+
+    /// Gives the calling thread, which is about to run a replica, its share of the cores. Per
+    /// thread: OpenMP's thread count is each thread's own setting. A GPU keeps libtorch's default.
+    pub fn enter(&self, device: Device) {
+        if !device.is_cuda() {
+            tch::set_num_threads(self.threads as i32);
+        }
+    }
 }

@@ -10,10 +10,10 @@ use axum::{
 };
 use serde_json::{Value, json};
 use utoipa_axum::{router::OpenApiRouter, routes};
-use uuid::Uuid;
-use xcam_shared::{db, imaging};
 
-use super::parse_batch_id;
+use xcam_shared::imaging;
+
+use super::find_item;
 use crate::{
     error::{ApiError, ApiResult},
     state::AppState,
@@ -76,13 +76,7 @@ async fn get_image(
     State(state): State<AppState>,
     Path((id, item)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    let batch = parse_batch_id(&id)?;
-    let item: Uuid = item
-        .parse()
-        .map_err(|_| ApiError::NotFound(format!("no item {item}")))?;
-    let record = db::items::get(&state.db, batch, item)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no item {item} in batch {batch}")))?;
+    let record = find_item(&state, &id, &item).await?;
     let key = record
         .blob_key
         .ok_or_else(|| ApiError::NotFound(format!("item {item} has no stored image")))?;

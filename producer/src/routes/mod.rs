@@ -47,3 +47,19 @@ fn parse_batch_id(raw: &str) -> Result<uuid::Uuid, crate::error::ApiError> {
     raw.parse()
         .map_err(|_| crate::error::ApiError::BatchNotFound(raw.to_owned()))
 }
+
+/// The item a `/v1/batches/{id}/items/{item}/…` path names; 404 unless it is in that batch.
+async fn find_item(
+    state: &crate::state::AppState,
+    batch: &str,
+    item: &str,
+) -> Result<xcam_shared::db::items::ItemRecord, crate::error::ApiError> {
+    use crate::error::ApiError;
+    let batch = parse_batch_id(batch)?;
+    let item: uuid::Uuid = item
+        .parse()
+        .map_err(|_| ApiError::NotFound(format!("no item {item}")))?;
+    xcam_shared::db::items::get(&state.db, batch, item)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no item {item} in batch {batch}")))
+}

@@ -15,7 +15,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 use xcam_shared::db::{self, results::ReportRow};
 
-use super::parse_batch_id;
+use super::{find_item, parse_batch_id};
 use crate::{
     artefacts,
     csv_safe::neutralise,
@@ -270,13 +270,8 @@ async fn artefact(
     label: Option<&str>,
     png: bool,
 ) -> ApiResult<Response> {
-    let batch = parse_batch_id(id)?;
-    let item: Uuid = item
-        .parse()
-        .map_err(|_| ApiError::NotFound(format!("no item {item}")))?;
-    let record = db::items::get(&state.db, batch, item)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no item {item} in batch {batch}")))?;
+    let record = find_item(state, id, item).await?;
+    let item = record.id;
     let (cams, geometry) = db::results::cams(&state.db, item)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("item {item} has no result yet")))?;

@@ -140,10 +140,7 @@ impl Engine {
             thread::Builder::new()
                 .name(format!("infer-{}-{replica}", bundle.name()))
                 .spawn(move || {
-                    if !device.is_cuda() {
-                        // Per thread: OpenMP's thread count is this thread's own setting.
-                        tch::set_num_threads(parallelism.threads as i32);
-                    }
+                    parallelism.enter(device);
                     match LoadedModel::load(bundle, device) {
                         Ok(model) => {
                             let _ = ready.send(Ok(()));

@@ -4,8 +4,10 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use xcam_shared::bundle::Bundle;
-use xcam_shared::heatmap::{self, Geometry, Grid};
+use xcam_shared::{
+    bundle::Bundle,
+    heatmap::{self, Geometry, Grid},
+};
 
 use super::model::RawOutput;
 
