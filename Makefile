@@ -7,6 +7,8 @@ SHELL := bash
 .DEFAULT_GOAL := help
 
 TORCH_VENV := $(shell . scripts/torch-env.sh && echo $$TORCH_VENV)
+# The API contract test runs this schemathesis against a live stack.
+export XCAM_SCHEMATHESIS := $(shell . scripts/torch-env.sh && echo $$SCHEMATHESIS_VENV)/bin/schemathesis
 # torch-sys asks the venv's Python where libtorch is.
 export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(TORCH_VENV)/bin:$(PATH)
@@ -14,7 +16,7 @@ export CARGO_TERM_COLOR ?= never
 SERVICES_ENV = eval "$$(scripts/services.sh env)"
 CARGO_JOBS ?= 2
 
-.PHONY: help setup torch services down build test lint demo bench bench-pipeline fuzz dashboard browser
+.PHONY: help setup torch services down build test lint demo bench bench-pipeline fuzz dashboard browser schemathesis
 
 help:
 	@echo "make demo    run the whole job end to end on local Redis and Postgres"
@@ -44,6 +46,10 @@ producer/dashboard/node_modules/chart.js/dist/chart.umd.min.js: producer/dashboa
 browser:
 	@scripts/setup-browser.sh
 
+# schemathesis for the API contract test.
+schemathesis:
+	@scripts/setup-schemathesis.sh
+
 setup: torch services dashboard
 
 build: torch dashboard
@@ -53,7 +59,7 @@ lint: torch dashboard
 	cargo fmt --all --check
 	cargo clippy -j $(CARGO_JOBS) --all-targets -- -D warnings
 
-test: setup browser lint
+test: setup browser schemathesis lint
 	cargo build -j $(CARGO_JOBS) --workspace --bins
 	$(SERVICES_ENV); cargo test -j $(CARGO_JOBS) --workspace
 

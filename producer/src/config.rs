@@ -61,6 +61,9 @@ pub struct ServeArgs {
     /// How often the reconciler looks for queued items whose job is missing from Redis.
     #[arg(long = "reconcile-every", env = "XCAM_RECONCILE_EVERY", default_value = "30s", value_parser = humantime::parse_duration)]
     pub reconcile_every: Duration,
+    /// How long shutdown waits for running ingestions before it gives up on them.
+    #[arg(long = "shutdown-grace", env = "XCAM_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
     #[command(flatten)]
     pub db: DatabaseArgs,
     #[command(flatten)]

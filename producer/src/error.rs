@@ -6,16 +6,25 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::{artefacts::ArtefactError, ingest::ArchiveError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// 400 `invalid_zip`: the upload is not a readable ZIP archive.
-    #[error("the upload is not a readable ZIP archive: {0}")]
-    InvalidZip(String),
+    /// The archive as a whole is refused: 400 `invalid_zip`, 413 for a cap (`too_many_entries`,
+    /// `archive_too_large`, `entry_too_large`, `zip_bomb`), 422 `duplicate_names` or `no_images`.
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    /// An item's overlay or map: 404 `not_found` until it exists, 500 when its row is corrupt.
+    #[error(transparent)]
+    Artefact(#[from] ArtefactError),
     /// 400 `invalid_request`: a missing or malformed field or parameter.
     #[error("{0}")]
     InvalidRequest(String),
+    /// 422 `invalid_filter`: a log or stats filter out of its documented form.
+    #[error("{0}")]
+    InvalidFilter(String),
     /// 404 `batch_not_found`.
     #[error("no batch with id {0}")]
     BatchNotFound(String),
@@ -28,14 +37,9 @@ pub enum ApiError {
     /// 413 `upload_too_large`.
     #[error("the upload exceeds the limit of {limit} bytes")]
     UploadTooLarge { limit: u64 },
-    /// 413 with the archive cap's own code (`too_many_entries`, `archive_too_large`, `entry_too_large`, `zip_bomb`).
-    #[error("{message}")]
-    ArchiveLimit { code: &'static str, message: String },
-    /// 422 `no_images`: the archive holds no image xcam can read.
-    #[error(
-        "the archive holds no images (PNG, JPEG, TIFF or DICOM): {skipped} other entries were skipped and {rejected} refused"
-    )]
-    NoImages { skipped: usize, rejected: usize },
+    /// 413 `field_too_large`: a text field of the upload form is over its cap.
+    #[error("the form field {field:?} is longer than {limit} bytes")]
+    FieldTooLarge { field: String, limit: usize },
     /// 422 `unknown_model`.
     #[error("unknown model {name:?}; available: {available}")]
     UnknownModel { name: String, available: String },
@@ -50,24 +54,38 @@ pub enum ApiError {
     Internal(#[source] anyhow::Error),
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
+/// Every error answer: a stable code to act on and a sentence to show.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ErrorBody {
     /// Stable, machine-readable error code.
-    pub code: &'static str,
-    /// Human-readable explanation.
+    #[schema(example = "batch_not_found")]
+    pub code: String,
+    /// Human-readable explanation; says nothing internal on a 5xx.
     pub message: String,
 }
 
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::InvalidZip(_) | ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Archive(e) => match e {
+                ArchiveError::InvalidZip(_) => StatusCode::BAD_REQUEST,
+                ArchiveError::Limit { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                ArchiveError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            },
+            ApiError::Artefact(e) => match e {
+                ArtefactError::Missing(_) => StatusCode::NOT_FOUND,
+                ArtefactError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::BatchNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::UploadTooLarge { .. } | ApiError::ArchiveLimit { .. } => {
+            ApiError::UploadTooLarge { .. } | ApiError::FieldTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            ApiError::NoImages { .. }
+            ApiError::InvalidFilter(_)
             | ApiError::UnknownModel { .. }
             | ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -77,14 +95,16 @@ impl ApiError {
 
     pub fn code(&self) -> &'static str {
         match self {
-            ApiError::InvalidZip(_) => "invalid_zip",
+            ApiError::Archive(e) => e.code(),
+            ApiError::Artefact(e) => e.code(),
             ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::InvalidFilter(_) => "invalid_filter",
             ApiError::BatchNotFound(_) => "batch_not_found",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::UploadTooLarge { .. } => "upload_too_large",
-            ApiError::ArchiveLimit { code, .. } | ApiError::Unprocessable { code, .. } => code,
-            ApiError::NoImages { .. } => "no_images",
+            ApiError::FieldTooLarge { .. } => "field_too_large",
+            ApiError::Unprocessable { code, .. } => code,
             ApiError::UnknownModel { .. } => "unknown_model",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
@@ -98,13 +118,21 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             let cause = match &self {
                 ApiError::Unavailable(e) | ApiError::Internal(e) => format!("{e:#}"),
-                other => other.to_string(),
+                other => cause_chain(other),
             };
             tracing::error!(code = self.code(), error.cause_chain = %cause, "request failed");
         }
+        let message = if status.is_server_error() {
+            match status {
+                StatusCode::SERVICE_UNAVAILABLE => "a backing service is unavailable".to_owned(),
+                _ => "internal error".to_owned(),
+            }
+        } else {
+            self.to_string()
+        };
         let body = ErrorBody {
-            code: self.code(),
-            message: self.to_string(),
+            code: self.code().to_owned(),
+            message,
         };
         (status, Json(body)).into_response()
     }
@@ -123,13 +151,26 @@ impl From<sqlx::Error> for ApiError {
 
 impl From<xcam_shared::blob::BlobError> for ApiError {
     fn from(e: xcam_shared::blob::BlobError) -> Self {
-        match e {
-            xcam_shared::blob::BlobError::NotFound { key } => {
-                ApiError::NotFound(format!("artefact {key} is missing"))
-            }
-            other => ApiError::Internal(other.into()),
-        }
+        ApiError::Artefact(e.into())
     }
+}
+
+impl From<tokio::task::JoinError> for ApiError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        ApiError::Internal(e.into())
+    }
+}
+
+/// An error and its sources, one line.
+fn cause_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;

@@ -5,23 +5,25 @@
 
 use std::time::Duration;
 
-use xcam_shared::{
-    db,
-    jobs::{self, GradCamJobV1},
-};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use xcam_shared::{db, jobs::GradCamJobV1};
 
-use crate::{ingest, state::AppState};
+use crate::queue::Queue;
 
 /// Most items looked at per pass.
 const SCAN_LIMIT: i64 = 5_000;
 
-/// Runs passes forever, every `every`.
-pub async fn run(state: AppState, every: Duration) {
+/// Runs a pass every `every` until `stop` is cancelled.
+pub async fn run(db: PgPool, queue: Queue, every: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
-        match pass(&state, every).await {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match pass(&db, &queue, every).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(repushed = n, "reconciler re-pushed jobs missing from Redis"),
             Err(e) => tracing::warn!(error = %e, "reconciler pass failed"),
@@ -30,39 +32,31 @@ pub async fn run(state: AppState, every: Duration) {
 }
 
 /// One pass: re-pushes every open item older than `grace` whose job Redis does not hold.
-pub async fn pass(state: &AppState, grace: Duration) -> anyhow::Result<usize> {
-    let open = db::items::open_before(&state.db, grace, SCAN_LIMIT).await?;
+pub async fn pass(db: &PgPool, queue: &Queue, grace: Duration) -> anyhow::Result<usize> {
+    let open = db::items::open_before(db, grace, SCAN_LIMIT).await?;
     if open.is_empty() {
         return Ok(0);
     }
-    let mut redis = state.redis.clone();
-    let mut pipe = redis::pipe();
-    for (item, _, _, model, ..) in &open {
-        let queue = jobs::queue_name(&state.settings.queue_prefix, model);
-        pipe.hexists(
-            jobs::queue_config(&queue, state.settings.queue_tuning).job_data_hash(),
-            item.to_string(),
-        );
-    }
-    let present: Vec<bool> = pipe.query_async(&mut redis).await?;
+    let keys: Vec<_> = open.iter().map(|o| (o.model_name.clone(), o.id)).collect();
+    let present = queue.holds(&keys).await?;
     let missing: Vec<GradCamJobV1> = open
         .into_iter()
         .zip(present)
         .filter(|(_, present)| !present)
-        .map(
-            |((item_id, batch_id, blob_key, model, method, labels, _), _)| GradCamJobV1 {
-                batch_id,
-                item_id,
-                blob_key,
-                model,
-                method,
-                labels,
+        .filter_map(|(o, _)| {
+            Some(GradCamJobV1 {
+                batch_id: o.batch_id,
+                item_id: o.id,
+                blob_key: o.blob_key,
+                model: o.model_name,
+                method: o.method.parse().ok()?,
+                labels: o.labels.parse().ok()?,
                 request_id: None,
-            },
-        )
+            })
+        })
         .collect();
     if missing.is_empty() {
         return Ok(0);
     }
-    ingest::enqueue(state, missing).await
+    queue.push(missing).await
 }

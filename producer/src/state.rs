@@ -2,30 +2,34 @@
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 
-use apalis_redis::ConnectionManager;
 use sqlx::PgPool;
-use xcam_shared::{blob::BlobStore, bundle::Bundle, jobs::QueueTuning};
+use tokio_util::task::TaskTracker;
+use xcam_shared::{blob::BlobStore, bundle::Bundle, imaging::ImageLimits};
 
-use crate::{error::ApiError, ingest::ArchiveLimits};
+use crate::{
+    error::ApiError,
+    ingest::{ArchiveLimits, Ingestor},
+    queue::Queue,
+};
 
 #[derive(Clone)]
 pub struct AppState {
     pub db: PgPool,
-    pub redis: ConnectionManager,
+    pub queue: Queue,
     pub blobs: BlobStore,
     pub models: Arc<BTreeMap<String, Bundle>>,
     pub settings: Arc<Settings>,
+    /// Background work started by requests (ingestions): drained on shutdown, never detached.
+    pub tasks: TaskTracker,
 }
 
 /// The parts of the configuration handlers read.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub queue_prefix: String,
-    pub queue_tuning: QueueTuning,
     pub upload_dir: PathBuf,
     pub max_upload_bytes: u64,
     pub limits: ArchiveLimits,
-    pub image_limits: xcam_shared::imaging::ImageLimits,
+    pub image_limits: ImageLimits,
 }
 
 impl AppState {
@@ -34,5 +38,16 @@ impl AppState {
             name: name.to_owned(),
             available: self.models.keys().cloned().collect::<Vec<_>>().join(", "),
         })
+    }
+
+    /// What an ingestion needs, and nothing else.
+    pub fn ingestor(&self) -> Ingestor {
+        Ingestor {
+            db: self.db.clone(),
+            blobs: self.blobs.clone(),
+            queue: self.queue.clone(),
+            limits: self.settings.limits,
+            image_limits: self.settings.image_limits,
+        }
     }
 }

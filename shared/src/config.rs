@@ -72,3 +72,30 @@ pub fn required<'a>(value: &'a Option<String>, env: &str, hint: &str) -> anyhow:
 
 /// The hint printed when a service URL is missing or the service does not answer.
 pub const SERVICES_HINT: &str = "start the project's private servers with `make services` and `eval \"$(scripts/services.sh env)\"`, or point it at yours";
+
+/// A connection URL with its password blanked, fit for an error message.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<unparseable URL>".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redact_blanks_the_password_and_keeps_the_rest() {
+        assert_eq!(
+            redact("postgres://xcam:s3cret@db:5432/xcam"),
+            "postgres://xcam:***@db:5432/xcam"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
+        assert_eq!(redact("not a url"), "<unparseable URL>");
+    }
+}

@@ -40,10 +40,13 @@ impl Geometry {
 }
 
 /// A CAM at the target layer's resolution: `h`×`w`, row-major, ReLU'd, not normalised.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Grid {
+    /// Rows.
     pub h: usize,
+    /// Columns.
     pub w: usize,
+    /// `h × w` values, row-major.
     pub values: Vec<f32>,
 }
 

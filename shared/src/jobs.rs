@@ -11,7 +11,10 @@ use redis::aio::ConnectionManagerConfig;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::config::{RedisArgs, SERVICES_HINT, required};
+use crate::{
+    config::{RedisArgs, SERVICES_HINT, redact, required},
+    targets::{LabelSelection, Method},
+};
 
 /// One image to explain. New fields must carry `#[serde(default)]`: a payload that no longer
 /// decodes would stop the worker that fetched it (apalis treats it as a backend error).
@@ -23,10 +26,8 @@ pub struct GradCamJobV1 {
     pub blob_key: String,
     /// Model bundle name; also selects the queue.
     pub model: String,
-    /// `gradcam`, `gradcam++` or `hirescam`.
-    pub method: String,
-    /// `top1`, `positive`, `all`, or a comma-separated list of label names.
-    pub labels: String,
+    pub method: Method,
+    pub labels: LabelSelection,
     /// The upload request's id, so one id traces an image from upload to result.
     #[serde(default)]
     pub request_id: Option<String>,
@@ -82,7 +83,7 @@ pub async fn connect(args: &RedisArgs) -> anyhow::Result<ConnectionManager> {
         .map_err(|e| {
             anyhow::anyhow!(
                 "cannot reach Redis at REDIS_URL ({}): {e}; {SERVICES_HINT}",
-                crate::db::redact(url)
+                redact(url)
             )
         })
 }

@@ -8,6 +8,7 @@
 //! - [`heatmap`]: from a CAM's grid to the map over the original image, its overlay and `.npy`.
 //! - [`bundle`]: model bundle manifests (`model.toml`) and their checksum verification.
 //! - [`imaging`]: decoding radiographs into one grayscale plane.
+//! - [`status`]: the status machines of batches, items and log rows; [`targets`]: methods and labels.
 
 pub mod blob;
 pub mod bundle;
@@ -16,6 +17,7 @@ pub mod db;
 pub mod heatmap;
 pub mod imaging;
 pub mod jobs;
+pub mod status;
 pub mod targets;
 pub mod telemetry;
 

@@ -1,16 +1,27 @@
-//! What to explain: the CAM method and which labels. Parsed where requests arrive (the API,
-//! the CLI) and carried in jobs as strings.
+//! What to explain: the CAM method and which labels. Parsed once where requests arrive (the
+//! API, the CLI) and carried typed in jobs; on the wire both are plain strings (`gradcam++`,
+//! `top1`, `nodule,opacity`), so payloads written before they were typed still decode.
 
 use std::{fmt, str::FromStr};
 
+use serde::{Deserialize, Serialize};
+use utoipa::{
+    PartialSchema, ToSchema,
+    openapi::{ObjectBuilder, RefOr, Schema, Type},
+};
+
 /// A CAM method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
 pub enum Method {
     /// Selvaraju et al.: channel weights are the spatial mean of the gradient.
+    #[default]
+    #[serde(rename = "gradcam")]
     GradCam,
     /// Chattopadhyay et al.: weights from second- and third-order terms of the gradient.
+    #[serde(rename = "gradcam++")]
     GradCamPlusPlus,
     /// Draelos & Carin: element-wise gradient × activation, no averaging.
+    #[serde(rename = "hirescam")]
     HiResCam,
 }
 
@@ -36,16 +47,9 @@ impl FromStr for Method {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s
-            .trim()
-            .to_ascii_lowercase()
-            .replace(['-', '_'], "")
-            .as_str()
-        {
-            "gradcam" => Ok(Method::GradCam),
-            "gradcam++" | "gradcampp" | "gradcamplusplus" => Ok(Method::GradCamPlusPlus),
-            "hirescam" => Ok(Method::HiResCam),
-            _ => Err(format!(
+        match Method::ALL.into_iter().find(|m| m.as_str() == s) {
+            Some(m) => Ok(m),
+            None => Err(format!(
                 "unknown method {s:?}: use gradcam, gradcam++ or hirescam"
             )),
         }
@@ -53,9 +57,10 @@ impl FromStr for Method {
 }
 
 /// Which labels to explain for an image.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub enum LabelSelection {
     /// The most probable label.
+    #[default]
     Top1,
     /// Every label above its threshold (the top label if none is).
     Positive,
@@ -68,17 +73,27 @@ pub enum LabelSelection {
 impl FromStr for LabelSelection {
     type Err = String;
 
+    /// Strict: names are separated by bare commas, none empty, none padded with spaces, so
+    /// what the API document's pattern calls valid is exactly what parses.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim() {
-            "" | "top1" => Ok(Self::Top1),
+        match s {
+            "top1" => Ok(Self::Top1),
             "positive" => Ok(Self::Positive),
             "all" => Ok(Self::All),
-            list => Ok(Self::Named(
-                list.split(',')
-                    .map(|l| l.trim().to_owned())
-                    .filter(|l| !l.is_empty())
-                    .collect(),
-            )),
+            "" => Err("no labels given: use top1, positive, all, or label names".into()),
+            list => list
+                .split(',')
+                .map(|name| {
+                    if name.is_empty() || name.trim() != name {
+                        Err(format!(
+                            "{list:?}: label names are separated by single commas, without spaces"
+                        ))
+                    } else {
+                        Ok(name.to_owned())
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Self::Named),
         }
     }
 }
@@ -93,6 +108,32 @@ impl fmt::Display for LabelSelection {
         }
     }
 }
+
+impl Serialize for LabelSelection {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for LabelSelection {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl PartialSchema for LabelSelection {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "`top1`, `positive`, `all`, or label names separated by commas",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for LabelSelection {}
 
 impl LabelSelection {
     /// Checks named labels against the model's; returns the selection unchanged if all exist.

@@ -193,8 +193,17 @@ impl Stack {
             .to_string()
     }
 
-    /// Starts the API in-process, with extra `xcam serve` flags.
-    pub async fn producer(&self, extra: &[&str]) -> Producer {
+    /// The router `xcam serve` serves, built on this stack's services but not bound to a port:
+    /// for `tower::ServiceExt::oneshot` tests of API behaviour that needs no worker.
+    pub async fn router(&self) -> axum::Router {
+        let state = xcam_producer::build_state(&self.serve_args(&[]))
+            .await
+            .expect("producer state");
+        xcam_producer::app(state)
+    }
+
+    /// `xcam serve`'s arguments for this stack, with extra flags.
+    fn serve_args(&self, extra: &[&str]) -> xcam_producer::config::ServeArgs {
         #[derive(Parser)]
         struct Serve {
             #[command(flatten)]
@@ -212,20 +221,19 @@ impl Stack {
             "--orphan-after=6s".into(),
         ];
         argv.extend(extra.iter().map(|s| (*s).to_owned()));
-        let args = Serve::try_parse_from(argv).expect("serve args").args;
-        let state = xcam_producer::build_state(&args)
+        Serve::try_parse_from(argv).expect("serve args").args
+    }
+
+    /// Starts the API in-process, with extra `xcam serve` flags.
+    pub async fn producer(&self, extra: &[&str]) -> Producer {
+        let args = self.serve_args(extra);
+        // The same builder `xcam serve` uses; dropping the Producer stops it.
+        let app = xcam_producer::Application::build(&args)
             .await
-            .expect("producer state");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let reconciler = tokio::spawn(xcam_producer::reconciler::run(
-            state.clone(),
-            args.reconcile_every,
-        ));
+            .expect("the API builds");
+        let addr = app.local_addr();
         let server = tokio::spawn(async move {
-            axum::serve(listener, xcam_producer::app(state))
+            app.run_until_stopped(std::future::pending())
                 .await
                 .expect("serve");
         });
@@ -233,7 +241,6 @@ impl Stack {
             base: format!("http://{addr}"),
             client: reqwest::Client::new(),
             server: Some(server),
-            reconciler: Some(reconciler),
             process: None,
             log: None,
         }
@@ -265,7 +272,6 @@ impl Stack {
             base: format!("http://127.0.0.1:{port}"),
             client: reqwest::Client::new(),
             server: None,
-            reconciler: None,
             process: Some(child),
             log: Some(log),
         };
@@ -322,7 +328,6 @@ pub struct Producer {
     pub base: String,
     pub client: reqwest::Client,
     server: Option<tokio::task::JoinHandle<()>>,
-    reconciler: Option<tokio::task::JoinHandle<()>>,
     process: Option<Child>,
     log: Option<PathBuf>,
 }
@@ -330,9 +335,6 @@ pub struct Producer {
 impl Drop for Producer {
     fn drop(&mut self) {
         self.server.iter().for_each(tokio::task::JoinHandle::abort);
-        self.reconciler
-            .iter()
-            .for_each(tokio::task::JoinHandle::abort);
         if let Some(mut c) = self.process.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -385,6 +387,19 @@ impl Producer {
         )
     }
 
+    /// `GET` a 200 answer as its API type; anything else fails the test.
+    pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        let response = self.client.get(self.url(path)).send().await.expect("GET");
+        assert_eq!(response.status(), 200, "GET {path}");
+        let bytes = response.bytes().await.expect("body");
+        serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            panic!(
+                "GET {path}: not the documented shape ({e}): {}",
+                String::from_utf8_lossy(&bytes)
+            )
+        })
+    }
+
     pub async fn get_text(&self, path: &str) -> (u16, String) {
         let response = self.client.get(self.url(path)).send().await.expect("GET");
         (
@@ -393,14 +408,13 @@ impl Producer {
         )
     }
 
-    /// Polls the batch until it has ended; returns its last view.
+    /// Polls the batch until it has ended; returns its last view (checked against the API's
+    /// `Batch` type on every poll).
     pub async fn wait_for_batch(&self, id: &str, timeout: Duration) -> serde_json::Value {
         eventually(timeout, &format!("batch {id} to end"), || async {
             let (_, v) = self.get_json(&format!("/v1/batches/{id}")).await;
-            let status = v["status"].as_str().unwrap_or_default().to_owned();
-            ["succeeded", "completed_with_errors", "failed", "cancelled"]
-                .contains(&status.as_str())
-                .then_some(v)
+            let batch: xcam_producer::api::Batch = serde_json::from_value(v.clone()).ok()?;
+            batch.status.is_terminal().then_some(v)
         })
         .await
     }

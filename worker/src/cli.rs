@@ -8,7 +8,8 @@ use xcam_shared::{bundle, config::TelemetryArgs};
 
 use crate::{
     bench,
-    device::{DeviceSpec, Parallelism},
+    config::{ModelArgs, RunArgs},
+    device::Parallelism,
     engine::{Engine, EngineOptions, LabelSelection, Method, Target},
     explain,
 };
@@ -33,28 +34,7 @@ pub enum Command {
     /// Measure forward-only and Grad-CAM throughput of a bundle, side by side.
     Bench(BenchArgs),
     /// Consume the batch pipeline's jobs from Redis until SIGINT/SIGTERM.
-    Run(Box<crate::pipeline::RunArgs>),
-}
-
-/// Which model and where it runs.
-#[derive(Debug, Clone, Args)]
-pub struct ModelArgs {
-    /// Directory holding model bundles (each a subdirectory with model.toml).
-    #[arg(long = "models-dir", env = "XCAM_MODELS_DIR", default_value = "models")]
-    pub models_dir: PathBuf,
-    /// Device: auto (first GPU if any, else CPU), cpu, or cuda:N.
-    #[arg(long, env = "XCAM_DEVICE", default_value = "auto")]
-    pub device: DeviceSpec,
-    /// Copies of the model run side by side, each with an even share of the cores
-    /// [default: one per core, up to 4, on the CPU; one on a GPU].
-    #[arg(long, env = "XCAM_REPLICAS", value_parser = clap::value_parser!(u16).range(1..=256))]
-    pub replicas: Option<u16>,
-}
-
-impl ModelArgs {
-    pub fn replicas(&self) -> Option<usize> {
-        self.replicas.map(usize::from)
-    }
+    Run(Box<RunArgs>),
 }
 
 #[derive(Debug, Args)]

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 use xcam_shared::{heatmap, imaging};
 
-use crate::engine::{CamSummary, Engine, Explanation, Target, preprocess, summary};
+use crate::engine::{Engine, Explanation, Target};
 
 /// What `<stem>.json` holds.
 #[derive(Debug, Serialize)]
@@ -38,28 +38,18 @@ pub fn run(
 ) -> anyhow::Result<Vec<Explanation>> {
     engine.check_target(target)?;
     fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let spec = &engine.bundle().manifest.input;
-    // Submit everything first so the inference thread can batch; then collect in order.
+    // Queue everything first so the inference thread can batch; then collect in order.
     let mut pending = Vec::with_capacity(images.len());
     for path in images {
         let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         let image = imaging::decode(&bytes)
             .with_context(|| format!("{}: cannot use this image", path.display()))?;
-        let prepared = preprocess::prepare(&image, spec);
-        let rx = engine.submit(prepared.input, target.clone())?;
-        pending.push((path, image, prepared.geometry, rx));
+        let queued = engine.enqueue(&image, target.clone())?;
+        pending.push((path, image, queued));
     }
     let mut results = Vec::with_capacity(pending.len());
-    for (path, image, geometry, rx) in pending {
-        let inferred = rx
-            .blocking_recv()
-            .context("the inference thread stopped")??;
-        let explanation = summary::finish(
-            &inferred.output,
-            &geometry,
-            engine.bundle(),
-            engine.device(),
-        );
+    for (path, image, queued) in pending {
+        let (explanation, _) = queued.wait()?.finish();
         write_outputs(engine, path, &image, &explanation, out)?;
         results.push(explanation);
     }
@@ -77,7 +67,7 @@ fn write_outputs(
         bail!("{}: cannot name outputs after this file", path.display());
     };
     let mut files = Vec::new();
-    for (i, cam) in explanation.cams.iter().enumerate() {
+    for (i, (cam, map)) in explanation.cams.iter().zip(&explanation.maps).enumerate() {
         // The first explained label gets the plain names the README promises.
         let base = if i == 0 {
             stem.to_owned()
@@ -85,7 +75,7 @@ fn write_outputs(
             format!("{stem}.{}", safe(&cam.label))
         };
         let (overlay, npy) = (format!("{base}.overlay.png"), format!("{base}.cam.npy"));
-        write_cam(image, cam, &out.join(&overlay), &out.join(&npy))?;
+        write_cam(image, map, &out.join(&overlay), &out.join(&npy))?;
         files.push(CamFiles {
             label: cam.label.clone(),
             overlay,
@@ -108,13 +98,13 @@ fn write_outputs(
 
 fn write_cam(
     image: &imaging::GrayImage,
-    cam: &CamSummary,
+    map: &[f32],
     overlay: &Path,
     npy: &Path,
 ) -> anyhow::Result<()> {
-    fs::write(overlay, heatmap::overlay_png(image, &cam.map)?)
+    fs::write(overlay, heatmap::overlay_png(image, map)?)
         .with_context(|| format!("cannot write {}", overlay.display()))?;
-    fs::write(npy, heatmap::npy_f32(&cam.map, image.width, image.height))
+    fs::write(npy, heatmap::npy_f32(map, image.width, image.height))
         .with_context(|| format!("cannot write {}", npy.display()))?;
     Ok(())
 }

@@ -3,10 +3,11 @@
 //!
 //! - [`engine`]: the model on its device, owned by an inference thread that batches requests.
 //! - [`explain`], [`bench`]: the `explain` and `bench` subcommands.
-//! - [`cli`]: the command line.
+//! - [`cli`]: the command line; [`config`]: its typed settings.
 
 pub mod bench;
 pub mod cli;
+pub mod config;
 pub mod device;
 pub mod engine;
 pub mod explain;

@@ -77,6 +77,8 @@ function upload(event) {
   event.preventDefault();
   const form = event.target;
   const data = new FormData(form);
+  // An empty field means "the default": leave it out rather than send an empty value.
+  for (const [key, value] of [...data.entries()]) if (value === "") data.delete(key);
   // XMLHttpRequest, not fetch: only it reports upload progress.
   const xhr = new XMLHttpRequest();
   const bar = document.querySelector("#upload-bar > div");

@@ -4,10 +4,17 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Subcommand};
 use futures::StreamExt;
-use serde_json::Value;
 use tokio::io::AsyncWriteExt;
+use xcam_shared::{
+    status::{BatchStatus, LogStatus},
+    targets::{LabelSelection, Method},
+};
 
 use super::{Api, ClientError, exit, progress::Progress};
+use crate::api::{
+    Batch, BatchCancelled, BatchCreated, BatchPage, LogPage, Stats, StatsBucket, When,
+    Worker,
+};
 
 /// Where the API is.
 #[derive(Debug, Clone, Args)]
@@ -38,10 +45,11 @@ pub enum ClientCommand {
     Logs(LogsArgs),
     /// Inference counts, latency and errors per hour or day.
     Stats {
+        /// RFC 3339, or a duration back from now (`24h`, `7d`).
         #[arg(long, default_value = "7d")]
-        since: String,
-        #[arg(long, default_value = "day", value_parser = ["hour", "day"])]
-        bucket: String,
+        since: When,
+        #[arg(long, default_value = "day", value_parser = parse_bucket)]
+        bucket: StatsBucket,
     },
     /// The live workers.
     Workers,
@@ -58,10 +66,10 @@ pub struct SubmitArgs {
     pub model: String,
     /// gradcam, gradcam++ or hirescam.
     #[arg(long)]
-    pub method: Option<String>,
+    pub method: Option<Method>,
     /// top1, positive, all, or label names separated by commas.
     #[arg(long)]
-    pub labels: Option<String>,
+    pub labels: Option<LabelSelection>,
     /// Replace entry names with salted hashes everywhere.
     #[arg(long)]
     pub pseudonymize_names: bool,
@@ -75,14 +83,16 @@ pub struct SubmitArgs {
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {
+    /// RFC 3339, or a duration back from now (`24h`, `7d`).
     #[arg(long)]
-    pub since: Option<String>,
+    pub since: Option<When>,
     #[arg(long)]
-    pub until: Option<String>,
+    pub until: Option<When>,
     #[arg(long)]
     pub model: Option<String>,
+    /// succeeded, failed or retrying.
     #[arg(long)]
-    pub status: Option<String>,
+    pub status: Option<LogStatus>,
     #[arg(long)]
     pub batch: Option<String>,
     #[arg(long)]
@@ -106,7 +116,7 @@ pub async fn run(target: &Target, command: ClientCommand) -> u8 {
     let result = match command {
         ClientCommand::Submit(args) => submit(&api, args).await,
         ClientCommand::Status { batch: Some(id) } => api
-            .get(&format!("/v1/batches/{}", encode(&id)))
+            .get::<Batch>(&format!("/v1/batches/{}", encode(&id)))
             .await
             .map(|b| {
                 print_batch(&b);
@@ -118,15 +128,15 @@ pub async fn run(target: &Target, command: ClientCommand) -> u8 {
             exit::OK
         }),
         ClientCommand::Logs(args) => logs(&api, &args).await,
-        ClientCommand::Stats { since, bucket } => stats(&api, &since, &bucket).await,
+        ClientCommand::Stats { since, bucket } => stats(&api, since, bucket).await,
         ClientCommand::Workers => workers(&api).await,
         ClientCommand::Cancel { batch } => api
-            .post(&format!("/v1/batches/{}/cancel", encode(&batch)))
+            .post::<BatchCancelled>(&format!("/v1/batches/{}/cancel", encode(&batch)))
             .await
-            .map(|v| {
+            .map(|c| {
                 println!(
                     "batch {} cancelled: {} queued items will not run",
-                    batch, v["cancelled_items"]
+                    c.id, c.cancelled_items
                 );
                 exit::OK
             }),
@@ -135,6 +145,14 @@ pub async fn run(target: &Target, command: ClientCommand) -> u8 {
         eprintln!("error: {e}");
         exit::ERROR
     })
+}
+
+fn parse_bucket(s: &str) -> Result<StatsBucket, String> {
+    match s {
+        "hour" => Ok(StatsBucket::Hour),
+        "day" => Ok(StatsBucket::Day),
+        other => Err(format!("{other:?}: use hour or day")),
+    }
 }
 
 fn encode(s: &str) -> String {
@@ -170,24 +188,25 @@ async fn submit(api: &Api, args: SubmitArgs) -> Result<u8, ClientError> {
             .mime_str("application/zip")
             .expect("a valid MIME type");
     let mut form = reqwest::multipart::Form::new().text("model", args.model.clone());
-    for (key, value) in [("method", &args.method), ("labels", &args.labels)] {
-        if let Some(v) = value {
-            form = form.text(key, v.clone());
-        }
+    if let Some(method) = args.method {
+        form = form.text("method", method.to_string());
+    }
+    if let Some(labels) = &args.labels {
+        form = form.text("labels", labels.to_string());
     }
     if args.pseudonymize_names {
         form = form.text("pseudonymize_names", "true");
     }
-    let created = api
+    let created: BatchCreated = api
         .post_multipart("/v1/batches", form.part("file", part))
         .await?;
     if let Ok(bar) = bar.lock() {
         bar.finish();
     }
-    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    let id = created.id.to_string();
     println!(
         "batch {id}: {} images, {} entries skipped, {} refused",
-        created["images"], created["skipped"], created["refused"]
+        created.images, created.skipped, created.refused
     );
     if !args.wait {
         println!("follow it with: xcam status {id}");
@@ -199,39 +218,32 @@ async fn submit(api: &Api, args: SubmitArgs) -> Result<u8, ClientError> {
         let n = export(api, &id, path).await?;
         println!("wrote the CSV report ({n} bytes) to {}", path.display());
     }
-    Ok(match view["status"].as_str().unwrap_or_default() {
-        "succeeded" => exit::OK,
-        "completed_with_errors" => exit::SOME_FAILED,
+    Ok(match view.status {
+        BatchStatus::Succeeded => exit::OK,
+        BatchStatus::CompletedWithErrors => exit::SOME_FAILED,
         _ => exit::BATCH_FAILED,
     })
 }
 
 /// Polls a batch until it ends, with a bar (or plain lines without a terminal).
-async fn follow(api: &Api, id: &str) -> Result<Value, ClientError> {
+async fn follow(api: &Api, id: &str) -> Result<Batch, ClientError> {
     let mut bar = Progress::items(1);
     loop {
-        let view = api.get(&format!("/v1/batches/{}", encode(id))).await?;
-        let c = &view["counts"];
-        let n = |k: &str| c[k].as_u64().unwrap_or(0);
-        let done = n("succeeded") + n("failed") + n("rejected") + n("cancelled");
-        let status = view["status"].as_str().unwrap_or_default().to_owned();
+        let view: Batch = api.get(&format!("/v1/batches/{}", encode(id))).await?;
+        let c = &view.counts;
         let mut note = Vec::new();
-        if n("failed") + n("rejected") > 0 {
-            note.push(format!(
-                "{} failed, {} rejected",
-                n("failed"),
-                n("rejected")
-            ));
+        if c.failed + c.rejected > 0 {
+            note.push(format!("{} failed, {} rejected", c.failed, c.rejected));
         }
-        if let Some(rate) = view["throughput_per_s"].as_f64() {
+        if let Some(rate) = view.throughput_per_s {
             note.push(format!("{rate:.1}/s"));
         }
-        if let Some(eta) = view["eta_seconds"].as_f64().filter(|e| *e > 0.0) {
+        if let Some(eta) = view.eta_seconds.filter(|e| *e > 0.0) {
             note.push(format!("eta {eta:.0}s"));
         }
-        bar.update(done, n("total").max(1), &status, &note.join(", "));
-        if ["succeeded", "completed_with_errors", "failed", "cancelled"].contains(&status.as_str())
-        {
+        let (done, total) = (c.done().max(0) as u64, c.total.max(1) as u64);
+        bar.update(done, total, view.status.as_str(), &note.join(", "));
+        if view.status.is_terminal() {
             bar.finish();
             return Ok(view);
         }
@@ -262,84 +274,75 @@ async fn export(api: &Api, id: &str, path: &std::path::Path) -> Result<u64, Clie
     Ok(written)
 }
 
-fn print_batch(b: &Value) {
-    let c = &b["counts"];
+fn print_batch(b: &Batch) {
+    let c = &b.counts;
     println!(
         "batch {}  {}  model {} {}  {}",
-        b["id"].as_str().unwrap_or_default(),
-        b["status"].as_str().unwrap_or_default(),
-        b["model_name"].as_str().unwrap_or_default(),
-        b["model_version"].as_str().unwrap_or_default(),
-        b["method"].as_str().unwrap_or_default()
+        b.id, b.status, b.model_name, b.model_version, b.method
     );
     println!(
         "  items {}: {} succeeded, {} failed, {} rejected, {} cancelled, {} queued, {} running; {} entries skipped",
-        c["total"],
-        c["succeeded"],
-        c["failed"],
-        c["rejected"],
-        c["cancelled"],
-        c["queued"],
-        c["running"],
-        b["skipped_entries"]
+        c.total,
+        c.succeeded,
+        c.failed,
+        c.rejected,
+        c.cancelled,
+        c.queued,
+        c.running,
+        b.skipped_entries
     );
-    if let Some(rate) = b["throughput_per_s"].as_f64() {
-        println!(
-            "  {rate:.1} images/s; progress {:.0}%",
-            b["progress"].as_f64().unwrap_or(0.0) * 100.0
-        );
+    if let Some(rate) = b.throughput_per_s {
+        println!("  {rate:.1} images/s; progress {:.0}%", b.progress * 100.0);
     }
-    if let Some(code) = b["error_code"].as_str() {
+    if let Some(code) = &b.error_code {
         println!(
             "  error {code}: {}",
-            b["error_message"].as_str().unwrap_or_default()
+            b.error_message.as_deref().unwrap_or_default()
         );
     }
 }
 
 async fn list_batches(api: &Api) -> Result<u8, ClientError> {
-    let list = api.get("/v1/batches?limit=20").await?;
+    let page: BatchPage = api.get("/v1/batches?limit=20").await?;
     println!(
         "{:<36}  {:<22} {:<10} {:>7} {:>9} {:>7}  created",
         "batch", "status", "model", "items", "succeeded", "failed"
     );
-    for b in list["batches"].as_array().into_iter().flatten() {
-        let c = &b["counts"];
+    for b in &page.batches {
+        let c = &b.counts;
         println!(
             "{:<36}  {:<22} {:<10} {:>7} {:>9} {:>7}  {}",
-            b["id"].as_str().unwrap_or_default(),
-            b["status"].as_str().unwrap_or_default(),
-            b["model_name"].as_str().unwrap_or_default(),
-            c["total"],
-            c["succeeded"],
-            c["failed"].as_i64().unwrap_or(0) + c["rejected"].as_i64().unwrap_or(0),
-            b["created_at"].as_str().unwrap_or_default()
+            b.id.to_string(),
+            b.status.as_str(),
+            b.model_name,
+            c.total,
+            c.succeeded,
+            c.failed + c.rejected,
+            b.created_at.to_rfc3339()
         );
     }
     Ok(exit::OK)
 }
 
 async fn logs(api: &Api, a: &LogsArgs) -> Result<u8, ClientError> {
-    let mut query: Vec<(String, String)> = vec![("limit".into(), a.limit.to_string())];
+    let mut query: Vec<(&str, String)> = vec![("limit", a.limit.to_string())];
     for (k, v) in [
-        ("since", &a.since),
-        ("until", &a.until),
-        ("model", &a.model),
-        ("status", &a.status),
-        ("batch", &a.batch),
-        ("worker", &a.worker),
-        ("label", &a.label),
-        ("cursor", &a.cursor),
+        ("since", a.since.map(|w| w.to_string())),
+        ("until", a.until.map(|w| w.to_string())),
+        ("model", a.model.clone()),
+        ("status", a.status.map(|s| s.to_string())),
+        ("batch", a.batch.clone()),
+        ("worker", a.worker.clone()),
+        ("label", a.label.clone()),
+        ("cursor", a.cursor.clone()),
+        ("min_ms", a.min_ms.map(|ms| ms.to_string())),
     ] {
         if let Some(v) = v {
-            query.push((k.into(), v.clone()));
+            query.push((k, v));
         }
     }
-    if let Some(ms) = a.min_ms {
-        query.push(("min_ms".into(), ms.to_string()));
-    }
     if a.format == "csv" {
-        query.push(("format".into(), "csv".into()));
+        query.push(("format", "csv".into()));
     }
     let qs = query
         .iter()
@@ -356,7 +359,7 @@ async fn logs(api: &Api, a: &LogsArgs) -> Result<u8, ClientError> {
         print!("{text}");
         return Ok(exit::OK);
     }
-    let page = api.get(&format!("/v1/logs?{qs}")).await?;
+    let page: LogPage = api.get(&format!("/v1/logs?{qs}")).await?;
     if a.format == "json" {
         println!(
             "{}",
@@ -368,102 +371,85 @@ async fn logs(api: &Api, a: &LogsArgs) -> Result<u8, ClientError> {
         "{:<25} {:<8} {:<10} {:<12} {:>6} {:>8} {:>3}  {:<28} file",
         "time", "model", "status", "prediction", "p", "ms", "try", "worker"
     );
-    for e in page["entries"].as_array().into_iter().flatten() {
+    for e in &page.entries {
         println!(
             "{:<25} {:<8} {:<10} {:<12} {:>6} {:>8.1} {:>3}  {:<28} {}{}",
-            e["ts"]
-                .as_str()
-                .unwrap_or_default()
-                .get(..25)
-                .unwrap_or_default(),
-            e["model_name"].as_str().unwrap_or_default(),
-            e["status"].as_str().unwrap_or_default(),
-            e["prediction"].as_str().unwrap_or("-"),
-            e["probability"]
-                .as_f64()
-                .map_or("-".into(), |p| format!("{p:.3}")),
-            e["processing_time_ms"].as_f64().unwrap_or(0.0),
-            e["attempt"],
-            e["worker_id"].as_str().unwrap_or_default(),
-            e["filename"].as_str().unwrap_or_default(),
-            e["error_code"]
-                .as_str()
+            e.ts.to_rfc3339().get(..25).unwrap_or_default(),
+            e.model_name,
+            e.status.as_str(),
+            e.prediction.as_deref().unwrap_or("-"),
+            e.probability.map_or("-".into(), |p| format!("{p:.3}")),
+            e.processing_time_ms,
+            e.attempt,
+            e.worker_id,
+            e.filename,
+            e.error_code
+                .as_deref()
                 .map(|c| format!("  [{c}]"))
                 .unwrap_or_default(),
         );
     }
-    if let Some(next) = page["next_cursor"].as_str() {
+    if let Some(next) = &page.next_cursor {
         println!("(more: repeat with --cursor {next})");
     }
     Ok(exit::OK)
 }
 
-async fn stats(api: &Api, since: &str, bucket: &str) -> Result<u8, ClientError> {
-    let s = api
+async fn stats(api: &Api, since: When, bucket: StatsBucket) -> Result<u8, ClientError> {
+    let name = match bucket {
+        StatsBucket::Hour => "hour",
+        StatsBucket::Day => "day",
+    };
+    let s: Stats = api
         .get(&format!(
-            "/v1/stats?since={}&bucket={bucket}",
-            form_encode(since)
+            "/v1/stats?since={}&bucket={name}",
+            form_encode(&since.to_string())
         ))
         .await?;
     println!(
         "since {}: {} inferences, {} failed ({:.1}% errors)",
-        s["since"].as_str().unwrap_or_default(),
-        s["inferences"],
-        s["failures"],
-        s["error_rate"].as_f64().unwrap_or(0.0) * 100.0
+        s.since.to_rfc3339(),
+        s.inferences,
+        s.failures,
+        s.error_rate * 100.0
     );
     println!(
         "{:<25} {:>10} {:>8} {:>9} {:>9}",
-        bucket, "inferences", "failed", "p50 ms", "p95 ms"
+        name, "inferences", "failed", "p50 ms", "p95 ms"
     );
-    for b in s["buckets"].as_array().into_iter().flatten() {
-        let ms = |k: &str| b[k].as_f64().map_or("-".into(), |v| format!("{v:.1}"));
+    let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
+    for b in &s.buckets {
         println!(
             "{:<25} {:>10} {:>8} {:>9} {:>9}",
-            b["bucket"]
-                .as_str()
-                .unwrap_or_default()
-                .get(..25)
-                .unwrap_or_default(),
-            b["inferences"],
-            b["failures"],
-            ms("p50_ms"),
-            ms("p95_ms")
+            b.bucket.to_rfc3339().get(..25).unwrap_or_default(),
+            b.inferences,
+            b.failures,
+            ms(b.p50_ms),
+            ms(b.p95_ms)
         );
     }
-    for (model, labels) in s["predictions"].as_object().into_iter().flatten() {
-        let parts: Vec<String> = labels
-            .as_object()
-            .into_iter()
-            .flatten()
-            .map(|(l, n)| format!("{l} {n}"))
-            .collect();
+    for (model, labels) in &s.predictions {
+        let parts: Vec<String> = labels.iter().map(|(l, n)| format!("{l} {n}")).collect();
         println!("predictions of {model}: {}", parts.join(", "));
     }
     Ok(exit::OK)
 }
 
 async fn workers(api: &Api) -> Result<u8, ClientError> {
-    let list = api.get("/v1/workers").await?;
+    let list: Vec<Worker> = api.get("/v1/workers").await?;
     println!(
         "{:<36} {:<8} {:<16} {:>6} {:>6}  last seen",
         "worker", "device", "models", "done", "failed"
     );
-    for w in list.as_array().into_iter().flatten() {
-        let models: Vec<&str> = w["models"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
+    for w in &list {
         println!(
             "{:<36} {:<8} {:<16} {:>6} {:>6}  {}",
-            w["id"].as_str().unwrap_or_default(),
-            w["device"].as_str().unwrap_or_default(),
-            models.join(","),
-            w["jobs_done"],
-            w["jobs_failed"],
-            w["last_seen"].as_str().unwrap_or_default()
+            w.id,
+            w.device,
+            w.models.join(","),
+            w.jobs_done,
+            w.jobs_failed,
+            w.last_seen.to_rfc3339()
         );
     }
     Ok(exit::OK)

@@ -8,7 +8,9 @@ pub use commands::{ClientCommand, Target, run};
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+
+use crate::api::ErrorBody;
 
 /// Exit statuses of the client commands.
 pub mod exit {
@@ -75,12 +77,15 @@ impl Api {
             return Ok(response);
         }
         let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        Err(ClientError::Api {
-            code: body["code"].as_str().unwrap_or(status.as_str()).to_owned(),
-            message: body["message"]
-                .as_str()
-                .map_or_else(|| format!("HTTP {status}"), str::to_owned),
+        Err(match response.json::<ErrorBody>().await {
+            Ok(body) => ClientError::Api {
+                code: body.code,
+                message: body.message,
+            },
+            Err(_) => ClientError::Api {
+                code: status.as_str().to_owned(),
+                message: format!("HTTP {status}"),
+            },
         })
     }
 
@@ -93,15 +98,26 @@ impl Api {
         self.check(response).await
     }
 
-    async fn json(&self, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
-        self.send(request)
+    /// Reads the answer as the API type it must be: a missing or unknown field is an error
+    /// here, not a blank in what the command prints.
+    async fn json<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let bytes = self
+            .send(request)
             .await?
-            .json()
+            .bytes()
             .await
-            .map_err(|e| ClientError::Local(format!("unreadable answer: {e}")))
+            .map_err(|e| ClientError::Local(format!("the answer broke off: {e}")))?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ClientError::Local(format!(
+                "the API answered in a shape this client does not know ({e}); is it the same xcam version?"
+            ))
+        })
     }
 
-    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.json(self.http.get(self.url(path))).await
     }
 
@@ -109,15 +125,15 @@ impl Api {
         self.send(self.http.get(self.url(path))).await
     }
 
-    pub async fn post(&self, path: &str) -> Result<Value, ClientError> {
+    pub async fn post<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.json(self.http.post(self.url(path))).await
     }
 
-    pub async fn post_multipart(
+    pub async fn post_multipart<T: DeserializeOwned>(
         &self,
         path: &str,
         form: reqwest::multipart::Form,
-    ) -> Result<Value, ClientError> {
+    ) -> Result<T, ClientError> {
         self.json(self.http.post(self.url(path)).multipart(form))
             .await
     }

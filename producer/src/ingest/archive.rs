@@ -8,7 +8,41 @@ use tokio::sync::mpsc;
 use xcam_shared::imaging;
 use zip::ZipArchive;
 
-use crate::error::ApiError;
+/// Why a whole archive is refused. Each variant has a stable code; the HTTP layer decides the
+/// status (`From<ArchiveError> for ApiError`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ArchiveError {
+    /// `invalid_zip`: not a readable ZIP archive.
+    #[error("the upload is not a readable ZIP archive: {0}")]
+    InvalidZip(String),
+    /// A cap: `too_many_entries`, `archive_too_large`, `entry_too_large` or `zip_bomb`.
+    #[error("{message}")]
+    Limit { code: &'static str, message: String },
+    /// `duplicate_names`: two entries share a name.
+    #[error("the archive lists {extra} entries under names another entry already uses")]
+    DuplicateNames { extra: usize },
+    /// `no_images`: nothing in the archive is an image xcam reads.
+    #[error(
+        "the archive holds no images (PNG, JPEG, TIFF or DICOM): {skipped} other entries were skipped and {rejected} refused"
+    )]
+    NoImages { skipped: usize, rejected: usize },
+    /// The spooled upload could not be read back: the server's fault, not the archive's.
+    #[error("reading the spooled upload: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ArchiveError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ArchiveError::InvalidZip(_) => "invalid_zip",
+            ArchiveError::Limit { code, .. } => code,
+            ArchiveError::DuplicateNames { .. } => "duplicate_names",
+            ArchiveError::NoImages { .. } => "no_images",
+            ArchiveError::Io(_) => "internal",
+        }
+    }
+}
 
 /// Caps on what an archive may hold.
 #[derive(Debug, Clone, Copy)]
@@ -72,11 +106,11 @@ const RATIO_FLOOR_BYTES: u64 = 1 << 20;
 
 /// Checks the archive against the caps, refuses hostile entries and sniffs every other one.
 /// Blocking: call from a blocking thread.
-pub fn scan(path: &Path, limits: ArchiveLimits) -> Result<ScanResult, ApiError> {
-    let file = File::open(path).map_err(|e| ApiError::Internal(e.into()))?;
-    let mut zip = ZipArchive::new(file).map_err(|e| ApiError::InvalidZip(e.to_string()))?;
+pub fn scan(path: &Path, limits: ArchiveLimits) -> Result<ScanResult, ArchiveError> {
+    let file = File::open(path)?;
+    let mut zip = ZipArchive::new(file).map_err(|e| ArchiveError::InvalidZip(e.to_string()))?;
     if zip.len() > limits.max_entries {
-        return Err(ApiError::ArchiveLimit {
+        return Err(ArchiveError::Limit {
             code: "too_many_entries",
             message: format!(
                 "the archive has {} entries; at most {} are accepted",
@@ -87,22 +121,19 @@ pub fn scan(path: &Path, limits: ArchiveLimits) -> Result<ScanResult, ApiError> 
     }
     // The zip crate indexes entries by name, so a second entry of the same name is invisible
     // through it; the central directory's own count tells that it is there.
-    let listed = central_directory_count(path).map_err(|e| ApiError::Internal(e.into()))?;
-    if listed.is_some_and(|n| n > zip.len()) {
-        return Err(ApiError::Unprocessable {
-            code: "duplicate_names",
-            message: format!(
-                "the archive lists {} entries under names another entry already uses",
-                listed.unwrap_or(0) - zip.len()
-            ),
-        });
+    let listed = central_directory_count(path)?;
+    if let Some(extra) = listed
+        .and_then(|n| n.checked_sub(zip.len()))
+        .filter(|&e| e > 0)
+    {
+        return Err(ArchiveError::DuplicateNames { extra });
     }
     let mut entries = Vec::new();
     let (mut skipped, mut total, mut declared) = (0usize, 0usize, 0u64);
     for index in 0..zip.len() {
         let raw = zip
             .by_index_raw(index)
-            .map_err(|e| ApiError::InvalidZip(e.to_string()))?;
+            .map_err(|e| ArchiveError::InvalidZip(e.to_string()))?;
         if raw.is_dir() {
             continue;
         }
@@ -115,7 +146,7 @@ pub fn scan(path: &Path, limits: ArchiveLimits) -> Result<ScanResult, ApiError> 
         let (size, compressed) = (raw.size(), raw.compressed_size());
         declared = declared.saturating_add(size);
         if size > limits.max_entry_bytes {
-            return Err(ApiError::ArchiveLimit {
+            return Err(ArchiveError::Limit {
                 code: "entry_too_large",
                 message: format!(
                     "an entry inflates to {size} bytes; at most {} are accepted per entry",
@@ -124,7 +155,7 @@ pub fn scan(path: &Path, limits: ArchiveLimits) -> Result<ScanResult, ApiError> 
             });
         }
         if declared > limits.max_total_uncompressed {
-            return Err(ApiError::ArchiveLimit {
+            return Err(ArchiveError::Limit {
                 code: "archive_too_large",
                 message: format!(
                     "the archive inflates to more than {} bytes",
@@ -133,7 +164,7 @@ pub fn scan(path: &Path, limits: ArchiveLimits) -> Result<ScanResult, ApiError> 
             });
         }
         if size > RATIO_FLOOR_BYTES && size / compressed.max(1) > limits.max_compression_ratio {
-            return Err(ApiError::ArchiveLimit {
+            return Err(ArchiveError::Limit {
                 code: "zip_bomb",
                 message: format!(
                     "an entry's compression ratio exceeds {}:1",
@@ -217,7 +248,7 @@ pub fn scan(path: &Path, limits: ArchiveLimits) -> Result<ScanResult, ApiError> 
     }
     let candidates = entries.iter().filter(|e| e.rejection.is_none()).count();
     if candidates == 0 {
-        return Err(ApiError::NoImages {
+        return Err(ArchiveError::NoImages {
             skipped,
             rejected: entries.len(),
         });

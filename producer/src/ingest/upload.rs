@@ -1,21 +1,43 @@
-//! Streaming a multipart upload to a spool file, with the size limit enforced while streaming.
+//! Streaming a multipart upload to a spool file, with the size limit enforced while streaming,
+//! and its text fields read strictly: bounded, and parsed once into their types.
 
 use std::path::Path;
 
-use axum::extract::Multipart;
+use axum::extract::{Multipart, multipart::Field};
 use futures::TryStreamExt;
 use tokio::io::AsyncWriteExt;
+use xcam_shared::targets::{LabelSelection, Method};
 
-use crate::error::ApiError;
+use crate::{error::ApiError, routes::document::MAX_FIELD_BYTES};
 
-/// The form fields of `POST /v1/batches`.
-#[derive(Debug, Default)]
+/// The form of `POST /v1/batches`, as the API document describes it.
+#[expect(
+    dead_code,
+    reason = "describes the multipart form; read_form reads it field by field"
+)]
+#[derive(utoipa::ToSchema)]
 pub struct UploadForm {
-    pub spool: Option<tempfile::TempPath>,
+    /// The ZIP archive of radiographs.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+    /// Model bundle name.
+    model: String,
+    /// The CAM method (default `gradcam`).
+    method: Option<Method>,
+    /// `top1` (default), `positive`, `all`, or label names separated by commas.
+    labels: Option<String>,
+    /// `true` to replace entry names with salted hashes everywhere.
+    pseudonymize_names: Option<bool>,
+}
+
+/// A read upload: the archive on disk and the parsed fields.
+#[derive(Debug)]
+pub struct Upload {
+    pub spool: tempfile::TempPath,
     pub bytes: u64,
-    pub model: Option<String>,
-    pub method: Option<String>,
-    pub labels: Option<String>,
+    pub model: String,
+    pub method: Method,
+    pub labels: LabelSelection,
     pub pseudonymize_names: bool,
 }
 
@@ -24,8 +46,7 @@ pub async fn read_form(
     mut multipart: Multipart,
     dir: &Path,
     limit: u64,
-) -> Result<UploadForm, ApiError> {
-    let mut form = UploadForm::default();
+) -> Result<Upload, ApiError> {
     let bad = |e: axum::extract::multipart::MultipartError| {
         if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::UploadTooLarge { limit }
@@ -33,55 +54,105 @@ pub async fn read_form(
             ApiError::InvalidRequest(format!("malformed multipart body: {}", e.body_text()))
         }
     };
+    let (mut spool, mut model, mut method, mut labels, mut pseudonymize) =
+        (None, None, None, None, None);
     while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
-        match field.name().unwrap_or_default() {
-            "file" => {
-                let spool = tempfile::Builder::new()
-                    .prefix("xcam-upload-")
-                    .suffix(".zip")
-                    .tempfile_in(dir)
-                    .map_err(|e| {
-                        ApiError::Internal(
-                            anyhow::Error::from(e).context("creating the upload spool file"),
-                        )
-                    })?
-                    .into_temp_path();
-                let mut out = tokio::fs::File::create(&spool)
-                    .await
-                    .map_err(|e| ApiError::Internal(e.into()))?;
-                let mut written = 0u64;
-                while let Some(chunk) = field.try_next().await.map_err(bad)? {
-                    written += chunk.len() as u64;
-                    if written > limit {
-                        return Err(ApiError::UploadTooLarge { limit });
-                    }
-                    out.write_all(&chunk)
-                        .await
-                        .map_err(|e| ApiError::Internal(e.into()))?;
-                }
-                out.flush()
-                    .await
-                    .map_err(|e| ApiError::Internal(e.into()))?;
-                form.spool = Some(spool);
-                form.bytes = written;
+        let name = field.name().unwrap_or_default().to_owned();
+        match name.as_str() {
+            "file" => spool = Some(spool_file(&mut field, dir, limit, bad).await?),
+            "model" => model = Some(text(field, &name, bad).await?),
+            "method" => {
+                let raw = text(field, &name, bad).await?;
+                method =
+                    Some(
+                        raw.parse::<Method>()
+                            .map_err(|message| ApiError::Unprocessable {
+                                code: "invalid_method",
+                                message,
+                            })?,
+                    );
             }
-            name @ ("model" | "method" | "labels" | "pseudonymize_names") => {
-                let name = name.to_owned();
-                let text = field.text().await.map_err(bad)?;
-                let text = text.trim().to_owned();
-                match name.as_str() {
-                    "model" => form.model = Some(text),
-                    "method" => form.method = Some(text).filter(|t| !t.is_empty()),
-                    "labels" => form.labels = Some(text).filter(|t| !t.is_empty()),
-                    _ => {
-                        form.pseudonymize_names =
-                            matches!(text.as_str(), "true" | "1" | "yes" | "on")
+            "labels" => {
+                let raw = text(field, &name, bad).await?;
+                labels = Some(raw.parse::<LabelSelection>().map_err(|message| {
+                    ApiError::Unprocessable {
+                        code: "invalid_labels",
+                        message,
                     }
-                }
+                })?);
+            }
+            "pseudonymize_names" => {
+                pseudonymize = Some(match text(field, &name, bad).await?.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    other => {
+                        return Err(ApiError::InvalidRequest(format!(
+                            "pseudonymize_names: {other:?} is neither true nor false"
+                        )));
+                    }
+                });
             }
             // Unknown fields are drained and ignored, as browsers add their own.
             _ => while field.try_next().await.map_err(bad)?.is_some() {},
         }
     }
-    Ok(form)
+    let (spool, bytes) =
+        spool.ok_or_else(|| ApiError::InvalidRequest("the form has no `file` field".into()))?;
+    Ok(Upload {
+        spool,
+        bytes,
+        model: model
+            .ok_or_else(|| ApiError::InvalidRequest("the form has no `model` field".into()))?,
+        method: method.unwrap_or_default(),
+        labels: labels.unwrap_or_default(),
+        pseudonymize_names: pseudonymize.unwrap_or(false),
+    })
+}
+
+/// A text field, refused once it grows past `MAX_FIELD_BYTES` instead of buffered whole.
+async fn text(
+    mut field: Field<'_>,
+    name: &str,
+    bad: impl Fn(axum::extract::multipart::MultipartError) -> ApiError,
+) -> Result<String, ApiError> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field.try_next().await.map_err(&bad)? {
+        if bytes.len() + chunk.len() > MAX_FIELD_BYTES {
+            return Err(ApiError::FieldTooLarge {
+                field: name.to_owned(),
+                limit: MAX_FIELD_BYTES,
+            });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| ApiError::InvalidRequest(format!("the form field {name:?} is not UTF-8")))
+}
+
+async fn spool_file(
+    field: &mut Field<'_>,
+    dir: &Path,
+    limit: u64,
+    bad: impl Fn(axum::extract::multipart::MultipartError) -> ApiError,
+) -> Result<(tempfile::TempPath, u64), ApiError> {
+    let internal = |e: std::io::Error| {
+        ApiError::Internal(anyhow::Error::from(e).context("writing the upload spool file"))
+    };
+    let spool = tempfile::Builder::new()
+        .prefix("xcam-upload-")
+        .suffix(".zip")
+        .tempfile_in(dir)
+        .map_err(internal)?
+        .into_temp_path();
+    let mut out = tokio::fs::File::create(&spool).await.map_err(internal)?;
+    let mut written = 0u64;
+    while let Some(chunk) = field.try_next().await.map_err(&bad)? {
+        written += chunk.len() as u64;
+        if written > limit {
+            return Err(ApiError::UploadTooLarge { limit });
+        }
+        out.write_all(&chunk).await.map_err(internal)?;
+    }
+    out.flush().await.map_err(internal)?;
+    Ok((spool, written))
 }

@@ -1,11 +1,11 @@
 //! Liveness and readiness.
 
 use axum::{Json, extract::State};
-use serde_json::{Value, json};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    error::{ApiError, ErrorBody},
+    api::{ErrorBody, Health, Ready},
+    error::ApiError,
     state::AppState,
 };
 
@@ -16,24 +16,28 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 }
 
 /// The process is up.
-#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = serde_json::Value)))]
-async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+#[utoipa::path(get, path = "/healthz", tag = "health", operation_id = "healthz", responses((status = 200, body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
 }
 
 /// Redis and Postgres both answer.
-#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, body = serde_json::Value), (status = 503, body = ErrorBody)))]
-async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/readyz", tag = "health", operation_id = "readyz", responses((status = 200, body = Ready), (status = 503, body = ErrorBody, description = "`unavailable`")))]
+async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
     sqlx::query("SELECT 1")
         .execute(&state.db)
         .await
         .map_err(|e| ApiError::Unavailable(anyhow::Error::from(e).context("Postgres")))?;
-    let mut redis = state.redis.clone();
     redis::cmd("PING")
-        .query_async::<String>(&mut redis)
+        .query_async::<String>(&mut state.queue.redis.clone())
         .await
         .map_err(|e| ApiError::Unavailable(anyhow::Error::from(e).context("Redis")))?;
-    Ok(Json(
-        json!({"status": "ready", "postgres": "ok", "redis": "ok", "models": state.models.keys().collect::<Vec<_>>()}),
-    ))
+    Ok(Json(Ready {
+        status: "ready".into(),
+        postgres: "ok".into(),
+        redis: "ok".into(),
+        models: state.models.keys().cloned().collect(),
+    }))
 }

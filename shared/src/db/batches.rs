@@ -1,9 +1,13 @@
 //! `batches`: one row per uploaded archive. Its status follows its items (see [`refresh`]).
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::PgExecutor;
 use uuid::Uuid;
+
+use crate::{
+    status::BatchStatus,
+    targets::{LabelSelection, Method},
+};
 
 /// A new batch, as the upload handler knows it before ingestion.
 #[derive(Debug, Clone)]
@@ -11,20 +15,20 @@ pub struct NewBatch<'a> {
     pub id: Uuid,
     pub model_name: &'a str,
     pub model_version: &'a str,
-    pub method: &'a str,
-    pub labels: &'a str,
+    pub method: Method,
+    pub labels: &'a LabelSelection,
     pub archive_bytes: i64,
     pub pseudonymize_names: bool,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct BatchRecord {
     pub id: Uuid,
     pub model_name: String,
     pub model_version: String,
     pub method: String,
     pub labels: String,
-    pub status: String,
+    pub status: BatchStatus,
     pub archive_bytes: i64,
     pub total_entries: i32,
     pub skipped_entries: i32,
@@ -39,7 +43,7 @@ pub struct BatchRecord {
 }
 
 /// Items of a batch by status, plus the figures progress and ETA are computed from.
-#[derive(Debug, Clone, Default, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
 pub struct ItemCounts {
     pub total: i64,
     pub rejected: i64,
@@ -49,9 +53,7 @@ pub struct ItemCounts {
     pub failed: i64,
     pub cancelled: i64,
     /// When the first item started and the last finished.
-    #[serde(skip)]
     pub first_started: Option<DateTime<Utc>>,
-    #[serde(skip)]
     pub last_finished: Option<DateTime<Utc>>,
 }
 
@@ -75,8 +77,8 @@ pub async fn insert(db: impl PgExecutor<'_>, b: &NewBatch<'_>) -> sqlx::Result<(
     .bind(b.id)
     .bind(b.model_name)
     .bind(b.model_version)
-    .bind(b.method)
-    .bind(b.labels)
+    .bind(b.method.as_str())
+    .bind(b.labels.to_string())
     .bind(b.archive_bytes)
     .bind(b.pseudonymize_names)
     .execute(db)
@@ -170,9 +172,10 @@ pub async fn cancel(db: &sqlx::PgPool, id: Uuid) -> sqlx::Result<Option<u64>> {
     let mut tx = db.begin().await?;
     let updated = sqlx::query(
         r#"UPDATE batches SET status = 'cancelled', updated_at = now()
-           WHERE id = $1 AND status IN ('ingesting', 'queued', 'running')"#,
+           WHERE id = $1 AND status <> ALL($2)"#,
     )
     .bind(id)
+    .bind(texts(BatchStatus::TERMINAL))
     .execute(&mut *tx)
     .await?;
     if updated.rows_affected() == 0 {
@@ -188,6 +191,11 @@ pub async fn cancel(db: &sqlx::PgPool, id: Uuid) -> sqlx::Result<Option<u64>> {
     tx.commit().await?;
     refresh(db, id).await?;
     Ok(Some(items.rows_affected()))
+}
+
+/// Statuses as the text array a `= ANY($n)` binds.
+fn texts(statuses: &[BatchStatus]) -> Vec<&'static str> {
+    statuses.iter().map(|s| s.as_str()).collect()
 }
 
 /// Derives the batch's status from its items' and stamps its start and end.

@@ -2,9 +2,10 @@
 //! queued → running → succeeded | failed, queued → cancelled, or rejected at ingestion.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::{PgExecutor, Postgres, QueryBuilder};
 use uuid::Uuid;
+
+use crate::status::ItemStatus;
 
 /// An item as ingestion writes it.
 #[derive(Debug, Clone)]
@@ -15,14 +16,14 @@ pub struct NewItem {
     pub sha256: Option<String>,
     pub blob_key: Option<String>,
     pub byte_size: Option<i64>,
-    /// `queued`, or `rejected` with a code and message.
-    pub status: &'static str,
+    /// `Queued`, or `Rejected` with a code and message.
+    pub status: ItemStatus,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
     pub warnings: serde_json::Value,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ItemRecord {
     pub id: Uuid,
     pub batch_id: Uuid,
@@ -30,7 +31,7 @@ pub struct ItemRecord {
     pub entry_name: String,
     pub sha256: Option<String>,
     pub blob_key: Option<String>,
-    pub status: String,
+    pub status: ItemStatus,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
     pub attempts: i32,
@@ -111,11 +112,11 @@ pub async fn claim(db: impl PgExecutor<'_>, id: Uuid, worker: &str) -> sqlx::Res
     .await
 }
 
-/// Records the item's final outcome (`succeeded` or `failed`).
+/// Records the item's final outcome (`Succeeded` or `Failed`).
 pub async fn finish(
     db: impl PgExecutor<'_>,
     id: Uuid,
-    status: &str,
+    status: ItemStatus,
     error: Option<(&str, &str)>,
     worker: &str,
 ) -> sqlx::Result<()> {
@@ -133,14 +134,25 @@ pub async fn finish(
     Ok(())
 }
 
+/// An open item with what its job needs.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OpenItem {
+    pub id: Uuid,
+    pub batch_id: Uuid,
+    pub blob_key: String,
+    pub model_name: String,
+    pub method: String,
+    pub labels: String,
+}
+
 /// Items that should have a job in Redis, queued before `older_than` ago, oldest first.
 pub async fn open_before(
     db: impl PgExecutor<'_>,
     older_than: std::time::Duration,
     limit: i64,
-) -> sqlx::Result<Vec<(Uuid, Uuid, String, String, String, String, String)>> {
+) -> sqlx::Result<Vec<OpenItem>> {
     sqlx::query_as(
-        r#"SELECT i.id, i.batch_id, i.blob_key, b.model_name, b.method, b.labels, i.status
+        r#"SELECT i.id, i.batch_id, i.blob_key, b.model_name, b.method, b.labels
            FROM items i JOIN batches b ON b.id = i.batch_id
            WHERE i.status IN ('queued', 'running') AND i.blob_key IS NOT NULL
              AND i.queued_at < now() - make_interval(secs => $1)
@@ -153,12 +165,12 @@ pub async fn open_before(
 }
 
 /// An item that was refused, failed, or carries warnings.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Problem {
     pub id: Uuid,
     pub entry_index: i32,
     pub entry_name: String,
-    pub status: String,
+    pub status: ItemStatus,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
     pub warnings: serde_json::Value,

@@ -3,9 +3,10 @@
 //! user-supplied value travels as a bound parameter.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::{PgExecutor, Postgres, QueryBuilder};
 use uuid::Uuid;
+
+use crate::status::LogStatus;
 
 #[derive(Debug, Clone)]
 pub struct NewLogEntry<'a> {
@@ -19,8 +20,7 @@ pub struct NewLogEntry<'a> {
     pub batch_id: Uuid,
     pub item_id: Uuid,
     pub attempt: i32,
-    /// `succeeded`, `failed` or `retrying`.
-    pub status: &'a str,
+    pub status: LogStatus,
     pub error_code: Option<&'a str>,
     pub error_message: Option<&'a str>,
     pub worker_id: &'a str,
@@ -56,7 +56,7 @@ pub async fn insert(db: impl PgExecutor<'_>, e: &NewLogEntry<'_>) -> sqlx::Resul
     Ok(())
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LogRecord {
     pub id: i64,
     pub ts: DateTime<Utc>,
@@ -70,7 +70,7 @@ pub struct LogRecord {
     pub batch_id: Option<Uuid>,
     pub item_id: Option<Uuid>,
     pub attempt: i32,
-    pub status: String,
+    pub status: LogStatus,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
     pub worker_id: String,
@@ -84,7 +84,7 @@ pub struct LogFilter {
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
     pub model: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<LogStatus>,
     pub batch: Option<Uuid>,
     pub worker: Option<String>,
     pub label: Option<String>,
@@ -114,7 +114,7 @@ pub async fn query(
         q.push(" AND model_name = ").push_bind(v.clone());
     }
     if let Some(v) = &f.status {
-        q.push(" AND status = ").push_bind(v.clone());
+        q.push(" AND status = ").push_bind(*v);
     }
     if let Some(v) = f.batch {
         q.push(" AND batch_id = ").push_bind(v);
@@ -140,7 +140,7 @@ pub async fn query(
 }
 
 /// One time bucket of the inference log.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Bucket {
     pub bucket: DateTime<Utc>,
     pub inferences: i64,
@@ -181,76 +181,6 @@ pub async fn prediction_counts(
            GROUP BY 1, 2 ORDER BY 1, 3 DESC"#,
     )
     .bind(since)
-    .fetch_all(db)
-    .await
-}
-
-/// Upper bounds (ms) of the latency histogram buckets `/metrics` exposes.
-pub const LATENCY_BUCKETS_MS: [f64; 9] = [
-    25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
-];
-/// Upper bounds of the dynamic batch size histogram.
-pub const BATCH_SIZE_BUCKETS: [f64; 7] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
-
-/// A cumulative histogram of one column of the successful attempts, per model:
-/// (model, counts per bucket (cumulative), count, sum).
-pub async fn histogram(
-    db: impl PgExecutor<'_>,
-    column: HistogramColumn,
-    bounds: &[f64],
-) -> sqlx::Result<Vec<(String, Vec<i64>, i64, f64)>> {
-    let rows: Vec<(String, Vec<i64>, i64, f64)> = sqlx::query_as(
-        r#"SELECT model_name,
-                  array_agg(n ORDER BY bound) AS buckets,
-                  max(total) AS total,
-                  max(sum) AS sum
-           FROM (
-               SELECT l.model_name, b.bound,
-                      count(*) FILTER (WHERE v <= b.bound) AS n,
-                      count(*) AS total,
-                      COALESCE(sum(v), 0)::float8 AS sum
-               FROM (SELECT model_name,
-                            (CASE $1 WHEN 'processing' THEN processing_time_ms
-                                     WHEN 'queue_wait' THEN queue_wait_ms
-                                     ELSE dynamic_batch_size END)::float8 AS v
-                     FROM inference_log WHERE status = 'succeeded') l
-               CROSS JOIN unnest($2::float8[]) AS b(bound)
-               WHERE l.v IS NOT NULL
-               GROUP BY l.model_name, b.bound
-           ) per_bucket
-           GROUP BY model_name ORDER BY model_name"#,
-    )
-    .bind(column.as_str())
-    .bind(bounds)
-    .fetch_all(db)
-    .await?;
-    Ok(rows)
-}
-
-/// The log columns `/metrics` turns into histograms.
-#[derive(Debug, Clone, Copy)]
-pub enum HistogramColumn {
-    Processing,
-    QueueWait,
-    BatchSize,
-}
-
-impl HistogramColumn {
-    fn as_str(self) -> &'static str {
-        match self {
-            HistogramColumn::Processing => "processing",
-            HistogramColumn::QueueWait => "queue_wait",
-            HistogramColumn::BatchSize => "batch_size",
-        }
-    }
-}
-
-/// Items by model and status.
-pub async fn item_counts(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(String, String, i64)>> {
-    sqlx::query_as(
-        r#"SELECT b.model_name, i.status, count(*) FROM items i JOIN batches b ON b.id = i.batch_id
-           GROUP BY 1, 2 ORDER BY 1, 2"#,
-    )
     .fetch_all(db)
     .await
 }

@@ -9,7 +9,7 @@ pub mod workers;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
-use crate::config::{DatabaseArgs, SERVICES_HINT, required};
+use crate::config::{DatabaseArgs, SERVICES_HINT, redact, required};
 
 /// The schema, embedded in the binary. `xcam migrate` and `xcam serve` apply it; workers never do.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -37,16 +37,4 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
         .run(pool)
         .await
         .map_err(|e| anyhow::anyhow!("applying migrations failed: {e}"))
-}
-
-/// A connection URL with its password blanked, fit for an error message.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => "<unparseable URL>".to_owned(),
-    }
 }

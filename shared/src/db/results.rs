@@ -6,13 +6,17 @@ use serde::Serialize;
 use sqlx::{PgExecutor, types::Json};
 use uuid::Uuid;
 
-use crate::heatmap::{Geometry, Grid};
+use crate::{
+    heatmap::{Geometry, Grid},
+    status::ItemStatus,
+    targets::Method,
+};
 
 /// One explained label as stored.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct StoredCam {
     pub label: String,
-    pub method: String,
+    pub method: Method,
     pub peak: Option<[u32; 2]>,
     pub bbox: Option<[u32; 4]>,
     pub raw_max: f32,
@@ -30,7 +34,7 @@ pub struct NewResult<'a> {
     pub predictions: serde_json::Value,
     pub top_label: &'a str,
     pub top_probability: f32,
-    pub method: &'a str,
+    pub method: Method,
     pub cams: &'a [StoredCam],
     pub geometry: Geometry,
     pub device: &'a str,
@@ -61,7 +65,7 @@ pub async fn upsert(db: impl PgExecutor<'_>, r: &NewResult<'_>) -> sqlx::Result<
     .bind(&r.predictions)
     .bind(r.top_label)
     .bind(r.top_probability)
-    .bind(r.method)
+    .bind(r.method.as_str())
     .bind(Json(r.cams))
     .bind(r.geometry.width as i32)
     .bind(r.geometry.height as i32)
@@ -77,13 +81,13 @@ pub async fn upsert(db: impl PgExecutor<'_>, r: &NewResult<'_>) -> sqlx::Result<
 }
 
 /// An item joined with its result (if any): one row of a batch's report.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ReportRow {
     pub item_id: Uuid,
     pub entry_index: i32,
     pub entry_name: String,
     pub sha256: Option<String>,
-    pub status: String,
+    pub status: ItemStatus,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
     pub warnings: serde_json::Value,

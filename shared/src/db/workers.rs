@@ -1,11 +1,10 @@
 //! The `workers` table: one row per worker process start, kept fresh by heartbeats.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::PgExecutor;
 
 /// A worker as the fleet view shows it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct WorkerRecord {
     pub id: String,
     pub host: String,

@@ -102,7 +102,7 @@ impl DecodeError {
 }
 
 /// Something worth recording about an image that does not stop it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Warning {
     pub code: String,
     pub message: String,

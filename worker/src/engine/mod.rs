@@ -21,11 +21,11 @@ use std::{
 
 use tch::Tensor;
 use tokio::sync::oneshot;
-use xcam_shared::{bundle::Bundle, imaging::GrayImage};
+use xcam_shared::{bundle::Bundle, heatmap::Geometry, imaging::GrayImage};
 
 pub use cam::{LabelSelection, Method};
 pub use model::{LoadedModel, Target};
-pub use summary::{CamSummary, Explanation};
+pub use summary::Explanation;
 
 use crate::device::{DeviceSpec, Parallelism, describe};
 
@@ -226,23 +226,77 @@ impl Engine {
         Ok(rx)
     }
 
-    /// Decodes nothing, blocks on nothing async: prepares, runs and summarises one image.
-    /// For callers on a blocking thread (the CLI, `spawn_blocking`).
+    /// Prepares one decoded image for the model (resize, letterbox, normalise: CPU work, on
+    /// the caller's thread) and queues it. The one way into the engine for every caller.
+    pub fn enqueue(&self, image: &GrayImage, target: Target) -> Result<Pending, EngineError> {
+        let prepared = preprocess::prepare(image, &self.bundle.manifest.input);
+        let reply = self.submit(prepared.input, target)?;
+        Ok(Pending {
+            reply,
+            geometry: prepared.geometry,
+            engine: self.clone(),
+        })
+    }
+
+    /// Prepares, runs and summarises one image. For callers on a blocking thread.
     pub fn explain_blocking(
         &self,
         image: &GrayImage,
         target: Target,
     ) -> Result<(Explanation, Inferred), EngineError> {
-        let prepared = preprocess::prepare(image, &self.bundle.manifest.input);
-        let rx = self.submit(prepared.input, target)?;
-        let inferred = rx.blocking_recv().map_err(|_| EngineError::Stopped)??;
+        Ok(self.enqueue(image, target)?.wait()?.finish())
+    }
+}
+
+/// An image queued on the engine, waiting for its batch to run.
+pub struct Pending {
+    reply: oneshot::Receiver<Result<Inferred, EngineError>>,
+    geometry: Geometry,
+    engine: Engine,
+}
+
+impl Pending {
+    /// Waits for the batch without blocking the executor.
+    pub async fn ran(self) -> Result<Ran, EngineError> {
+        let inferred = self.reply.await.map_err(|_| EngineError::Stopped)??;
+        Ok(Ran {
+            inferred,
+            geometry: self.geometry,
+            engine: self.engine,
+        })
+    }
+
+    /// Waits for the batch, blocking this thread.
+    pub fn wait(self) -> Result<Ran, EngineError> {
+        let inferred = self
+            .reply
+            .blocking_recv()
+            .map_err(|_| EngineError::Stopped)??;
+        Ok(Ran {
+            inferred,
+            geometry: self.geometry,
+            engine: self.engine,
+        })
+    }
+}
+
+/// An image whose batch has run: its raw maps, not yet upsampled or summarised.
+pub struct Ran {
+    pub inferred: Inferred,
+    pub geometry: Geometry,
+    engine: Engine,
+}
+
+impl Ran {
+    /// Upsamples and summarises the maps over the original image (CPU work: a blocking thread).
+    pub fn finish(self) -> (Explanation, Inferred) {
         let explanation = summary::finish(
-            &inferred.output,
-            &prepared.geometry,
-            &self.bundle,
-            &self.device,
+            &self.inferred.output,
+            &self.geometry,
+            &self.engine.bundle,
+            &self.engine.device,
         );
-        Ok((explanation, inferred))
+        (explanation, self.inferred)
     }
 }
 

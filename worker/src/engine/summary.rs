@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use xcam_shared::{
     bundle::Bundle,
-    heatmap::{self, Geometry, Grid},
+    db::results::StoredCam,
+    heatmap::{self, Geometry},
 };
 
 use super::model::RawOutput;
@@ -22,28 +23,13 @@ pub struct Explanation {
     pub top_probability: f32,
     /// The device that ran the model.
     pub device: String,
-    pub cams: Vec<CamSummary>,
-}
-
-/// One explained label.
-#[derive(Debug, Clone, Serialize)]
-pub struct CamSummary {
-    pub label: String,
-    pub method: String,
-    /// Pixel [x, y] of the map's maximum; `null` for a blank map.
-    pub peak: Option<[u32; 2]>,
-    /// [x0, y0, x1, y1] (x1, y1 exclusive) of the largest connected region at or above half the
-    /// peak; `null` for a blank map.
-    pub bbox: Option<[u32; 4]>,
-    /// The map's maximum before normalisation: how strong the evidence was. 0 means the label's
-    /// score has no positive evidence anywhere (a blank map).
-    pub raw_max: f32,
-    /// The map at the target layer's resolution, before upsampling and normalisation: all it
-    /// takes to draw the map again.
-    pub grid: Grid,
-    /// H×W, row-major, min–max normalised to [0, 1].
+    /// Each explained label: peak and box in original-image pixels, the raw maximum and the
+    /// grid it was drawn from, exactly as a result stores it.
+    pub cams: Vec<StoredCam>,
+    /// Each explained label's map over the original image (H×W, row-major, in [0, 1]), in
+    /// the order of `cams`.
     #[serde(skip)]
-    pub map: Vec<f32>,
+    pub maps: Vec<Vec<f32>>,
 }
 
 /// Upsamples and summarises every CAM of one image.
@@ -56,7 +42,7 @@ pub fn finish(raw: &RawOutput, geometry: &Geometry, bundle: &Bundle, device: &st
         .enumerate()
         .max_by(|a, b| a.1.total_cmp(&b.1))
         .unwrap_or((0, 0.0));
-    let cams = raw
+    let (cams, maps) = raw
         .cams
         .iter()
         .map(|c| {
@@ -70,17 +56,17 @@ pub fn finish(raw: &RawOutput, geometry: &Geometry, bundle: &Bundle, device: &st
             } else {
                 (None, None)
             };
-            CamSummary {
+            let cam = StoredCam {
                 label: labels[c.label].clone(),
-                method: c.method.to_string(),
+                method: c.method,
                 peak,
                 bbox,
                 raw_max: c.raw_max,
                 grid: c.grid.clone(),
-                map,
-            }
+            };
+            (cam, map)
         })
-        .collect();
+        .unzip();
     Explanation {
         width: geometry.width,
         height: geometry.height,
@@ -93,6 +79,7 @@ pub fn finish(raw: &RawOutput, geometry: &Geometry, bundle: &Bundle, device: &st
         top_probability,
         device: device.to_owned(),
         cams,
+        maps,
     }
 }
 

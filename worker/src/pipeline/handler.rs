@@ -5,29 +5,26 @@
 //! once with its code) and transient ones (Postgres, the blob store or the engine is unwell: the
 //! job is retried by the queue with growing delays, and past the retry budget the item fails
 //! with the last error).
+//!
+//! Every log line of a job carries exactly its own batch, item and attempt: the handler's work
+//! runs inside its span with `.instrument`, which enters the span on each poll and leaves it at
+//! each await, so concurrent jobs never see each other's fields.
 
 use std::{sync::Arc, time::Instant};
 
 use apalis::prelude::{BoxDynError, Data};
 use chrono::Utc;
 use sqlx::PgPool;
+use tracing::Instrument;
 use xcam_shared::{
     blob::{BlobError, BlobStore},
-    db::{
-        self,
-        logs::NewLogEntry,
-        results::{NewResult, StoredCam},
-    },
+    db::{self, items::Claim, logs::NewLogEntry, results::NewResult},
     imaging,
     jobs::GradCamJobV1,
-    targets::{LabelSelection, Method},
+    status::{ItemStatus, LogStatus},
 };
 
-use crate::engine::{
-    Engine, EngineError, Explanation, Inferred, Target,
-    preprocess::{self, Geometry},
-    summary,
-};
+use crate::engine::{Engine, EngineError, Explanation, Inferred, Target, preprocess::Geometry};
 
 /// What every job of one model's queue shares.
 pub struct JobContext {
@@ -76,9 +73,17 @@ impl From<EngineError> for JobError {
     }
 }
 
+impl From<tokio::task::JoinError> for JobError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        JobError::Transient {
+            code: "internal",
+            message: e.to_string(),
+        }
+    }
+}
+
 struct Outcome {
     explanation: Explanation,
-    cams: Vec<StoredCam>,
     inferred: Inferred,
     geometry: Geometry,
 }
@@ -86,16 +91,24 @@ struct Outcome {
 /// The apalis handler. `Ok` means the queue is done with the job (whatever the item's outcome,
 /// which lives in Postgres); `Err` asks the queue to retry.
 pub async fn handle(job: GradCamJobV1, ctx: Data<Arc<JobContext>>) -> Result<(), BoxDynError> {
-    let ctx: &JobContext = &ctx;
+    let span = tracing::info_span!(
+        "job",
+        batch = %job.batch_id,
+        item = %job.item_id,
+        attempt = tracing::field::Empty,
+        request_id = job.request_id.as_deref().unwrap_or(""),
+    );
+    run(job, &ctx).instrument(span).await
+}
+
+async fn run(job: GradCamJobV1, ctx: &JobContext) -> Result<(), BoxDynError> {
     let started = Instant::now();
-    let span = tracing::info_span!("job", item = %job.item_id, batch = %job.batch_id, request_id = job.request_id.as_deref().unwrap_or(""));
-    let _enter = span.enter();
     let Some(claim) = db::items::claim(&ctx.db, job.item_id, &ctx.worker_id).await? else {
         tracing::debug!("item is cancelled or already finished; skipping");
         return Ok(());
     };
+    tracing::Span::current().record("attempt", claim.attempts);
     let queue_wait_ms = (Utc::now() - claim.queued_at).num_milliseconds().max(0) as f32;
-    drop(_enter);
 
     let result = explain(ctx, &job).await;
     let processing_ms = started.elapsed().as_secs_f64() as f32 * 1e3;
@@ -111,7 +124,7 @@ pub async fn handle(job: GradCamJobV1, ctx: Data<Arc<JobContext>>) -> Result<(),
         batch_id: job.batch_id,
         item_id: job.item_id,
         attempt: claim.attempts,
-        status: "succeeded",
+        status: LogStatus::Succeeded,
         error_code: None,
         error_message: None,
         worker_id: &ctx.worker_id,
@@ -124,11 +137,6 @@ pub async fn handle(job: GradCamJobV1, ctx: Data<Arc<JobContext>>) -> Result<(),
             log.prediction = Some(&e.top_label);
             log.probability = Some(e.top_probability);
             log.dynamic_batch_size = Some(outcome.inferred.batch_size as i32);
-            let predictions = serde_json::to_value(&e.predictions)?;
-            let method = outcome
-                .cams
-                .first()
-                .map_or(job.method.as_str(), |c| c.method.as_str());
             db::results::upsert(
                 &ctx.db,
                 &NewResult {
@@ -136,11 +144,11 @@ pub async fn handle(job: GradCamJobV1, ctx: Data<Arc<JobContext>>) -> Result<(),
                     batch_id: job.batch_id,
                     model_name: &manifest.name,
                     model_version: &manifest.version,
-                    predictions,
+                    predictions: serde_json::to_value(&e.predictions)?,
                     top_label: &e.top_label,
                     top_probability: e.top_probability,
-                    method,
-                    cams: &outcome.cams,
+                    method: e.cams.first().map_or(job.method, |c| c.method),
+                    cams: &e.cams,
                     geometry: outcome.geometry,
                     device: ctx.engine.device(),
                     worker_id: &ctx.worker_id,
@@ -150,28 +158,39 @@ pub async fn handle(job: GradCamJobV1, ctx: Data<Arc<JobContext>>) -> Result<(),
                 },
             )
             .await?;
-            db::items::finish(&ctx.db, job.item_id, "succeeded", None, &ctx.worker_id).await?;
-            record(ctx, &log, job.batch_id, true).await?;
+            db::items::finish(
+                &ctx.db,
+                job.item_id,
+                ItemStatus::Succeeded,
+                None,
+                &ctx.worker_id,
+            )
+            .await?;
+            record(ctx, &log, &job, true).await?;
             Ok(())
         }
         Err(JobError::Database(e)) => Err(e.into()),
         Err(JobError::Permanent { code, message }) => {
-            tracing::warn!(item = %job.item_id, code, %message, "item failed");
+            tracing::warn!(code, %message, "item failed");
             fail(ctx, &mut log, &job, code, &message).await
         }
-        Err(JobError::Transient { code, message }) if claim.attempts >= ctx.retry_budget as i32 => {
-            tracing::warn!(item = %job.item_id, code, %message, attempts = claim.attempts, "item failed after its retry budget");
+        Err(JobError::Transient { code, message }) if over_budget(&claim, ctx) => {
+            tracing::warn!(code, %message, "item failed after its retry budget");
             fail(ctx, &mut log, &job, code, &message).await
         }
         Err(JobError::Transient { code, message }) => {
-            tracing::warn!(item = %job.item_id, code, %message, attempt = claim.attempts, "attempt failed; the queue will retry");
-            log.status = "retrying";
+            tracing::warn!(code, %message, "attempt failed; the queue will retry");
+            log.status = LogStatus::Retrying;
             log.error_code = Some(code);
             log.error_message = Some(&message);
             db::logs::insert(&ctx.db, &log).await?;
             Err(message.into())
         }
     }
+}
+
+fn over_budget(claim: &Claim, ctx: &JobContext) -> bool {
+    claim.attempts >= ctx.retry_budget as i32
 }
 
 async fn fail<'a>(
@@ -184,91 +203,54 @@ async fn fail<'a>(
     db::items::finish(
         &ctx.db,
         job.item_id,
-        "failed",
+        ItemStatus::Failed,
         Some((code, message)),
         &ctx.worker_id,
     )
     .await?;
-    log.status = "failed";
+    log.status = LogStatus::Failed;
     log.error_code = Some(code);
     log.error_message = Some(message);
-    record(ctx, log, job.batch_id, false).await?;
+    record(ctx, log, job, false).await?;
     Ok(())
 }
 
 async fn record(
     ctx: &JobContext,
     log: &NewLogEntry<'_>,
-    batch: uuid::Uuid,
+    job: &GradCamJobV1,
     succeeded: bool,
 ) -> sqlx::Result<()> {
     db::logs::insert(&ctx.db, log).await?;
-    db::batches::refresh(&ctx.db, batch).await?;
+    db::batches::refresh(&ctx.db, job.batch_id).await?;
     db::workers::count_job(&ctx.db, &ctx.worker_id, succeeded).await
 }
 
 async fn explain(ctx: &JobContext, job: &GradCamJobV1) -> Result<Outcome, JobError> {
-    let bad = |code, message: String| JobError::Permanent { code, message };
-    let method: Method = job.method.parse().map_err(|m| bad("invalid_method", m))?;
-    let labels: LabelSelection = job.labels.parse().map_err(|m| bad("invalid_labels", m))?;
-    let target = Target { method, labels };
+    let target = Target {
+        method: job.method,
+        labels: job.labels.clone(),
+    };
     ctx.engine.check_target(&target)?;
 
     let bytes = ctx.blobs.get(&job.blob_key).await?;
-    let spec = ctx.engine.bundle().manifest.input.clone();
-    // Decoding and resizing are CPU work: a blocking thread, never the executor.
-    let prepared = tokio::task::spawn_blocking(move || {
-        imaging::decode(&bytes).map(|image| preprocess::prepare(&image, &spec))
-    })
-    .await
-    .map_err(|e| JobError::Transient {
-        code: "internal",
-        message: e.to_string(),
-    })?
-    .map_err(|e| bad(e.code(), e.to_string()))?;
-
-    let geometry = prepared.geometry;
-    let inferred = ctx
-        .engine
-        .submit(prepared.input, target)?
-        .await
-        .map_err(|_| JobError::Transient {
-            code: "engine_stopped",
-            message: "the inference thread stopped".into(),
-        })??;
-
     let engine = ctx.engine.clone();
+    // Decoding and resizing are CPU work: a blocking thread, never the executor.
+    let pending = tokio::task::spawn_blocking(move || {
+        let image = imaging::decode(&bytes).map_err(|e| JobError::Permanent {
+            code: e.code(),
+            message: e.to_string(),
+        })?;
+        Ok::<_, JobError>(engine.enqueue(&image, target)?)
+    })
+    .await??;
+    let ran = pending.ran().await?;
+    let geometry = ran.geometry;
     // Upsampling and summarising are CPU work too. The overlay and the full-size map are not
     // drawn here: the producer draws them from the grid when someone first asks.
-    let (explanation, inferred) = tokio::task::spawn_blocking(move || {
-        let explanation = summary::finish(
-            &inferred.output,
-            &geometry,
-            engine.bundle(),
-            engine.device(),
-        );
-        (explanation, inferred)
-    })
-    .await
-    .map_err(|e| JobError::Transient {
-        code: "internal",
-        message: e.to_string(),
-    })?;
-    let cams = explanation
-        .cams
-        .iter()
-        .map(|cam| StoredCam {
-            label: cam.label.clone(),
-            method: cam.method.clone(),
-            peak: cam.peak,
-            bbox: cam.bbox,
-            raw_max: cam.raw_max,
-            grid: cam.grid.clone(),
-        })
-        .collect();
+    let (explanation, inferred) = tokio::task::spawn_blocking(move || ran.finish()).await?;
     Ok(Outcome {
         explanation,
-        cams,
         inferred,
         geometry,
     })

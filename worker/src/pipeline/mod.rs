@@ -19,51 +19,18 @@ use std::{
 
 use anyhow::Context;
 use apalis::prelude::*;
-use clap::Args;
 use xcam_shared::{
     blob::BlobStore,
-    bundle,
-    config::{BlobArgs, DatabaseArgs, RedisArgs},
-    db,
+    bundle, db,
     jobs::{self, QueueTuning},
 };
 
 use crate::{
-    cli::ModelArgs,
+    config::RunArgs,
     engine::{Engine, EngineOptions},
 };
 
 pub use handler::JobContext;
-
-#[derive(Debug, Clone, Args)]
-pub struct RunArgs {
-    /// Model bundle to serve (a name under --models-dir, or a directory); repeat for several.
-    #[arg(long = "model", required = true)]
-    pub models: Vec<String>,
-    /// Most images run through the model together.
-    #[arg(long = "max-batch", env = "XCAM_MAX_BATCH", default_value_t = 8)]
-    pub max_batch: usize,
-    /// Longest wait for a batch to fill, in milliseconds.
-    #[arg(long = "max-wait-ms", env = "XCAM_MAX_WAIT_MS", default_value_t = 20)]
-    pub max_wait_ms: u64,
-    /// How often an idle worker looks for new jobs.
-    #[arg(long = "poll-interval", env = "XCAM_POLL_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
-    pub poll_interval: Duration,
-    /// Attempts a job gets when it fails for a reason that may pass (blob store, engine).
-    #[arg(long = "retry-budget", env = "XCAM_RETRY_BUDGET", default_value_t = 5)]
-    pub retry_budget: u32,
-    /// This worker's name (default: host-pid-random); unique per process start.
-    #[arg(long = "worker-name", env = "XCAM_WORKER_NAME")]
-    pub worker_name: Option<String>,
-    #[command(flatten)]
-    pub model_args: ModelArgs,
-    #[command(flatten)]
-    pub db: DatabaseArgs,
-    #[command(flatten)]
-    pub redis: RedisArgs,
-    #[command(flatten)]
-    pub blob: BlobArgs,
-}
 
 /// Runs until SIGINT/SIGTERM: in-flight jobs finish, nothing new is taken.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {

@@ -15,13 +15,11 @@ use axum::{
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use utoipa_axum::{router::OpenApiRouter, routes};
-use xcam_shared::{
-    db::{
-        self,
-        logs::{BATCH_SIZE_BUCKETS, HistogramColumn, LATENCY_BUCKETS_MS},
-    },
-    jobs,
-};
+
+mod queries;
+use xcam_shared::{db, jobs};
+
+use self::queries::{BATCH_SIZE_BUCKETS, HistogramColumn, LATENCY_BUCKETS_MS};
 
 use crate::{error::ApiResult, state::AppState};
 
@@ -65,15 +63,15 @@ pub async fn track_http(request: Request, next: Next) -> Response {
 }
 
 /// Prometheus metrics of the API and of the whole fleet.
-#[utoipa::path(get, path = "/metrics", tag = "fleet", responses((status = 200, content_type = "text/plain", body = String)))]
+#[utoipa::path(get, path = "/metrics", tag = "fleet", operation_id = "get_metrics", responses((status = 200, content_type = "text/plain", body = String)))]
 async fn get_metrics(State(state): State<AppState>) -> ApiResult<Response> {
     let mut out = recorder().render();
     let db = &state.db;
 
     out.push_str("# HELP xcam_queue_depth Jobs waiting in Redis (pending and scheduled retries), per model.\n# TYPE xcam_queue_depth gauge\n");
-    let mut redis = state.redis.clone();
+    let mut redis = state.queue.redis.clone();
     for model in state.models.keys() {
-        let queue = jobs::queue_name(&state.settings.queue_prefix, model);
+        let queue = state.queue.name(model);
         if let Ok(depth) = jobs::queue_depth(&mut redis, &queue).await {
             let _ = writeln!(
                 out,
@@ -84,7 +82,7 @@ async fn get_metrics(State(state): State<AppState>) -> ApiResult<Response> {
     }
 
     out.push_str("# HELP xcam_items Items by model and status.\n# TYPE xcam_items gauge\n");
-    for (model, status, n) in db::logs::item_counts(db).await? {
+    for (model, status, n) in queries::item_counts(db).await? {
         let _ = writeln!(
             out,
             "xcam_items{{model=\"{}\",status=\"{status}\"}} {n}",
@@ -116,7 +114,7 @@ async fn get_metrics(State(state): State<AppState>) -> ApiResult<Response> {
         ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (model, counts, total, sum) in db::logs::histogram(db, column, bounds).await? {
+        for (model, counts, total, sum) in queries::histogram(db, column, bounds).await? {
             let model = label(&model);
             for (bound, n) in bounds.iter().zip(&counts) {
                 let _ = writeln!(

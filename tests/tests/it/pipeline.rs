@@ -112,7 +112,7 @@ async fn demo_samples_go_through_the_pipeline_and_match_the_explain_command() {
         assert_eq!(got, bbox, "{}", row["entry_name"]);
         assert_eq!(row["device"], "cpu");
         if i == 0 {
-            first = Some((image, cam.map.clone()));
+            first = Some((image, e.maps[0].clone()));
         }
     }
 
@@ -203,7 +203,7 @@ async fn demo_samples_go_through_the_pipeline_and_match_the_explain_command() {
 async fn two_workers_share_a_queue_and_each_item_gets_one_result() {
     let stack = Stack::new().await;
     let api = stack.producer(&[]).await;
-    let (_a, _b) = (
+    let (a, b) = (
         stack.worker("a", &["--max-batch=4"]),
         stack.worker("b", &["--max-batch=4"]),
     );
@@ -235,6 +235,33 @@ async fn two_workers_share_a_queue_and_each_item_gets_one_result() {
     .await
     .unwrap();
     assert_eq!(successes, 160, "each item was processed to success once");
+
+    // Jobs ran concurrently in both workers, yet every line a job logged names that job's
+    // item and no other (a span entered across an await would stack unrelated items).
+    let ids: std::collections::BTreeSet<String> =
+        sqlx::query_scalar("SELECT id::text FROM items WHERE batch_id = $1")
+            .bind(batch_id)
+            .fetch_all(&stack.db.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    let mut explained = std::collections::BTreeSet::new();
+    for line in a.log_text().lines().chain(b.log_text().lines()) {
+        let items = line.matches("item=").count();
+        assert!(items <= 1, "a log line names {items} items: {line}");
+        if line.contains("explained") {
+            let item = line
+                .split("item=")
+                .nth(1)
+                .and_then(|rest| rest.get(..36))
+                .unwrap_or_default();
+            assert!(ids.contains(item), "a job line names an item of no job: {line}");
+            assert!(line.contains(&format!("batch={id}")), "{line}");
+            explained.insert(item.to_owned());
+        }
+    }
+    assert_eq!(explained, ids, "each job logged its outcome under its own item");
     stack.finish().await;
 }
 

@@ -1,0 +1,294 @@
+//! What the generated OpenAPI document cannot say from types alone, added in one place:
+//!
+//! - the upload form's `model` is one of the loaded bundles and `labels` one of their label
+//!   names (so a request the document calls valid is one the server accepts), and its `file`
+//!   part is `application/zip`;
+//! - links from an upload and from the listings to the batch and item routes, so a client (or
+//!   a stateful fuzzer) can follow real ids;
+//! - `500 internal` and `503 unavailable` on every operation that reaches Postgres, Redis or
+//!   the blob store.
+
+use std::collections::BTreeMap;
+
+use utoipa::openapi::{
+    ContentBuilder, OpenApi, RefOr, ResponseBuilder,
+    encoding::EncodingBuilder,
+    link::LinkBuilder,
+    path::{HttpMethod, Operation},
+    schema::{ObjectBuilder, Schema, Type},
+};
+use xcam_shared::bundle::Bundle;
+
+/// The longest text field of the upload form, in bytes.
+pub const MAX_FIELD_BYTES: usize = 4096;
+
+pub fn complete(mut doc: OpenApi, models: &BTreeMap<String, Bundle>) -> OpenApi {
+    describe_upload(&mut doc, models);
+    add_links(&mut doc);
+    add_server_errors(&mut doc);
+    doc
+}
+
+fn operation<'a>(
+    doc: &'a mut OpenApi,
+    path: &str,
+    method: HttpMethod,
+) -> Option<&'a mut Operation> {
+    let item = doc.paths.paths.get_mut(path)?;
+    match method {
+        HttpMethod::Get => item.get.as_mut(),
+        HttpMethod::Post => item.post.as_mut(),
+        HttpMethod::Delete => item.delete.as_mut(),
+        _ => None,
+    }
+}
+
+fn describe_upload(doc: &mut OpenApi, models: &BTreeMap<String, Bundle>) {
+    let Some(op) = operation(doc, "/v1/batches", HttpMethod::Post) else {
+        return;
+    };
+    let Some(body) = op.request_body.as_mut() else {
+        return;
+    };
+    let Some(form) = body.content.get_mut("multipart/form-data") else {
+        return;
+    };
+    form.encoding.insert(
+        "file".into(),
+        EncodingBuilder::new()
+            .content_type(Some("application/zip"))
+            .build(),
+    );
+    let RefOr::T(Schema::Object(object)) = &mut form
+        .schema
+        .get_or_insert_with(|| RefOr::T(Schema::Object(ObjectBuilder::new().build())))
+    else {
+        return;
+    };
+    let names: Vec<String> = models.keys().cloned().collect();
+    object.properties.insert(
+        "model".into(),
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(names))
+            .description(Some(
+                "A model bundle this server has loaded (`GET /v1/models`).",
+            ))
+            .into(),
+    );
+    let mut labels: Vec<String> = models
+        .values()
+        .flat_map(|b| b.labels().iter().map(|l| regex_escape(l)))
+        .collect();
+    labels.sort();
+    labels.dedup();
+    let name = format!("(?:{})", labels.join("|"));
+    object.properties.insert(
+        "labels".into(),
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(format!("^(?:top1|positive|all|{name}(?:,{name})*)$")))
+            .max_length(Some(MAX_FIELD_BYTES))
+            .description(Some(
+                "`top1` (default), `positive`, `all`, or label names of the model separated by commas.",
+            ))
+            .into(),
+    );
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let special = "\\.+*?()|[]{}^$-".contains(c);
+            special
+                .then_some('\\')
+                .into_iter()
+                .chain(std::iter::once(c))
+        })
+        .collect()
+}
+
+/// A link from one operation's response to another operation.
+struct Link {
+    from: &'static str,
+    method: HttpMethod,
+    status: &'static str,
+    name: &'static str,
+    to: &'static str,
+    /// Parameter of `to` → runtime expression over the response.
+    parameters: &'static [(&'static str, &'static str)],
+}
+
+const fn link(
+    from: &'static str,
+    method: HttpMethod,
+    status: &'static str,
+    name: &'static str,
+    to: &'static str,
+    parameters: &'static [(&'static str, &'static str)],
+) -> Link {
+    Link {
+        from,
+        method,
+        status,
+        name,
+        to,
+        parameters,
+    }
+}
+
+const BATCH_ID: &[(&str, &str)] = &[("id", "$response.body#/id")];
+const FIRST_ITEM: &[(&str, &str)] = &[
+    ("id", "$response.body#/batch_id"),
+    ("item", "$response.body#/items/0/item_id"),
+];
+
+const LINKS: &[Link] = &[
+    link(
+        "/v1/batches",
+        HttpMethod::Post,
+        "202",
+        "GetBatch",
+        "get_batch",
+        BATCH_ID,
+    ),
+    link(
+        "/v1/batches",
+        HttpMethod::Post,
+        "202",
+        "GetResults",
+        "list_results",
+        BATCH_ID,
+    ),
+    link(
+        "/v1/batches",
+        HttpMethod::Post,
+        "202",
+        "GetResultsCsv",
+        "export_results_csv",
+        BATCH_ID,
+    ),
+    link(
+        "/v1/batches",
+        HttpMethod::Post,
+        "202",
+        "GetReport",
+        "get_report",
+        BATCH_ID,
+    ),
+    link(
+        "/v1/batches",
+        HttpMethod::Post,
+        "202",
+        "CancelBatch",
+        "cancel_batch",
+        BATCH_ID,
+    ),
+    link(
+        "/v1/batches",
+        HttpMethod::Get,
+        "200",
+        "GetFirstBatch",
+        "get_batch",
+        &[("id", "$response.body#/batches/0/id")],
+    ),
+    link(
+        "/v1/batches/{id}/results",
+        HttpMethod::Get,
+        "200",
+        "GetOverlay",
+        "get_overlay",
+        FIRST_ITEM,
+    ),
+    link(
+        "/v1/batches/{id}/results",
+        HttpMethod::Get,
+        "200",
+        "GetMap",
+        "get_cam",
+        FIRST_ITEM,
+    ),
+    link(
+        "/v1/batches/{id}/results",
+        HttpMethod::Get,
+        "200",
+        "GetImage",
+        "get_image",
+        FIRST_ITEM,
+    ),
+];
+
+fn add_links(doc: &mut OpenApi) {
+    for l in LINKS {
+        let Some(op) = operation(doc, l.from, l.method.clone()) else {
+            continue;
+        };
+        let Some(RefOr::T(response)) = op.responses.responses.get_mut(l.status) else {
+            continue;
+        };
+        let mut link = LinkBuilder::new().operation_id(l.to);
+        for (param, expression) in l.parameters {
+            link = link.parameter(*param, serde_json::Value::from(*expression));
+        }
+        response
+            .links
+            .insert(l.name.to_owned(), RefOr::T(link.build()));
+    }
+}
+
+fn add_server_errors(doc: &mut OpenApi) {
+    let error = || {
+        ContentBuilder::new()
+            .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                "ErrorBody",
+            ))))
+            .build()
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if !(path.starts_with("/v1/") || path == "/readyz" || path == "/metrics") {
+            continue;
+        }
+        for op in [&mut item.get, &mut item.post, &mut item.delete]
+            .into_iter()
+            .flatten()
+        {
+            for (status, text) in [
+                (
+                    "500",
+                    "`internal`: a fault on the server's side (logged; the body says nothing internal)",
+                ),
+                (
+                    "503",
+                    "`unavailable`: Postgres, Redis or the blob store does not answer",
+                ),
+            ] {
+                op.responses
+                    .responses
+                    .entry(status.into())
+                    .or_insert_with(|| {
+                        RefOr::T(
+                            ResponseBuilder::new()
+                                .description(text)
+                                .content("application/json", error())
+                                .build(),
+                        )
+                    });
+            }
+        }
+    }
+}
+
+/// The README's route table, drawn from the document: one row per operation, its summary
+/// beside it. A test holds the README to it, so the table cannot drift from the router.
+pub fn markdown_routes(doc: &OpenApi) -> String {
+    let mut out = String::from("| route | what |\n|---|---|\n");
+    for (path, item) in &doc.paths.paths {
+        for (method, op) in [("GET", &item.get), ("POST", &item.post), ("DELETE", &item.delete)] {
+            if let Some(op) = op {
+                let summary = op.summary.as_deref().unwrap_or_default().trim_end_matches('.');
+                out.push_str(&format!("| `{method} {path}` | {summary} |\n"));
+            }
+        }
+    }
+    out
+}

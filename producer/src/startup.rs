@@ -1,0 +1,227 @@
+//! Building and running the API: one path for `xcam serve` and for the tests.
+//!
+//! [`Application::build`] connects to everything, applies migrations and binds the listener;
+//! [`Application::run_until_stopped`] serves until its shutdown future resolves, then stops the
+//! reconciler, lets in-flight requests finish and waits for running ingestions (up to a grace
+//! period) instead of dropping them half-way.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use axum::{
+    Router,
+    extract::Request,
+    http::{HeaderName, HeaderValue},
+    middleware::Next,
+    response::Response,
+};
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tower_http::{request_id::PropagateRequestIdLayer, trace::TraceLayer};
+use xcam_shared::{blob::BlobStore, bundle, db, jobs};
+
+use crate::{
+    config::ServeArgs,
+    queue::Queue,
+    reconciler, routes,
+    state::{AppState, Settings},
+};
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A built API, bound and ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    reconcile_every: Duration,
+    grace: Duration,
+}
+
+impl Application {
+    /// Connects to Postgres, Redis and the blob store, applies migrations, loads the model
+    /// catalogue and binds `args.bind`.
+    pub async fn build(args: &ServeArgs) -> anyhow::Result<Self> {
+        let state = build_state(args).await?;
+        let listener = TcpListener::bind(args.bind)
+            .await
+            .with_context(|| format!("cannot listen on XCAM_BIND={}", args.bind))?;
+        Ok(Self {
+            listener,
+            state,
+            reconcile_every: args.reconcile_every,
+            grace: args.shutdown_grace,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves; then drains as the module says.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            state,
+            reconcile_every,
+            grace,
+        } = self;
+        let stop = CancellationToken::new();
+        let tasks = state.tasks.clone();
+        tasks.spawn(reconciler::run(
+            state.db.clone(),
+            state.queue.clone(),
+            reconcile_every,
+            stop.clone(),
+        ));
+        tracing::info!(
+            addr = %listener.local_addr()?,
+            models = ?state.models.keys().collect::<Vec<_>>(),
+            blobs = state.blobs.url(),
+            "xcam serving"
+        );
+        let signal = stop.clone();
+        let served = axum::serve(listener, app(state))
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                signal.cancel();
+            })
+            .await;
+        stop.cancel();
+        tasks.close();
+        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+            tracing::warn!(
+                running = tasks.len(),
+                grace = ?grace,
+                "shutdown grace period over with background work still running"
+            );
+        }
+        served.context("serving HTTP")
+    }
+}
+
+/// Connects to everything, applies migrations, loads the model catalogue.
+pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
+    let db = db::connect(&args.db).await?;
+    db::migrate(&db).await?;
+    let redis = jobs::connect(&args.redis).await?;
+    let blobs = BlobStore::from_args(&args.blob)?;
+    let models = bundle::discover(&args.models_dir)
+        .with_context(|| format!("XCAM_MODELS_DIR={}", args.models_dir.display()))?;
+    if models.is_empty() {
+        anyhow::bail!(
+            "XCAM_MODELS_DIR={} holds no model bundle (a directory with model.toml)",
+            args.models_dir.display()
+        );
+    }
+    let upload_dir = args.upload_dir.clone().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&upload_dir)
+        .with_context(|| format!("XCAM_UPLOAD_DIR={}", upload_dir.display()))?;
+    Ok(AppState {
+        db,
+        queue: Queue {
+            redis,
+            prefix: args.redis.queue_prefix.clone(),
+            tuning: jobs::QueueTuning {
+                orphan_after: args.redis.orphan_after,
+                ..Default::default()
+            },
+        },
+        blobs,
+        models: Arc::new(models),
+        settings: Arc::new(Settings {
+            upload_dir,
+            max_upload_bytes: args.max_upload_bytes,
+            limits: args.limits(),
+            image_limits: args.image_limits(),
+        }),
+        tasks: TaskTracker::new(),
+    })
+}
+
+/// The router with its outer layers: every request gets an id (the caller's, when it is short
+/// and plain), a span that carries it, and the id back on the response.
+pub fn app(state: AppState) -> Router {
+    routes::router(state)
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            let id = request
+                .headers()
+                .get(&REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id = %id)
+        }))
+        .layer(axum::middleware::from_fn(request_id))
+}
+
+/// Keeps a caller's `x-request-id` only when it is at most 64 of `[A-Za-z0-9._-]`, else sets
+/// a fresh one: the id travels into logs and jobs, so it must be short and harmless.
+async fn request_id(mut request: Request, next: Next) -> Response {
+    let plain = request.headers().get(&REQUEST_ID).is_some_and(|v| {
+        let b = v.as_bytes();
+        !b.is_empty()
+            && b.len() <= 64
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+    });
+    if !plain {
+        let id = uuid::Uuid::now_v7().to_string();
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            request.headers_mut().insert(REQUEST_ID, value);
+        }
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::{body::Body, http::Request, routing::get};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn id_after(sent: Option<&str>) -> String {
+        let app = Router::new()
+            .route(
+                "/",
+                get(|request: Request<Body>| async move {
+                    request.headers()[REQUEST_ID].to_str().unwrap().to_owned()
+                }),
+            )
+            .layer(axum::middleware::from_fn(request_id));
+        let mut request = Request::builder().uri("/");
+        if let Some(id) = sent {
+            request = request.header(REQUEST_ID, id);
+        }
+        let response = app
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_plain_request_id_is_kept_and_anything_else_replaced() {
+        assert_eq!(id_after(Some("abc-123_x.y")).await, "abc-123_x.y");
+        for bad in ["", "has space", "semi;colon", &"x".repeat(65)] {
+            let id = id_after(Some(bad)).await;
+            assert!(
+                id != bad && id.parse::<uuid::Uuid>().is_ok(),
+                "{bad:?} → {id}"
+            );
+        }
+        assert!(id_after(None).await.parse::<uuid::Uuid>().is_ok());
+    }
+}

@@ -1,0 +1,16 @@
+//! xcam's integration tests, as one binary (one link step against libtorch instead of one per
+//! file). Each module holds one area; they share the harness in `xcam_tests`.
+//!
+//! Run through `make test`, which starts Redis and Postgres, builds
+//! the binaries the tests start, and provisions schemathesis and Chromium.
+
+mod api_doc;
+mod cli;
+mod contract;
+mod dashboard;
+mod engine;
+mod foundation;
+mod outages;
+mod pipeline;
+mod router;
+mod validation;

@@ -1,0 +1,59 @@
+//! `xcam-worker`'s typed configuration: parsed once by [`crate::cli`], passed down as data.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::Args;
+use xcam_shared::config::{BlobArgs, DatabaseArgs, RedisArgs};
+
+use crate::device::DeviceSpec;
+
+/// Which model and where it runs.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Directory holding model bundles (each a subdirectory with model.toml).
+    #[arg(long = "models-dir", env = "XCAM_MODELS_DIR", default_value = "models")]
+    pub models_dir: PathBuf,
+    /// Device: auto (first GPU if any, else CPU), cpu, or cuda:N.
+    #[arg(long, env = "XCAM_DEVICE", default_value = "auto")]
+    pub device: DeviceSpec,
+    /// Copies of the model run side by side, each with an even share of the cores
+    /// [default: one per core, up to 4, on the CPU; one on a GPU].
+    #[arg(long, env = "XCAM_REPLICAS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub replicas: Option<u16>,
+}
+
+impl ModelArgs {
+    pub fn replicas(&self) -> Option<usize> {
+        self.replicas.map(usize::from)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Model bundle to serve (a name under --models-dir, or a directory); repeat for several.
+    #[arg(long = "model", required = true)]
+    pub models: Vec<String>,
+    /// Most images run through the model together.
+    #[arg(long = "max-batch", env = "XCAM_MAX_BATCH", default_value_t = 8)]
+    pub max_batch: usize,
+    /// Longest wait for a batch to fill, in milliseconds.
+    #[arg(long = "max-wait-ms", env = "XCAM_MAX_WAIT_MS", default_value_t = 20)]
+    pub max_wait_ms: u64,
+    /// How often an idle worker looks for new jobs.
+    #[arg(long = "poll-interval", env = "XCAM_POLL_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
+    /// Attempts a job gets when it fails for a reason that may pass (blob store, engine).
+    #[arg(long = "retry-budget", env = "XCAM_RETRY_BUDGET", default_value_t = 5)]
+    pub retry_budget: u32,
+    /// This worker's name (default: host-pid-random); unique per process start.
+    #[arg(long = "worker-name", env = "XCAM_WORKER_NAME")]
+    pub worker_name: Option<String>,
+    #[command(flatten)]
+    pub model_args: ModelArgs,
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub blob: BlobArgs,
+}
