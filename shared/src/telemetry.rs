@@ -1,5 +1,7 @@
 //! One tracing set-up for every binary: `RUST_LOG` filtering, text or JSON lines on stderr.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 use crate::config::TelemetryArgs;
@@ -19,7 +21,13 @@ pub fn init(args: &TelemetryArgs) {
             .try_init()
     } else {
         registry
-            .with(fmt::layer().compact().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .compact()
+                    // Colour codes only for a person at a terminal, never into a log file.
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .try_init()
     };
 }

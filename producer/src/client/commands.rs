@@ -12,8 +12,7 @@ use xcam_shared::{
 
 use super::{Api, ClientError, exit, progress::Progress};
 use crate::api::{
-    Batch, BatchCancelled, BatchCreated, BatchPage, LogPage, Stats, StatsBucket, When,
-    Worker,
+    Batch, BatchCancelled, BatchCreated, BatchPage, LogPage, Stats, StatsBucket, When, Worker,
 };
 
 /// Where the API is.

@@ -44,13 +44,10 @@ fn operation<'a>(
 }
 
 fn describe_upload(doc: &mut OpenApi, models: &BTreeMap<String, Bundle>) {
-    let Some(op) = operation(doc, "/v1/batches", HttpMethod::Post) else {
-        return;
-    };
-    let Some(body) = op.request_body.as_mut() else {
-        return;
-    };
-    let Some(form) = body.content.get_mut("multipart/form-data") else {
+    let Some(form) = operation(doc, "/v1/batches", HttpMethod::Post)
+        .and_then(|op| op.request_body.as_mut())
+        .and_then(|body| body.content.get_mut("multipart/form-data"))
+    else {
         return;
     };
     form.encoding.insert(
@@ -59,12 +56,37 @@ fn describe_upload(doc: &mut OpenApi, models: &BTreeMap<String, Bundle>) {
             .content_type(Some("application/zip"))
             .build(),
     );
-    let RefOr::T(Schema::Object(object)) = &mut form
-        .schema
-        .get_or_insert_with(|| RefOr::T(Schema::Object(ObjectBuilder::new().build())))
+    // The form is a named component: its `model` and `labels` are narrowed where it lives.
+    let Some(RefOr::Ref(form_ref)) = &form.schema else {
+        return;
+    };
+    let name = form_ref
+        .ref_location
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let Some(RefOr::T(Schema::Object(object))) = doc
+        .components
+        .as_mut()
+        .and_then(|c| c.schemas.get_mut(&name))
     else {
         return;
     };
+    // Optional parts are left out, never sent as `null`: a multipart form has no null.
+    object.properties.insert(
+        "method".into(),
+        RefOr::Ref(utoipa::openapi::Ref::from_schema_name("Method")),
+    );
+    object.properties.insert(
+        "pseudonymize_names".into(),
+        ObjectBuilder::new()
+            .schema_type(Type::Boolean)
+            .description(Some(
+                "`true` to replace entry names with salted hashes everywhere (default `false`).",
+            ))
+            .into(),
+    );
     let names: Vec<String> = models.keys().cloned().collect();
     object.properties.insert(
         "model".into(),
@@ -283,12 +305,52 @@ fn add_server_errors(doc: &mut OpenApi) {
 pub fn markdown_routes(doc: &OpenApi) -> String {
     let mut out = String::from("| route | what |\n|---|---|\n");
     for (path, item) in &doc.paths.paths {
-        for (method, op) in [("GET", &item.get), ("POST", &item.post), ("DELETE", &item.delete)] {
+        for (method, op) in [
+            ("GET", &item.get),
+            ("POST", &item.post),
+            ("DELETE", &item.delete),
+        ] {
             if let Some(op) = op {
-                let summary = op.summary.as_deref().unwrap_or_default().trim_end_matches('.');
+                let summary = op
+                    .summary
+                    .as_deref()
+                    .unwrap_or_default()
+                    .trim_end_matches('.');
                 out.push_str(&format!("| `{method} {path}` | {summary} |\n"));
             }
         }
     }
     out
+}
+
+/// The document as JSON, as `/openapi.json` serves it.
+///
+/// utoipa 5.5 serialises a link's fields in snake_case (`operation_id`); the specification
+/// (and every client that follows links) spells them `operationId`, `operationRef` and
+/// `requestBody`, so they are renamed here.
+pub fn to_json(doc: &OpenApi) -> serde_json::Value {
+    let mut json = serde_json::to_value(doc).unwrap_or_default();
+    let links = json["paths"]
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(|item| item.as_object_mut())
+        .flat_map(|item| item.values_mut())
+        .filter_map(|op| op.get_mut("responses").and_then(|r| r.as_object_mut()))
+        .flat_map(|responses| responses.values_mut())
+        .filter_map(|response| response.get_mut("links").and_then(|l| l.as_object_mut()))
+        .flat_map(|links| links.values_mut())
+        .filter_map(|link| link.as_object_mut());
+    for link in links {
+        for (from, to) in [
+            ("operation_id", "operationId"),
+            ("operation_ref", "operationRef"),
+            ("request_body", "requestBody"),
+        ] {
+            if let Some(value) = link.remove(from) {
+                link.insert(to.to_owned(), value);
+            }
+        }
+    }
+    json
 }

@@ -19,8 +19,9 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(get_image))
 }
 
-/// The original image as an 8-bit PNG (DICOM included), built from pixels only: nothing of
-/// the file's metadata is carried over.
+/// The original image as an 8-bit PNG, built from its pixels only.
+///
+/// DICOM included: nothing of the file's metadata is carried over.
 #[utoipa::path(
     get,
     path = "/v1/batches/{id}/items/{item}/image.png",

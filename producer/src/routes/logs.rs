@@ -94,8 +94,9 @@ async fn query_logs(
     }
 }
 
-/// Inference counts, latency and errors per hour or day, and the predictions per model —
-/// what the operations page charts.
+/// Inference counts, latency and errors per hour or day, and the predictions per model.
+///
+/// What the operations page charts.
 #[utoipa::path(
     get,
     path = "/v1/stats",

@@ -33,7 +33,7 @@ pub use metrics::track_http;
 /// The API with its document and docs page; the caller adds the outer layers and state.
 pub fn router(state: AppState) -> Router {
     let (router, api) = api_router(state.settings.max_upload_bytes).split_for_parts();
-    let document = Arc::new(document::complete(api, &state.models));
+    let document = Arc::new(document::to_json(&document::complete(api, &state.models)));
     router
         .merge(docs::router(document))
         .route_layer(axum::middleware::from_fn(metrics::track_http))

@@ -256,12 +256,18 @@ async fn two_workers_share_a_queue_and_each_item_gets_one_result() {
                 .nth(1)
                 .and_then(|rest| rest.get(..36))
                 .unwrap_or_default();
-            assert!(ids.contains(item), "a job line names an item of no job: {line}");
+            assert!(
+                ids.contains(item),
+                "a job line names an item of no job: {line}"
+            );
             assert!(line.contains(&format!("batch={id}")), "{line}");
             explained.insert(item.to_owned());
         }
     }
-    assert_eq!(explained, ids, "each job logged its outcome under its own item");
+    assert_eq!(
+        explained, ids,
+        "each job logged its outcome under its own item"
+    );
     stack.finish().await;
 }
 

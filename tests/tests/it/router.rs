@@ -11,10 +11,17 @@ use tower::ServiceExt;
 use xcam_producer::api::{BatchPage, ErrorBody, Health};
 use xcam_tests::{Stack, png_zip};
 
-async fn send(app: &Router, request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+async fn send(
+    app: &Router,
+    request: Request<Body>,
+) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
     let response = app.clone().oneshot(request).await.unwrap();
     let (parts, body) = response.into_parts();
-    (parts.status, parts.headers, to_bytes(body, 1 << 24).await.unwrap().to_vec())
+    (
+        parts.status,
+        parts.headers,
+        to_bytes(body, 1 << 24).await.unwrap().to_vec(),
+    )
 }
 
 async fn get(app: &Router, uri: &str) -> (StatusCode, Vec<u8>) {
@@ -23,9 +30,8 @@ async fn get(app: &Router, uri: &str) -> (StatusCode, Vec<u8>) {
 }
 
 fn error(body: &[u8]) -> ErrorBody {
-    serde_json::from_slice(body).unwrap_or_else(|e| {
-        panic!("not an error body ({e}): {}", String::from_utf8_lossy(body))
-    })
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("not an error body ({e}): {}", String::from_utf8_lossy(body)))
 }
 
 /// A multipart upload with these text fields (and a small valid archive).
@@ -34,8 +40,10 @@ fn upload(fields: &[(&str, &str)]) -> Request<Body> {
     let mut body = Vec::new();
     for (name, value) in fields {
         body.extend_from_slice(
-            format!("--{boundary}\r\ncontent-disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
-                .as_bytes(),
+            format!(
+                "--{boundary}\r\ncontent-disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            )
+            .as_bytes(),
         );
     }
     body.extend_from_slice(
@@ -44,7 +52,10 @@ fn upload(fields: &[(&str, &str)]) -> Request<Body> {
     body.extend_from_slice(&png_zip(2, |i| format!("{i}.png")));
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     Request::post("/v1/batches")
-        .header(header::CONTENT_TYPE, format!("multipart/form-data; boundary={boundary}"))
+        .header(
+            header::CONTENT_TYPE,
+            format!("multipart/form-data; boundary={boundary}"),
+        )
         .body(Body::from(body))
         .unwrap()
 }
@@ -59,8 +70,16 @@ async fn parameters_out_of_their_documented_bounds_get_the_documented_codes() {
         ("/v1/batches?limit=ten", 400, "invalid_request"),
         ("/v1/batches?before=yesterday", 400, "invalid_request"),
         ("/v1/batches/not-a-uuid", 404, "batch_not_found"),
-        ("/v1/batches/00000000-0000-0000-0000-000000000000", 404, "batch_not_found"),
-        ("/v1/batches/00000000-0000-0000-0000-000000000000/items/x/overlay.png", 404, "not_found"),
+        (
+            "/v1/batches/00000000-0000-0000-0000-000000000000",
+            404,
+            "batch_not_found",
+        ),
+        (
+            "/v1/batches/00000000-0000-0000-0000-000000000000/items/x/overlay.png",
+            404,
+            "not_found",
+        ),
         ("/v1/logs?since=yesterday", 422, "invalid_filter"),
         ("/v1/logs?since=1h30m", 422, "invalid_filter"),
         ("/v1/logs?status=done", 422, "invalid_filter"),
@@ -71,18 +90,35 @@ async fn parameters_out_of_their_documented_bounds_get_the_documented_codes() {
         ("/v1/stats?bucket=week", 422, "invalid_filter"),
     ] {
         let (got, body) = get(&app, uri).await;
-        assert_eq!(got.as_u16(), status, "{uri}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(
+            got.as_u16(),
+            status,
+            "{uri}: {}",
+            String::from_utf8_lossy(&body)
+        );
         assert_eq!(error(&body).code, code, "{uri}");
     }
-    for uri in ["/v1/batches?limit=200", "/v1/logs?since=7d&until=2099-01-01T00:00:00Z&status=failed", "/v1/stats?since=4w&bucket=hour"] {
+    for uri in [
+        "/v1/batches?limit=200",
+        "/v1/logs?since=7d&until=2099-01-01T00:00:00Z&status=failed",
+        "/v1/stats?since=4w&bucket=hour",
+    ] {
         let (got, body) = get(&app, uri).await;
-        assert_eq!(got, StatusCode::OK, "{uri}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(
+            got,
+            StatusCode::OK,
+            "{uri}: {}",
+            String::from_utf8_lossy(&body)
+        );
     }
     let (_, body) = get(&app, "/v1/batches").await;
     let page: BatchPage = serde_json::from_slice(&body).unwrap();
     assert!(page.batches.is_empty() && page.next_before.is_none());
     let (_, body) = get(&app, "/healthz").await;
-    assert_eq!(serde_json::from_slice::<Health>(&body).unwrap().status, "ok");
+    assert_eq!(
+        serde_json::from_slice::<Health>(&body).unwrap().status,
+        "ok"
+    );
     stack.finish().await;
 }
 
@@ -93,28 +129,74 @@ async fn upload_fields_are_parsed_strictly_and_bounded() {
     let long = "x".repeat(5000);
     for (fields, status, code) in [
         (vec![("model", "nope")], 422, "unknown_model"),
-        (vec![("model", "demo "), ("method", "gradcam")], 422, "unknown_model"),
-        (vec![("model", "demo"), ("method", "GradCAM")], 422, "invalid_method"),
-        (vec![("model", "demo"), ("labels", "nodule,,opacity")], 422, "invalid_labels"),
-        (vec![("model", "demo"), ("labels", "nodule, opacity")], 422, "invalid_labels"),
-        (vec![("model", "demo"), ("labels", "")], 422, "invalid_labels"),
-        (vec![("model", "demo"), ("labels", "tumour")], 422, "unknown_label"),
-        (vec![("model", "demo"), ("pseudonymize_names", "yes")], 400, "invalid_request"),
+        (
+            vec![("model", "demo "), ("method", "gradcam")],
+            422,
+            "unknown_model",
+        ),
+        (
+            vec![("model", "demo"), ("method", "GradCAM")],
+            422,
+            "invalid_method",
+        ),
+        (
+            vec![("model", "demo"), ("labels", "nodule,,opacity")],
+            422,
+            "invalid_labels",
+        ),
+        (
+            vec![("model", "demo"), ("labels", "nodule, opacity")],
+            422,
+            "invalid_labels",
+        ),
+        (
+            vec![("model", "demo"), ("labels", "")],
+            422,
+            "invalid_labels",
+        ),
+        (
+            vec![("model", "demo"), ("labels", "tumour")],
+            422,
+            "unknown_label",
+        ),
+        (
+            vec![("model", "demo"), ("pseudonymize_names", "yes")],
+            400,
+            "invalid_request",
+        ),
         (vec![("model", long.as_str())], 413, "field_too_large"),
         (vec![("method", "gradcam")], 400, "invalid_request"),
     ] {
         let (got, _, body) = send(&app, upload(&fields)).await;
-        assert_eq!(got.as_u16(), status, "{fields:?}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(
+            got.as_u16(),
+            status,
+            "{fields:?}: {}",
+            String::from_utf8_lossy(&body)
+        );
         assert_eq!(error(&body).code, code, "{fields:?}");
     }
     let (got, _, body) = send(
         &app,
-        upload(&[("model", "demo"), ("method", "gradcam++"), ("labels", "nodule,opacity"), ("pseudonymize_names", "false")]),
+        upload(&[
+            ("model", "demo"),
+            ("method", "gradcam++"),
+            ("labels", "nodule,opacity"),
+            ("pseudonymize_names", "false"),
+        ]),
     )
     .await;
-    assert_eq!(got, StatusCode::ACCEPTED, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        got,
+        StatusCode::ACCEPTED,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
     let created: xcam_producer::api::BatchCreated = serde_json::from_slice(&body).unwrap();
-    assert_eq!((created.images, created.links.self_.clone()), (2, format!("/v1/batches/{}", created.id)));
+    assert_eq!(
+        (created.images, created.links.self_.clone()),
+        (2, format!("/v1/batches/{}", created.id))
+    );
     stack.finish().await;
 }
 
@@ -122,7 +204,12 @@ async fn upload_fields_are_parsed_strictly_and_bounded() {
 async fn request_ids_are_echoed_when_plain_and_replaced_otherwise() {
     let stack = Stack::new().await;
     let app = stack.router().await;
-    let with = |id: &str| Request::get("/healthz").header("x-request-id", id).body(Body::empty()).unwrap();
+    let with = |id: &str| {
+        Request::get("/healthz")
+            .header("x-request-id", id)
+            .body(Body::empty())
+            .unwrap()
+    };
     let (_, headers, _) = send(&app, with("trace-42.a_b")).await;
     assert_eq!(headers["x-request-id"], "trace-42.a_b");
     let (_, headers, _) = send(&app, with(&"y".repeat(200))).await;
@@ -140,15 +227,33 @@ async fn the_document_states_models_labels_links_and_server_errors() {
     let upload = &doc["paths"]["/v1/batches"]["post"];
     let form = &upload["requestBody"]["content"]["multipart/form-data"];
     assert_eq!(form["encoding"]["file"]["contentType"], "application/zip");
-    assert_eq!(form["schema"]["properties"]["model"]["enum"], serde_json::json!(["demo"]));
-    let pattern = form["schema"]["properties"]["labels"]["pattern"].as_str().unwrap();
-    assert!(pattern.contains("nodule") && pattern.contains("opacity"), "{pattern}");
-    assert_eq!(upload["responses"]["202"]["links"]["GetBatch"]["operationId"], "get_batch");
+    assert_eq!(form["schema"]["$ref"], "#/components/schemas/UploadForm");
+    let fields = &doc["components"]["schemas"]["UploadForm"]["properties"];
+    assert_eq!(fields["model"]["enum"], serde_json::json!(["demo"]));
+    for optional in ["method", "pseudonymize_names"] {
+        assert!(
+            !fields[optional].to_string().contains("null"),
+            "an absent field is left out, never sent as null: {}",
+            fields[optional]
+        );
+    }
+    let pattern = fields["labels"]["pattern"].as_str().unwrap();
+    assert!(
+        pattern.contains("nodule") && pattern.contains("opacity"),
+        "{pattern}"
+    );
+    assert_eq!(
+        upload["responses"]["202"]["links"]["GetBatch"]["operationId"],
+        "get_batch"
+    );
     for (path, item) in doc["paths"].as_object().unwrap() {
         if path.starts_with("/v1/") {
             for (method, op) in item.as_object().unwrap() {
                 for status in ["500", "503"] {
-                    assert!(op["responses"][status].is_object(), "{method} {path} documents {status}");
+                    assert!(
+                        op["responses"][status].is_object(),
+                        "{method} {path} documents {status}"
+                    );
                 }
             }
         }
@@ -159,6 +264,12 @@ async fn the_document_states_models_labels_links_and_server_errors() {
         .iter()
         .find(|p| p["name"] == "limit")
         .unwrap();
-    assert_eq!((limit["schema"]["minimum"].as_i64(), limit["schema"]["maximum"].as_i64()), (Some(1), Some(10_000)));
+    assert_eq!(
+        (
+            limit["schema"]["minimum"].as_i64(),
+            limit["schema"]["maximum"].as_i64()
+        ),
+        (Some(1), Some(10_000))
+    );
     stack.finish().await;
 }

@@ -167,6 +167,12 @@ async fn run(job: GradCamJobV1, ctx: &JobContext) -> Result<(), BoxDynError> {
             )
             .await?;
             record(ctx, &log, &job, true).await?;
+            tracing::debug!(
+                label = %e.top_label,
+                batch_size = outcome.inferred.batch_size,
+                ms = processing_ms,
+                "explained"
+            );
             Ok(())
         }
         Err(JobError::Database(e)) => Err(e.into()),
