@@ -40,6 +40,17 @@ impl AppState {
         })
     }
 
+    /// The model an upload that names none gets: the server's only one.
+    pub fn sole_model(&self) -> Result<&Bundle, ApiError> {
+        match self.models.values().collect::<Vec<_>>().as_slice() {
+            [only] => Ok(only),
+            _ => Err(ApiError::InvalidRequest(format!(
+                "the form has no `model` field; this server has several: {}",
+                self.models.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+
     /// What an ingestion needs, and nothing else.
     pub fn ingestor(&self) -> Ingestor {
         Ingestor {

@@ -20,8 +20,8 @@ pub struct UploadForm {
     /// The ZIP archive of radiographs.
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,
-    /// Model bundle name.
-    model: String,
+    /// Model bundle name (may be left out when the server has only one).
+    model: Option<String>,
     /// The CAM method (default `gradcam`).
     method: Option<Method>,
     /// `top1` (default), `positive`, `all`, or label names separated by commas.
@@ -35,7 +35,8 @@ pub struct UploadForm {
 pub struct Upload {
     pub spool: tempfile::TempPath,
     pub bytes: u64,
-    pub model: String,
+    /// The model named, if any (a server with one model takes that one).
+    pub model: Option<String>,
     pub method: Method,
     pub labels: LabelSelection,
     pub pseudonymize_names: bool,
@@ -92,8 +93,11 @@ pub async fn read_form(
                     }
                 });
             }
-            // Unknown fields are drained and ignored, as browsers add their own.
-            _ => while field.try_next().await.map_err(bad)?.is_some() {},
+            other => {
+                return Err(ApiError::InvalidRequest(format!(
+                    "unknown form field {other:?}: the form takes file, model, method, labels and pseudonymize_names"
+                )));
+            }
         }
     }
     let (spool, bytes) =
@@ -101,8 +105,7 @@ pub async fn read_form(
     Ok(Upload {
         spool,
         bytes,
-        model: model
-            .ok_or_else(|| ApiError::InvalidRequest("the form has no `model` field".into()))?,
+        model,
         method: method.unwrap_or_default(),
         labels: labels.unwrap_or_default(),
         pseudonymize_names: pseudonymize.unwrap_or(false),

@@ -72,7 +72,11 @@ async fn create_batch(
     let settings = state.settings.clone();
     let form =
         upload::read_form(multipart, &settings.upload_dir, settings.max_upload_bytes).await?;
-    let bundle = state.model(&form.model)?.clone();
+    let bundle = match &form.model {
+        Some(name) => state.model(name)?,
+        None => state.sole_model()?,
+    }
+    .clone();
     form.labels
         .validate(bundle.labels())
         .map_err(|message| ApiError::Unprocessable {

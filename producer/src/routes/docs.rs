@@ -15,6 +15,8 @@ use crate::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
+    // Types only query parameters name: utoipa does not collect them from `IntoParams`.
+    components(schemas(crate::api::When, crate::api::LogFormat, crate::api::StatsBucket)),
     info(title = "xcam", description = "Batch Grad-CAM for chest X-ray classifiers: upload ZIPs of radiographs, follow batches, export reports, query the inference log."),
     tags(
         (name = "batches", description = "Upload archives and follow their batches"),

@@ -15,7 +15,7 @@ use utoipa::openapi::{
     encoding::EncodingBuilder,
     link::LinkBuilder,
     path::{HttpMethod, Operation},
-    schema::{ObjectBuilder, Schema, Type},
+    schema::{AdditionalProperties, ObjectBuilder, Schema, Type},
 };
 use xcam_shared::bundle::Bundle;
 
@@ -88,13 +88,26 @@ fn describe_upload(doc: &mut OpenApi, models: &BTreeMap<String, Bundle>) {
             .into(),
     );
     let names: Vec<String> = models.keys().cloned().collect();
+    // A server with one model takes it when the form names none; with several, `model` is
+    // required.
+    let sole = match names.as_slice() {
+        [only] => Some(serde_json::Value::from(only.as_str())),
+        _ => None,
+    };
+    object.required = ["file", "model"]
+        .into_iter()
+        .filter(|f| *f == "file" || sole.is_none())
+        .map(str::to_owned)
+        .collect();
+    object.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
     object.properties.insert(
         "model".into(),
         ObjectBuilder::new()
             .schema_type(Type::String)
             .enum_values(Some(names))
+            .default(sole)
             .description(Some(
-                "A model bundle this server has loaded (`GET /v1/models`).",
+                "A model bundle this server has loaded (`GET /v1/models`); may be left out when it has only one.",
             ))
             .into(),
     );
