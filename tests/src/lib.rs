@@ -203,7 +203,7 @@ impl Stack {
     }
 
     /// `xcam serve`'s arguments for this stack, with extra flags.
-    fn serve_args(&self, extra: &[&str]) -> xcam_producer::config::ServeArgs {
+    pub fn serve_args(&self, extra: &[&str]) -> xcam_producer::config::ServeArgs {
         #[derive(Parser)]
         struct Serve {
             #[command(flatten)]

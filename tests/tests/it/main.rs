@@ -13,4 +13,5 @@ mod foundation;
 mod outages;
 mod pipeline;
 mod router;
+mod startup;
 mod validation;
