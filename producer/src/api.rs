@@ -13,8 +13,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 use xcam_shared::{
-    db,
-    heatmap::Grid,
+    db::{self, results::StoredCam},
     imaging::Warning,
     status::{BatchStatus, ItemStatus, LogStatus},
     targets::Method,
@@ -330,35 +329,6 @@ impl BatchReport {
     }
 }
 
-/// One explained label of a result.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Cam {
-    pub label: String,
-    pub method: Method,
-    /// Pixel [x, y] of the map's maximum in the original image; `null` for a blank map.
-    pub peak: Option<[u32; 2]>,
-    /// [x0, y0, x1, y1) of the largest region at or above half the peak; `null` for a blank map.
-    pub bbox: Option<[u32; 4]>,
-    /// The map's maximum before normalisation: how strong the evidence was.
-    pub raw_max: f32,
-    /// The map at the target layer's resolution.
-    pub grid: Grid,
-}
-
-impl From<db::results::StoredCam> for Cam {
-    fn from(c: db::results::StoredCam) -> Self {
-        Self {
-            label: c.label,
-            method: c.method,
-            peak: c.peak,
-            bbox: c.bbox,
-            raw_max: c.raw_max,
-            grid: c.grid,
-        }
-    }
-}
-
 /// One entry of a batch with its outcome and, once it succeeded, its result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -381,7 +351,7 @@ pub struct ItemResult {
     pub top_probability: Option<f32>,
     pub method: Option<Method>,
     /// The explained labels, in the order they were asked for.
-    pub cams: Option<Vec<Cam>>,
+    pub cams: Option<Vec<StoredCam>>,
     pub image_width: Option<i32>,
     pub image_height: Option<i32>,
     pub device: Option<String>,
@@ -394,7 +364,7 @@ pub struct ItemResult {
 
 impl ItemResult {
     pub fn new(batch: Uuid, r: db::results::ReportRow) -> Self {
-        let cams: Option<Vec<Cam>> = r.cams.map(|c| c.0.into_iter().map(Cam::from).collect());
+        let cams = r.cams.map(|c| c.0);
         Self {
             overlay_url: cams.as_ref().map(|_| overlay_url(batch, r.item_id)),
             item_id: r.item_id,

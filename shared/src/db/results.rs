@@ -12,13 +12,20 @@ use crate::{
     targets::Method,
 };
 
-/// One explained label as stored.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+/// One explained label: what the worker computes, what a result stores (as JSON in `cams`),
+/// what `explain` writes and what the API answers (as `Cam`). One type for all four, so they
+/// cannot drift apart.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
+#[schema(as = Cam)]
 pub struct StoredCam {
     pub label: String,
     pub method: Method,
+    /// Pixel [x, y] of the map's maximum in the original image; `null` for a blank map.
     pub peak: Option<[u32; 2]>,
+    /// [x0, y0, x1, y1) of the largest region at or above half the peak; `null` for a blank map.
     pub bbox: Option<[u32; 4]>,
+    /// The map's maximum before normalisation: how strong the evidence was. 0 means the label's
+    /// score has no positive evidence anywhere (a blank map).
     pub raw_max: f32,
     /// The map at the target layer's resolution: overlays and `.npy` maps are drawn from it.
     pub grid: Grid,
