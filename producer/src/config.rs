@@ -61,6 +61,15 @@ pub struct ServeArgs {
     /// How often the reconciler looks for queued items whose job is missing from Redis.
     #[arg(long = "reconcile-every", env = "XCAM_RECONCILE_EVERY", default_value = "30s", value_parser = humantime::parse_duration)]
     pub reconcile_every: Duration,
+    /// Host names (or addresses) the API answers to, comma-separated; a request whose Host is
+    /// another is refused, so a rebinding DNS name cannot reach it
+    /// [default: the bind address, localhost, 127.0.0.1, ::1].
+    #[arg(
+        long = "allowed-hosts",
+        env = "XCAM_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Vec<String>,
     /// How long shutdown waits for running ingestions before it gives up on them.
     #[arg(long = "shutdown-grace", env = "XCAM_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -73,6 +82,24 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// The hosts the API answers to: the configured list, or the bind address and loopback.
+    pub fn allowed_hosts(&self) -> Vec<String> {
+        if self.allowed_hosts.iter().any(|h| !h.trim().is_empty()) {
+            return self
+                .allowed_hosts
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect();
+        }
+        let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".into(), "::1".into()];
+        let bound = self.bind.ip();
+        if !bound.is_unspecified() {
+            hosts.push(bound.to_string());
+        }
+        hosts
+    }
+
     pub fn image_limits(&self) -> xcam_shared::imaging::ImageLimits {
         xcam_shared::imaging::ImageLimits {
             min_side: self.min_image_side,

@@ -22,6 +22,9 @@ pub enum ApiError {
     /// 400 `invalid_request`: a missing or malformed field or parameter.
     #[error("{0}")]
     InvalidRequest(String),
+    /// 400 `host_not_allowed`: the request's Host is not in `XCAM_ALLOWED_HOSTS`.
+    #[error("this server does not answer to host {0:?} (XCAM_ALLOWED_HOSTS)")]
+    HostNotAllowed(String),
     /// 422 `invalid_filter`: a log or stats filter out of its documented form.
     #[error("{0}")]
     InvalidFilter(String),
@@ -79,7 +82,7 @@ impl ApiError {
                 ArtefactError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
-            ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidRequest(_) | ApiError::HostNotAllowed(_) => StatusCode::BAD_REQUEST,
             ApiError::BatchNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::UploadTooLarge { .. } | ApiError::FieldTooLarge { .. } => {
@@ -98,6 +101,7 @@ impl ApiError {
             ApiError::Archive(e) => e.code(),
             ApiError::Artefact(e) => e.code(),
             ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::HostNotAllowed(_) => "host_not_allowed",
             ApiError::InvalidFilter(_) => "invalid_filter",
             ApiError::BatchNotFound(_) => "batch_not_found",
             ApiError::NotFound(_) => "not_found",

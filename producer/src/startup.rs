@@ -11,9 +11,9 @@ use anyhow::Context;
 use axum::{
     Router,
     extract::Request,
-    http::{HeaderName, HeaderValue},
+    http::{HeaderName, HeaderValue, header},
     middleware::Next,
-    response::Response,
+    response::{IntoResponse, Response},
 };
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -142,6 +142,7 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
             max_upload_bytes: args.max_upload_bytes,
             limits: args.limits(),
             image_limits: args.image_limits(),
+            allowed_hosts: args.allowed_hosts(),
         }),
         tasks: TaskTracker::new(),
     })
@@ -150,7 +151,12 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
 /// The router with its outer layers: every request gets an id (the caller's, when it is short
 /// and plain), a span that carries it, and the id back on the response.
 pub fn app(state: AppState) -> Router {
+    let allowed: Arc<[String]> = state.settings.allowed_hosts.clone().into();
     routes::router(state)
+        .layer(axum::middleware::from_fn(move |request, next| {
+            allowed_host(allowed.clone(), request, next)
+        }))
+        .layer(axum::middleware::from_fn(security_headers))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
             let id = request
@@ -161,6 +167,60 @@ pub fn app(state: AppState) -> Router {
             tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id = %id)
         }))
         .layer(axum::middleware::from_fn(request_id))
+}
+
+/// What a browser may do with any answer of this API: run scripts and load styles, images and
+/// data from this origin only, no inline script, never inside a frame, never sniff a type, never
+/// send a Referer. (Inline style attributes stay allowed: the dashboard's progress bars and
+/// Swagger UI set widths with them; they cannot run code.)
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// Refuses a request whose Host is not one the API answers to: behind a DNS-rebinding name, a
+/// page on another site would otherwise read the API through the victim's browser. Liveness
+/// and readiness answer any Host, for orchestrators that probe by address.
+async fn allowed_host(allowed: Arc<[String]>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if path == "/healthz" || path == "/readyz" {
+        return next.run(request).await;
+    }
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().host())
+        .map(host_name)
+        .unwrap_or_default();
+    if allowed.contains(&host) {
+        next.run(request).await
+    } else {
+        crate::error::ApiError::HostNotAllowed(host).into_response()
+    }
+}
+
+/// The host part of a Host header, lower case, without port or IPv6 brackets.
+fn host_name(raw: &str) -> String {
+    let raw = raw.trim().to_ascii_lowercase();
+    if let Some(rest) = raw.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or_default().to_owned();
+    }
+    match raw.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host.to_owned(),
+        _ => raw,
+    }
 }
 
 /// Keeps a caller's `x-request-id` only when it is at most 64 of `[A-Za-z0-9._-]`, else sets
@@ -210,6 +270,14 @@ mod tests {
             .await
             .unwrap();
         String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn host_names_lose_their_port_and_brackets() {
+        assert_eq!(host_name("LocalHost:8080"), "localhost");
+        assert_eq!(host_name("127.0.0.1"), "127.0.0.1");
+        assert_eq!(host_name("[::1]:8080"), "::1");
+        assert_eq!(host_name("xcam.example.org"), "xcam.example.org");
     }
 
     #[tokio::test]

@@ -30,6 +30,8 @@ pub struct Settings {
     pub max_upload_bytes: u64,
     pub limits: ArchiveLimits,
     pub image_limits: ImageLimits,
+    /// Host names the API answers to (lower case, no port).
+    pub allowed_hosts: Vec<String>,
 }
 
 impl AppState {

@@ -66,8 +66,13 @@ async fn every_documented_operation_is_served_and_the_docs_page_is_self_containe
 
     let (status, page) = api.get_text("/docs").await;
     assert!(
-        status == 200 && page.contains("/openapi.json") && !page.contains("http"),
+        status == 200 && page.contains("/assets/docs.js") && !page.contains("http"),
         "self-contained: {page}"
+    );
+    let (status, script) = api.get_text("/assets/docs.js").await;
+    assert!(
+        status == 200 && script.contains("\"/openapi.json\""),
+        "{script}"
     );
     for asset in [
         "/assets/swagger-ui-bundle.js",

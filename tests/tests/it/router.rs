@@ -11,10 +11,16 @@ use tower::ServiceExt;
 use xcam_producer::api::{BatchPage, ErrorBody, Health};
 use xcam_tests::{Stack, png_zip};
 
+/// Sends a request as a client on this machine would: with `Host: localhost` unless it names one.
 async fn send(
     app: &Router,
-    request: Request<Body>,
+    mut request: Request<Body>,
 ) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    if !request.headers().contains_key(header::HOST) {
+        request
+            .headers_mut()
+            .insert(header::HOST, "localhost".parse().unwrap());
+    }
     let response = app.clone().oneshot(request).await.unwrap();
     let (parts, body) = response.into_parts();
     (
@@ -286,5 +292,77 @@ async fn the_document_states_models_labels_links_and_server_errors() {
         ),
         (Some(1), Some(10_000))
     );
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_carries_the_security_headers_and_no_page_runs_inline_script() {
+    let stack = Stack::new().await;
+    let app = stack.router().await;
+    for uri in [
+        "/",
+        "/docs",
+        "/assets/app.js",
+        "/v1/batches",
+        "/v1/batches/nope",
+        "/openapi.json",
+        "/healthz",
+    ] {
+        let (_, headers, body) = send(&app, Request::get(uri).body(Body::empty()).unwrap()).await;
+        let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(
+            csp.contains("script-src 'self'") && !csp.contains("script-src 'self' 'unsafe-inline'"),
+            "{uri}: {csp}"
+        );
+        assert!(csp.contains("frame-ancestors 'none'"), "{uri}: {csp}");
+        assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{uri}");
+        assert_eq!(headers[header::X_FRAME_OPTIONS], "DENY", "{uri}");
+        assert_eq!(headers[header::REFERRER_POLICY], "no-referrer", "{uri}");
+        if uri == "/" || uri == "/docs" {
+            let page = String::from_utf8(body).unwrap();
+            let inline = page.matches("<script").count() - page.matches("<script src=").count();
+            assert_eq!(inline, 0, "{uri} has an inline script: {page}");
+        }
+    }
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_the_api_does_not_answer_to_is_refused() {
+    let stack = Stack::new().await;
+    let app = stack.router().await;
+    let with_host = |uri: &str, host: &str| {
+        Request::get(uri)
+            .header(header::HOST, host)
+            .body(Body::empty())
+            .unwrap()
+    };
+    for host in ["localhost:8080", "127.0.0.1", "[::1]:8080", "LOCALHOST"] {
+        let (status, _, body) = send(&app, with_host("/v1/batches", host)).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{host}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    for host in [
+        "rebind.attacker.example",
+        "rebind.attacker.example:8080",
+        "127.0.0.1.nip.io",
+    ] {
+        let (status, headers, body) = send(&app, with_host("/v1/batches", host)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{host}");
+        assert_eq!(error(&body).code, "host_not_allowed", "{host}");
+        assert_eq!(headers[header::X_FRAME_OPTIONS], "DENY");
+    }
+    // No Host at all is no better than a wrong one.
+    let mut bare = Request::get("/v1/batches").body(Body::empty()).unwrap();
+    bare.headers_mut().insert(header::HOST, "".parse().unwrap());
+    let (status, _, _) = send(&app, bare).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Orchestrators probe liveness and readiness by address.
+    let (status, _, _) = send(&app, with_host("/healthz", "10.1.2.3:8080")).await;
+    assert_eq!(status, StatusCode::OK);
     stack.finish().await;
 }
