@@ -488,9 +488,6 @@ pub struct LogPage {
     pub next_cursor: Option<String>,
 }
 
-/// A log cursor: the microsecond timestamp and id of the last row seen.
-pub const CURSOR_PATTERN: &str = r"^[0-9]{1,16}\.[0-9]{1,18}$";
-
 /// A point in time as a filter takes it: RFC 3339, or how long ago as a whole number and a
 /// unit (`90s`, `15m`, `24h`, `7d`, `4w`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -817,7 +814,8 @@ impl Bounded for StatsQuery {
     }
 }
 
-/// A log cursor (`CURSOR_PATTERN`): the row strictly older than which the next page starts.
+/// A log cursor (`<microseconds>.<id>` of the last row seen, the pattern `LogQuery::cursor`
+/// documents): the row strictly older than which the next page starts.
 pub fn parse_cursor(raw: &str) -> Option<(DateTime<Utc>, i64)> {
     let (micros, id) = raw.split_once('.')?;
     let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());

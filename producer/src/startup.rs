@@ -59,10 +59,6 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
-    pub fn state(&self) -> &AppState {
-        &self.state
-    }
-
     /// Serves until `shutdown` resolves; then drains as the module says.
     pub async fn run_until_stopped(
         self,

@@ -116,11 +116,6 @@ status_enum! {
     terminal: [Succeeded, Failed]
 }
 
-impl ItemStatus {
-    /// Statuses whose items still want a worker.
-    pub const OPEN: &'static [ItemStatus] = &[ItemStatus::Queued, ItemStatus::Running];
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -230,17 +230,3 @@ pub async fn refresh(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<()> {
     .await?;
     Ok(())
 }
-
-/// The per-batch summary of rejected entries by code (for the validation report).
-pub async fn rejection_codes(
-    db: impl PgExecutor<'_>,
-    id: Uuid,
-) -> sqlx::Result<Vec<(String, i64)>> {
-    sqlx::query_as::<_, (String, i64)>(
-        r#"SELECT COALESCE(error_code, 'unknown'), count(*) FROM items
-           WHERE batch_id = $1 AND status IN ('rejected', 'failed') GROUP BY 1 ORDER BY 2 DESC"#,
-    )
-    .bind(id)
-    .fetch_all(db)
-    .await
-}
