@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 use xcam_shared::{
+    access::{Action, Outcome, Role},
     db::{self, results::StoredCam},
     imaging::Warning,
     status::{BatchStatus, ItemStatus, LogStatus},
@@ -106,6 +107,8 @@ impl From<&db::batches::ItemCounts> for ItemCounts {
 #[serde(deny_unknown_fields)]
 pub struct Batch {
     pub id: Uuid,
+    /// The project the batch belongs to.
+    pub project: String,
     pub model_name: String,
     pub model_version: String,
     pub method: Method,
@@ -187,6 +190,7 @@ impl Batch {
         );
         Self {
             id: b.id,
+            project: b.project,
             // A stored method that no longer parses is shown as the default rather than
             // failing the whole listing; the column is only ever written from a parsed value.
             method: b.method.parse().unwrap_or_default(),
@@ -486,6 +490,113 @@ pub struct LogPage {
     pub entries: Vec<LogEntry>,
     /// Pass as `cursor` for the next page; `null` on the last.
     pub next_cursor: Option<String>,
+}
+
+/// Who is calling: the token behind a bearer header or a dashboard session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Session {
+    /// The token's name.
+    pub name: String,
+    pub role: Role,
+    /// The projects it covers; empty for all.
+    pub projects: Vec<String>,
+    /// When the session (or, for a bearer token, the token) stops working; `null` for never.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// `POST /v1/session`: sign in to the dashboard with a token.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignIn {
+    /// A token from `xcam token create`.
+    #[schema(min_length = 1, max_length = 200)]
+    pub token: String,
+}
+
+/// One row of the audit trail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    /// The token's name; `null` when no known token was presented.
+    pub token_name: Option<String>,
+    pub role: Option<Role>,
+    pub action: Action,
+    pub project: Option<String>,
+    pub batch_id: Option<Uuid>,
+    pub item_id: Option<Uuid>,
+    /// The client's address, as the server saw it.
+    pub client: Option<String>,
+    pub outcome: Outcome,
+    /// The HTTP status answered.
+    pub status: Option<i16>,
+    /// The error code, when refused.
+    pub detail: Option<String>,
+}
+
+impl From<db::audit::AuditRecord> for AuditEntry {
+    fn from(r: db::audit::AuditRecord) -> Self {
+        Self {
+            id: r.id,
+            at: r.at,
+            token_name: r.token_name,
+            role: r.role,
+            action: r.action,
+            project: r.project,
+            batch_id: r.batch_id,
+            item_id: r.item_id,
+            client: r.client,
+            outcome: r.outcome,
+            status: r.status,
+            detail: r.detail,
+        }
+    }
+}
+
+/// A page of the audit trail, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    /// Pass as `cursor` for the next page; `null` on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /v1/audit` parameters; the filters combine with AND.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// From this time: RFC 3339, or a duration back from now (`24h`, `7d`).
+    pub since: Option<When>,
+    /// Before this time, in the same forms as `since`.
+    pub until: Option<When>,
+    /// A token's name.
+    #[param(max_length = 200)]
+    pub token: Option<String>,
+    pub action: Option<Action>,
+    /// A project's name.
+    #[param(max_length = 200)]
+    pub project: Option<String>,
+    pub outcome: Option<Outcome>,
+    /// Entries per page (default 100).
+    #[param(minimum = 1, maximum = 10_000)]
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    #[param(pattern = r"^[0-9]{1,16}\.[0-9]{1,18}$")]
+    pub cursor: Option<String>,
+    pub format: Option<LogFormat>,
+}
+
+impl Bounded for AuditQuery {
+    const FILTER: bool = true;
+
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        within("limit", self.limit, 1, 10_000)?;
+        short("token", &self.token)?;
+        short("project", &self.project)
+    }
 }
 
 /// A point in time as a filter takes it: RFC 3339, or how long ago as a whole number and a
@@ -950,6 +1061,8 @@ mod tests {
     #[test]
     fn report_groups_errors_and_warnings_by_code_in_entry_order() {
         let batch = db::batches::BatchRecord {
+            project_id: Uuid::nil(),
+            project: "test".into(),
             id: Uuid::nil(),
             model_name: "demo".into(),
             model_version: "1".into(),

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use xcam_shared::config::{DatabaseArgs, TelemetryArgs};
 
 use crate::{
+    admin::{self, ProjectCommand, TokenCommand},
     client::{self, ClientCommand},
     config::ServeArgs,
 };
@@ -32,6 +33,20 @@ pub enum Command {
         #[command(flatten)]
         db: DatabaseArgs,
     },
+    /// Projects, which every batch belongs to (talks to Postgres directly).
+    Project {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[command(subcommand)]
+        command: ProjectCommand,
+    },
+    /// API tokens and their roles (talks to Postgres directly).
+    Token {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -46,6 +61,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             println!("migrations applied");
             Ok(0)
         }
+        Command::Project { db, command } => admin::project(&db, command).await,
+        Command::Token { db, command } => admin::token(&db, command).await,
         Command::Client(command) => Ok(client::run(&cli.target, command).await),
     }
 }

@@ -73,6 +73,12 @@ pub struct ServeArgs {
     /// How long shutdown waits for running ingestions before it gives up on them.
     #[arg(long = "shutdown-grace", env = "XCAM_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// PEM certificate chain: with `--tls-key`, the API speaks HTTPS itself.
+    #[arg(long = "tls-cert", env = "XCAM_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long = "tls-key", env = "XCAM_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     #[command(flatten)]
     pub db: DatabaseArgs,
     #[command(flatten)]
@@ -98,6 +104,11 @@ impl ServeArgs {
             hosts.push(bound.to_string());
         }
         hosts
+    }
+
+    /// The certificate and key, when the API terminates TLS itself.
+    pub fn tls(&self) -> Option<(&std::path::Path, &std::path::Path)> {
+        self.tls_cert.as_deref().zip(self.tls_key.as_deref())
     }
 
     pub fn image_limits(&self) -> xcam_shared::imaging::ImageLimits {

@@ -1,12 +1,16 @@
-//! Every CSV xcam writes: the batch report and the inference log. Cells come from the same
+//! Every CSV xcam writes: the batch report, the inference log and the audit trail. Cells come from the same
 //! API types the JSON routes return, so the two cannot disagree; every cell is neutralised
 //! against spreadsheet formula injection (entry names and messages come from users' archives).
 
 use std::borrow::Cow;
 
+use axum::{
+    http::header,
+    response::{IntoResponse, Response},
+};
 use bytes::Bytes;
 
-use crate::api::{ItemResult, LogEntry};
+use crate::api::{AuditEntry, ItemResult, LogEntry};
 
 /// Cells a spreadsheet would run as a formula get a leading apostrophe (OWASP's advice).
 pub fn neutralise(cell: &str) -> Cow<'_, str> {
@@ -168,6 +172,50 @@ pub fn log_row(r: &LogEntry) -> Vec<String> {
         r.device.clone(),
         opt(r.dynamic_batch_size),
     ]
+}
+
+/// The audit trail's columns.
+pub const AUDIT_COLUMNS: [&str; 12] = [
+    "id",
+    "at",
+    "token_name",
+    "role",
+    "action",
+    "project",
+    "batch_id",
+    "item_id",
+    "client",
+    "outcome",
+    "status",
+    "detail",
+];
+
+/// One audit row, in `AUDIT_COLUMNS`' order.
+pub fn audit_row(r: &AuditEntry) -> Vec<String> {
+    vec![
+        r.id.to_string(),
+        r.at.to_rfc3339(),
+        opt(r.token_name.as_ref()),
+        opt(r.role),
+        r.action.to_string(),
+        opt(r.project.as_ref()),
+        opt(r.batch_id),
+        opt(r.item_id),
+        opt(r.client.as_ref()),
+        r.outcome.to_string(),
+        opt(r.status),
+        opt(r.detail.as_ref()),
+    ]
+}
+
+/// A whole CSV answer: the header, then the rows.
+pub fn table(columns: &[&str], rows: impl Iterator<Item = Vec<String>>) -> Response {
+    let header: Vec<String> = columns.iter().map(|c| (*c).to_owned()).collect();
+    let mut out = line(&header).to_vec();
+    for row in rows {
+        out.extend_from_slice(&line(&row));
+    }
+    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response()
 }
 
 #[cfg(test)]

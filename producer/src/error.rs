@@ -3,12 +3,12 @@
 
 use axum::{
     Json,
-    http::StatusCode,
+    http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{artefacts::ArtefactError, ingest::ArchiveError};
+use crate::{artefacts::ArtefactError, auth::ErrorCode, ingest::ArchiveError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -25,6 +25,21 @@ pub enum ApiError {
     /// 400 `host_not_allowed`: the request's Host is not in `XCAM_ALLOWED_HOSTS`.
     #[error("this server does not answer to host {0:?} (XCAM_ALLOWED_HOSTS)")]
     HostNotAllowed(String),
+    /// 401: no credentials (`unauthenticated`), or ones that sign no one in (`invalid_token`,
+    /// `token_revoked`, `token_expired`, `session_expired`).
+    #[error("{1}")]
+    Unauthenticated(&'static str, String),
+    /// 403 `forbidden`: the caller's role may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 403 `cross_origin`: a write carried by the session cookie from a page of another origin.
+    #[error(
+        "a request carried by the dashboard's session must come from the dashboard's own origin"
+    )]
+    CrossOrigin,
+    /// 404 `project_not_found`: no such project, or one the caller does not cover.
+    #[error("no project named {0:?}")]
+    ProjectNotFound(String),
     /// 422 `invalid_filter`: a log or stats filter out of its documented form.
     #[error("{0}")]
     InvalidFilter(String),
@@ -83,7 +98,11 @@ impl ApiError {
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::InvalidRequest(_) | ApiError::HostNotAllowed(_) => StatusCode::BAD_REQUEST,
-            ApiError::BatchNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthenticated(..) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) | ApiError::CrossOrigin => StatusCode::FORBIDDEN,
+            ApiError::BatchNotFound(_) | ApiError::NotFound(_) | ApiError::ProjectNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::UploadTooLarge { .. } | ApiError::FieldTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
@@ -103,6 +122,10 @@ impl ApiError {
             ApiError::InvalidRequest(_) => "invalid_request",
             ApiError::HostNotAllowed(_) => "host_not_allowed",
             ApiError::InvalidFilter(_) => "invalid_filter",
+            ApiError::Unauthenticated(code, _) => code,
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::CrossOrigin => "cross_origin",
+            ApiError::ProjectNotFound(_) => "project_not_found",
             ApiError::BatchNotFound(_) => "batch_not_found",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
@@ -138,7 +161,15 @@ impl IntoResponse for ApiError {
             code: self.code().to_owned(),
             message,
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"xcam\""),
+            );
+        }
+        response.extensions_mut().insert(ErrorCode(self.code()));
+        response
     }
 }
 

@@ -6,10 +6,13 @@
 //! - [`ingest`]: upload spooling, archive checks, ingestion; [`queue`]: job pushes.
 //! - [`reconciler`]: re-pushes jobs that Redis lost.
 //! - [`artefacts`]: overlays and maps, drawn from a result's grids when first asked for.
-//! - [`cli`]: the `xcam` command line.
+//! - [`auth`]: who is calling and whether they may; the audit trail.
+//! - [`cli`]: the `xcam` command line, [`admin`] its project and token commands; [`tls`]: HTTPS for the server and the client.
 
+pub mod admin;
 pub mod api;
 pub mod artefacts;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -21,6 +24,7 @@ pub mod reconciler;
 pub mod routes;
 pub mod startup;
 pub mod state;
+pub mod tls;
 
 pub use startup::{Application, app, build_state};
 

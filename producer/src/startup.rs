@@ -15,6 +15,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
+use axum_server::tls_rustls::RustlsConfig;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower_http::{request_id::PropagateRequestIdLayer, trace::TraceLayer};
@@ -25,6 +26,7 @@ use crate::{
     queue::Queue,
     reconciler, routes,
     state::{AppState, Settings},
+    tls,
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -32,6 +34,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// A built API, bound and ready to serve.
 pub struct Application {
     listener: TcpListener,
+    tls: Option<RustlsConfig>,
     state: AppState,
     reconcile_every: Duration,
     grace: Duration,
@@ -42,11 +45,16 @@ impl Application {
     /// catalogue and binds `args.bind`.
     pub async fn build(args: &ServeArgs) -> anyhow::Result<Self> {
         let state = build_state(args).await?;
+        let tls = match args.tls() {
+            Some((cert, key)) => Some(tls::server_config(cert, key).await?),
+            None => None,
+        };
         let listener = TcpListener::bind(args.bind)
             .await
             .with_context(|| format!("cannot listen on XCAM_BIND={}", args.bind))?;
         Ok(Self {
             listener,
+            tls,
             state,
             reconcile_every: args.reconcile_every,
             grace: args.shutdown_grace,
@@ -66,6 +74,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         let Self {
             listener,
+            tls,
             state,
             reconcile_every,
             grace,
@@ -80,17 +89,37 @@ impl Application {
         ));
         tracing::info!(
             addr = %listener.local_addr()?,
+            tls = tls.is_some(),
             models = ?state.models.keys().collect::<Vec<_>>(),
             blobs = state.blobs.url(),
             "xcam serving"
         );
         let signal = stop.clone();
-        let served = axum::serve(listener, app(state))
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                signal.cancel();
-            })
-            .await;
+        let stopped = async move {
+            shutdown.await;
+            signal.cancel();
+        };
+        // The client's address goes into the audit trail.
+        let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
+        let served = match tls {
+            None => {
+                axum::serve(listener, service)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }
+            Some(config) => {
+                let handle = axum_server::Handle::new();
+                let stopping = handle.clone();
+                tokio::spawn(async move {
+                    stopped.await;
+                    stopping.graceful_shutdown(Some(grace));
+                });
+                axum_server::from_tcp_rustls(listener.into_std()?, config)?
+                    .handle(handle)
+                    .serve(service)
+                    .await
+            }
+        };
         stop.cancel();
         tasks.close();
         if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
@@ -139,6 +168,7 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
             limits: args.limits(),
             image_limits: args.image_limits(),
             allowed_hosts: args.allowed_hosts(),
+            tls: args.tls().is_some(),
         }),
         tasks: TaskTracker::new(),
     })

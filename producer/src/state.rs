@@ -32,6 +32,8 @@ pub struct Settings {
     pub image_limits: ImageLimits,
     /// Host names the API answers to (lower case, no port).
     pub allowed_hosts: Vec<String>,
+    /// Whether the server speaks TLS itself (session cookies are then `Secure`).
+    pub tls: bool,
 }
 
 impl AppState {

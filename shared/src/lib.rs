@@ -1,5 +1,6 @@
 //! What the xcam producer (`xcam`) and workers (`xcam-worker`) share.
 //!
+//! - [`access`]: roles, audited actions, and the secrets behind tokens and sessions.
 //! - [`config`]: the typed, env-backed configuration groups each binary flattens into its CLI.
 //! - [`telemetry`]: one tracing set-up for every binary.
 //! - [`db`]: the Postgres schema (migrations) and every query, with bound parameters only.
@@ -10,6 +11,7 @@
 //! - [`imaging`]: decoding radiographs into one grayscale plane.
 //! - [`status`]: the status machines of batches, items and log rows; [`targets`]: methods and labels.
 
+pub mod access;
 pub mod blob;
 pub mod bundle;
 pub mod config;

@@ -3,17 +3,15 @@
 //! The columns are `text` with CHECK constraints (see the first migration); these enums are the
 //! one place the values are spelt in Rust, and the one place that says which are terminal.
 
-use serde::{Deserialize, Serialize};
-
-/// Declares a status enum stored as snake_case text, with its terminal subset.
-macro_rules! status_enum {
+/// Declares an enum stored as snake_case text (sqlx), spelt the same in JSON and in the
+/// document, with `ALL`, `as_str`, `Display` and a strict `FromStr`.
+macro_rules! text_enum {
     (
         $(#[$meta:meta])*
         $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }
-        terminal: [$($terminal:ident),+]
     ) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, sqlx::Type, utoipa::ToSchema)]
         #[sqlx(type_name = "text", rename_all = "snake_case")]
         #[serde(rename_all = "snake_case")]
         pub enum $name {
@@ -21,21 +19,14 @@ macro_rules! status_enum {
         }
 
         impl $name {
-            /// Every value, in the order of the status machine.
+            /// Every value, in declaration order.
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
-            /// The values no transition leaves.
-            pub const TERMINAL: &'static [$name] = &[$($name::$terminal),+];
 
             /// The value as stored and as the API spells it.
             pub fn as_str(self) -> &'static str {
                 match self {
                     $($name::$variant => $text),+
                 }
-            }
-
-            /// No transition leaves this status.
-            pub fn is_terminal(self) -> bool {
-                Self::TERMINAL.contains(&self)
             }
         }
 
@@ -57,6 +48,31 @@ macro_rules! status_enum {
                         let all: Vec<&str> = Self::ALL.iter().map(|v| v.as_str()).collect();
                         format!("{s:?} is not one of {}", all.join(", "))
                     })
+            }
+        }
+    };
+}
+pub(crate) use text_enum;
+
+/// Declares a status enum (a [`text_enum!`]) with its terminal subset.
+macro_rules! status_enum {
+    (
+        $(#[$meta:meta])*
+        $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }
+        terminal: [$($terminal:ident),+]
+    ) => {
+        text_enum! {
+            $(#[$meta])*
+            $name { $($(#[$vmeta])* $variant = $text),+ }
+        }
+
+        impl $name {
+            /// The values no transition leaves.
+            pub const TERMINAL: &'static [$name] = &[$($name::$terminal),+];
+
+            /// No transition leaves this status.
+            pub fn is_terminal(self) -> bool {
+                Self::TERMINAL.contains(&self)
             }
         }
     };

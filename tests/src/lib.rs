@@ -21,6 +21,7 @@ pub mod servers;
 use clap::Parser;
 use sqlx::{Connection, PgPool};
 use uuid::Uuid;
+use xcam_shared::access::Role;
 
 /// The repository's root.
 pub fn repo_root() -> PathBuf {
@@ -65,6 +66,8 @@ pub fn redis_url() -> String {
 pub struct TestDb {
     pub pool: PgPool,
     pub url: String,
+    /// An admin token of the project `test`, the only one: what the harness's clients send.
+    pub admin_token: String,
     name: String,
     admin_url: String,
 }
@@ -76,6 +79,8 @@ impl TestDb {
 
     /// A fresh database on the server `admin_url` points at.
     pub async fn create_on(admin_url: String) -> Self {
+        // Every test starts here; its HTTP clients use rustls with the API's provider.
+        xcam_producer::tls::install_provider();
         let name = format!("xcam_test_{}", Uuid::new_v4().simple());
         let mut admin = sqlx::PgConnection::connect(&admin_url)
             .await
@@ -94,9 +99,14 @@ impl TestDb {
         xcam_shared::db::migrate(&pool)
             .await
             .expect("migrations apply");
+        xcam_shared::db::access::create_project(&pool, TEST_PROJECT)
+            .await
+            .expect("create the test project");
+        let admin_token = make_token(&pool, "test-admin", Role::Admin, &[TEST_PROJECT], None).await;
         Self {
             pool,
             url,
+            admin_token,
             name,
             admin_url,
         }
@@ -114,6 +124,49 @@ impl TestDb {
             .await;
         }
     }
+}
+
+/// The project every harness upload goes to.
+pub const TEST_PROJECT: &str = "test";
+
+/// Makes a token as `xcam token create` does; returns its secret.
+pub async fn make_token(
+    pool: &PgPool,
+    name: &str,
+    role: Role,
+    projects: &[&str],
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> String {
+    let secret = xcam_shared::access::new_secret(xcam_shared::access::TOKEN_PREFIX);
+    let projects: Vec<String> = projects.iter().map(|p| (*p).to_owned()).collect();
+    xcam_shared::db::access::create_token(
+        pool,
+        &xcam_shared::db::access::NewToken {
+            name,
+            role,
+            projects: &projects,
+            expires_at,
+            secret: &secret,
+        },
+    )
+    .await
+    .expect("create a token");
+    secret
+}
+
+/// An HTTP client that sends `token` as its bearer on every request.
+pub fn client_with(token: &str) -> reqwest::Client {
+    xcam_producer::tls::install_provider();
+    let mut value =
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).expect("header");
+    value.set_sensitive(true);
+    reqwest::Client::builder()
+        .default_headers(reqwest::header::HeaderMap::from_iter([(
+            reqwest::header::AUTHORIZATION,
+            value,
+        )]))
+        .build()
+        .expect("client")
 }
 
 /// A unique queue prefix (no `:` in it, see `jobs::queue_name`).
@@ -194,8 +247,30 @@ impl Stack {
     }
 
     /// The router `xcam serve` serves, built on this stack's services but not bound to a port:
-    /// for `tower::ServiceExt::oneshot` tests of API behaviour that needs no worker.
+    /// for `tower::ServiceExt::oneshot` tests of API behaviour that needs no worker. Requests
+    /// that carry no `Authorization` get the stack's admin token, as the harness's clients do.
     pub async fn router(&self) -> axum::Router {
+        let bearer: axum::http::HeaderValue = format!("Bearer {}", self.db.admin_token)
+            .parse()
+            .expect("header");
+        self.bare_router()
+            .await
+            .layer(axum::middleware::map_request(
+                move |mut request: axum::extract::Request| {
+                    let bearer = bearer.clone();
+                    async move {
+                        request
+                            .headers_mut()
+                            .entry(axum::http::header::AUTHORIZATION)
+                            .or_insert(bearer);
+                        request
+                    }
+                },
+            ))
+    }
+
+    /// [`Stack::router`] without the token: requests carry what the test gives them.
+    pub async fn bare_router(&self) -> axum::Router {
         let state = xcam_producer::build_state(&self.serve_args(&[]))
             .await
             .expect("producer state");
@@ -239,7 +314,8 @@ impl Stack {
         });
         Producer {
             base: format!("http://{addr}"),
-            client: reqwest::Client::new(),
+            token: self.db.admin_token.clone(),
+            client: client_with(&self.db.admin_token),
             server: Some(server),
             process: None,
             log: None,
@@ -270,7 +346,8 @@ impl Stack {
             .expect("spawn xcam serve");
         let producer = Producer {
             base: format!("http://127.0.0.1:{port}"),
-            client: reqwest::Client::new(),
+            token: self.db.admin_token.clone(),
+            client: client_with(&self.db.admin_token),
             server: None,
             process: Some(child),
             log: Some(log),
@@ -326,6 +403,9 @@ impl Stack {
 
 pub struct Producer {
     pub base: String,
+    /// The admin token of the project `test` its client sends.
+    pub token: String,
+    /// A client that sends that token.
     pub client: reqwest::Client,
     server: Option<tokio::task::JoinHandle<()>>,
     process: Option<Child>,

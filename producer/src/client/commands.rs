@@ -1,4 +1,4 @@
-//! `xcam submit | status | export | logs | stats | workers | cancel`.
+//! `xcam submit | status | export | logs | stats | workers | cancel | audit`.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -6,19 +6,21 @@ use clap::{Args, Subcommand};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use xcam_shared::{
+    access::{Action, Outcome},
     status::{BatchStatus, LogStatus},
     targets::{LabelSelection, Method},
 };
 
 use super::{Api, ClientError, exit, progress::Progress};
 use crate::api::{
-    Batch, BatchCancelled, BatchCreated, BatchPage, LogPage, Stats, StatsBucket, When, Worker,
+    AuditPage, Batch, BatchCancelled, BatchCreated, BatchPage, LogPage, Stats, StatsBucket, When,
+    Worker,
 };
 
-/// Where the API is.
+/// Where the API is, and who is asking.
 #[derive(Debug, Clone, Args)]
 pub struct Target {
-    /// Base URL of the xcam API.
+    /// Base URL of the xcam API (`https://…` when it terminates TLS).
     #[arg(
         long,
         env = "XCAM_URL",
@@ -26,6 +28,13 @@ pub struct Target {
         global = true
     )]
     pub url: String,
+    /// The API token (from `xcam token create`); sent as `Authorization: Bearer`.
+    #[arg(long, env = "XCAM_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// A PEM CA certificate to trust besides the system's (a private CA or a self-signed
+    /// server certificate).
+    #[arg(long = "ca-cert", env = "XCAM_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,15 +63,47 @@ pub enum ClientCommand {
     Workers,
     /// Cancel a batch's queued items.
     Cancel { batch: String },
+    /// Query the audit trail (admin tokens only).
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// RFC 3339, or a duration back from now (`24h`, `7d`).
+    #[arg(long)]
+    pub since: Option<When>,
+    #[arg(long)]
+    pub until: Option<When>,
+    /// A token's name.
+    #[arg(long)]
+    pub token_name: Option<String>,
+    /// upload, cancel, read_csv, sign_in, …
+    #[arg(long)]
+    pub action: Option<Action>,
+    #[arg(long)]
+    pub project: Option<String>,
+    /// ok, denied, not_found, refused or failed.
+    #[arg(long)]
+    pub outcome: Option<Outcome>,
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// Continue after the last entry of a previous page (its `next_cursor`).
+    #[arg(long)]
+    pub cursor: Option<String>,
+    #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
+    pub format: String,
 }
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
     /// The ZIP archive.
     pub file: PathBuf,
-    /// Model bundle name.
+    /// Model bundle name (may be left out when the server has one).
     #[arg(long)]
-    pub model: String,
+    pub model: Option<String>,
+    /// The project (may be left out when the token covers one).
+    #[arg(long)]
+    pub project: Option<String>,
     /// gradcam, gradcam++ or hirescam.
     #[arg(long)]
     pub method: Option<Method>,
@@ -111,7 +152,17 @@ pub struct LogsArgs {
 
 /// Runs a client command; returns the process's exit status.
 pub async fn run(target: &Target, command: ClientCommand) -> u8 {
-    let api = Api::new(&target.url);
+    let api = match Api::new(
+        &target.url,
+        target.token.as_deref(),
+        target.ca_cert.as_deref(),
+    ) {
+        Ok(api) => api,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::ERROR;
+        }
+    };
     let result = match command {
         ClientCommand::Submit(args) => submit(&api, args).await,
         ClientCommand::Status { batch: Some(id) } => api
@@ -129,6 +180,7 @@ pub async fn run(target: &Target, command: ClientCommand) -> u8 {
         ClientCommand::Logs(args) => logs(&api, &args).await,
         ClientCommand::Stats { since, bucket } => stats(&api, since, bucket).await,
         ClientCommand::Workers => workers(&api).await,
+        ClientCommand::Audit(args) => audit(&api, &args).await,
         ClientCommand::Cancel { batch } => api
             .post::<BatchCancelled>(&format!("/v1/batches/{}/cancel", encode(&batch)))
             .await
@@ -186,7 +238,13 @@ async fn submit(api: &Api, args: SubmitArgs) -> Result<u8, ClientError> {
             .file_name(name)
             .mime_str("application/zip")
             .expect("a valid MIME type");
-    let mut form = reqwest::multipart::Form::new().text("model", args.model.clone());
+    let mut form = reqwest::multipart::Form::new();
+    if let Some(model) = &args.model {
+        form = form.text("model", model.clone());
+    }
+    if let Some(project) = &args.project {
+        form = form.text("project", project.clone());
+    }
     if let Some(method) = args.method {
         form = form.text("method", method.to_string());
     }
@@ -324,8 +382,8 @@ async fn list_batches(api: &Api) -> Result<u8, ClientError> {
 }
 
 async fn logs(api: &Api, a: &LogsArgs) -> Result<u8, ClientError> {
-    let mut query: Vec<(&str, String)> = vec![("limit", a.limit.to_string())];
-    for (k, v) in [
+    let query = [
+        ("limit", Some(a.limit.to_string())),
         ("since", a.since.map(|w| w.to_string())),
         ("until", a.until.map(|w| w.to_string())),
         ("model", a.model.clone()),
@@ -335,37 +393,10 @@ async fn logs(api: &Api, a: &LogsArgs) -> Result<u8, ClientError> {
         ("label", a.label.clone()),
         ("cursor", a.cursor.clone()),
         ("min_ms", a.min_ms.map(|ms| ms.to_string())),
-    ] {
-        if let Some(v) = v {
-            query.push((k, v));
-        }
-    }
-    if a.format == "csv" {
-        query.push(("format", "csv".into()));
-    }
-    let qs = query
-        .iter()
-        .map(|(k, v)| format!("{k}={}", form_encode(v)))
-        .collect::<Vec<_>>()
-        .join("&");
-    if a.format == "csv" {
-        let text = api
-            .get_raw(&format!("/v1/logs?{qs}"))
-            .await?
-            .text()
-            .await
-            .map_err(|e| ClientError::Local(e.to_string()))?;
-        print!("{text}");
+    ];
+    let Some(page) = page::<LogPage>(api, "/v1/logs", &query, &a.format).await? else {
         return Ok(exit::OK);
-    }
-    let page: LogPage = api.get(&format!("/v1/logs?{qs}")).await?;
-    if a.format == "json" {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&page).unwrap_or_default()
-        );
-        return Ok(exit::OK);
-    }
+    };
     println!(
         "{:<25} {:<8} {:<10} {:<12} {:>6} {:>8} {:>3}  {:<28} file",
         "time", "model", "status", "prediction", "p", "ms", "try", "worker"
@@ -452,6 +483,82 @@ async fn workers(api: &Api) -> Result<u8, ClientError> {
         );
     }
     Ok(exit::OK)
+}
+
+async fn audit(api: &Api, a: &AuditArgs) -> Result<u8, ClientError> {
+    let query = [
+        ("limit", Some(a.limit.to_string())),
+        ("since", a.since.map(|w| w.to_string())),
+        ("until", a.until.map(|w| w.to_string())),
+        ("token", a.token_name.clone()),
+        ("action", a.action.map(|v| v.to_string())),
+        ("project", a.project.clone()),
+        ("outcome", a.outcome.map(|v| v.to_string())),
+        ("cursor", a.cursor.clone()),
+    ];
+    let Some(page) = page::<AuditPage>(api, "/v1/audit", &query, &a.format).await? else {
+        return Ok(exit::OK);
+    };
+    println!(
+        "{:<25} {:<20} {:<9} {:<13} {:<9} {:<10} {:<36} client",
+        "time", "token", "role", "action", "outcome", "project", "batch"
+    );
+    for e in &page.entries {
+        let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        println!(
+            "{:<25} {:<20} {:<9} {:<13} {:<9} {:<10} {:<36} {}{}",
+            e.at.to_rfc3339().get(..25).unwrap_or_default(),
+            dash(e.token_name.clone()),
+            dash(e.role.map(|r| r.to_string())),
+            e.action.as_str(),
+            e.outcome.as_str(),
+            dash(e.project.clone()),
+            dash(e.batch_id.map(|b| b.to_string())),
+            dash(e.client.clone()),
+            e.detail
+                .as_deref()
+                .map(|c| format!("  [{c}]"))
+                .unwrap_or_default(),
+        );
+    }
+    if let Some(next) = &page.next_cursor {
+        println!("(more: repeat with --cursor {next})");
+    }
+    Ok(exit::OK)
+}
+
+/// Fetches a page of a filtered listing. `csv` and `json` are printed as they come and give
+/// `None`; `table` gives the page to print.
+async fn page<T: serde::de::DeserializeOwned + serde::Serialize>(
+    api: &Api,
+    path: &str,
+    query: &[(&str, Option<String>)],
+    format: &str,
+) -> Result<Option<T>, ClientError> {
+    let mut qs: Vec<String> = query
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", form_encode(v))))
+        .collect();
+    if format == "csv" {
+        qs.push("format=csv".into());
+        let text = api
+            .get_raw(&format!("{path}?{}", qs.join("&")))
+            .await?
+            .text()
+            .await
+            .map_err(|e| ClientError::Local(e.to_string()))?;
+        print!("{text}");
+        return Ok(None);
+    }
+    let page: T = api.get(&format!("{path}?{}", qs.join("&"))).await?;
+    if format == "json" {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&page).unwrap_or_default()
+        );
+        return Ok(None);
+    }
+    Ok(Some(page))
 }
 
 /// Percent-encodes a query value.

@@ -8,6 +8,7 @@ pub use commands::{ClientCommand, Target, run};
 
 use std::time::Duration;
 
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use serde::de::DeserializeOwned;
 
 use crate::api::ErrorBody;
@@ -43,15 +44,34 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn new(base: &str) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
+    /// A client of the API at `base`, sending `token` as a bearer, trusting the system's roots
+    /// and `ca_cert` for HTTPS.
+    pub fn new(
+        base: &str,
+        token: Option<&str>,
+        ca_cert: Option<&std::path::Path>,
+    ) -> Result<Self, ClientError> {
+        crate::tls::install_provider();
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+        if let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) {
+            let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                ClientError::Local("XCAM_TOKEN holds characters a header cannot".into())
+            })?;
+            value.set_sensitive(true);
+            builder = builder.default_headers(HeaderMap::from_iter([(AUTHORIZATION, value)]));
+        }
+        if let Some(path) = ca_cert {
+            let cert = crate::tls::ca_certificate(path)
+                .map_err(|e| ClientError::Local(format!("{e:#}")))?;
+            builder = builder.tls_certs_merge([cert]);
+        }
+        let http = builder
             .build()
-            .expect("a plain HTTP client builds");
-        Self {
+            .map_err(|e| ClientError::Local(format!("cannot set up HTTPS: {e}")))?;
+        Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
             http,
-        }
+        })
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -20,6 +20,9 @@ pub struct UploadForm {
     /// The ZIP archive of radiographs.
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,
+    /// The project the batch goes to (may be left out when the token covers only one).
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
+    project: Option<String>,
     /// Model bundle name (may be left out when the server has only one).
     model: Option<String>,
     /// The CAM method (default `gradcam`).
@@ -35,6 +38,8 @@ pub struct UploadForm {
 pub struct Upload {
     pub spool: tempfile::TempPath,
     pub bytes: u64,
+    /// The project named, if any (a token with one project uploads to it).
+    pub project: Option<String>,
     /// The model named, if any (a server with one model takes that one).
     pub model: Option<String>,
     pub method: Method,
@@ -55,12 +60,13 @@ pub async fn read_form(
             ApiError::InvalidRequest(format!("malformed multipart body: {}", e.body_text()))
         }
     };
-    let (mut spool, mut model, mut method, mut labels, mut pseudonymize) =
-        (None, None, None, None, None);
+    let (mut spool, mut project, mut model, mut method, mut labels, mut pseudonymize) =
+        (None, None, None, None, None, None);
     while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
         let name = field.name().unwrap_or_default().to_owned();
         match name.as_str() {
             "file" => spool = Some(spool_file(&mut field, dir, limit, bad).await?),
+            "project" => project = Some(text(field, &name, bad).await?),
             "model" => model = Some(text(field, &name, bad).await?),
             "method" => {
                 let raw = text(field, &name, bad).await?;
@@ -95,7 +101,7 @@ pub async fn read_form(
             }
             other => {
                 return Err(ApiError::InvalidRequest(format!(
-                    "unknown form field {other:?}: the form takes file, model, method, labels and pseudonymize_names"
+                    "unknown form field {other:?}: the form takes file, project, model, method, labels and pseudonymize_names"
                 )));
             }
         }
@@ -105,6 +111,7 @@ pub async fn read_form(
     Ok(Upload {
         spool,
         bytes,
+        project,
         model,
         method: method.unwrap_or_default(),
         labels: labels.unwrap_or_default(),

@@ -23,6 +23,7 @@ use crate::{
         Batch, BatchCancelled, BatchCreated, BatchLinks, BatchListQuery, BatchPage, BatchReport,
         ErrorBody, ItemCounts,
     },
+    auth::Caller,
     error::{ApiError, ApiResult},
     ingest::{BatchRequest, archive, upload},
     state::AppState,
@@ -54,12 +55,14 @@ pub(super) fn router(max_upload: u64) -> OpenApiRouter<AppState> {
     responses(
         (status = 202, body = BatchCreated, description = "Stored and checked; ingesting"),
         (status = 400, body = ErrorBody, description = "`invalid_zip`, `invalid_request`"),
+        (status = 404, body = ErrorBody, description = "`project_not_found`: no such project, or one the token does not cover"),
         (status = 413, body = ErrorBody, description = "`upload_too_large`, `field_too_large`, `too_many_entries`, `archive_too_large`, `entry_too_large`, `zip_bomb`"),
         (status = 422, body = ErrorBody, description = "`no_images`, `duplicate_names`, `unknown_model`, `invalid_method`, `invalid_labels`, `unknown_label`"),
     )
 )]
 async fn create_batch(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<(StatusCode, Json<BatchCreated>)> {
@@ -77,6 +80,7 @@ async fn create_batch(
         None => state.sole_model()?,
     }
     .clone();
+    let project = upload_project(&state, &caller, form.project.as_deref()).await?;
     form.labels
         .validate(bundle.labels())
         .map_err(|message| ApiError::Unprocessable {
@@ -94,6 +98,7 @@ async fn create_batch(
         &state.db,
         &NewBatch {
             id: batch_id,
+            project_id: project.id,
             model_name: bundle.name(),
             model_version: &bundle.manifest.model.version,
             method: form.method,
@@ -122,11 +127,30 @@ async fn create_batch(
         refused: (scan.entries.len() - scan.images()) as u64,
         links: BatchLinks::of(batch_id),
     };
+    caller.note(&project.name, batch_id);
     let ingestor = state.ingestor();
     state
         .tasks
         .spawn(async move { ingestor.ingest(request, spool, scan).await });
     Ok((StatusCode::ACCEPTED, Json(created)))
+}
+
+/// The project an upload goes to: the one it names, or the caller's only one. One the caller
+/// does not cover is answered exactly as one that does not exist.
+async fn upload_project(
+    state: &AppState,
+    caller: &Caller,
+    named: Option<&str>,
+) -> ApiResult<db::access::Project> {
+    let name = named.or_else(|| caller.sole_project()).ok_or_else(|| {
+        ApiError::InvalidRequest(
+            "the form has no `project` field, and this token covers more than one project".into(),
+        )
+    })?;
+    db::access::project_by_name(&state.db, name)
+        .await?
+        .filter(|p| caller.covers(p.id))
+        .ok_or_else(|| ApiError::ProjectNotFound(name.to_owned()))
 }
 
 async fn view(state: &AppState, batch: db::batches::BatchRecord) -> ApiResult<Batch> {
@@ -148,9 +172,10 @@ async fn view(state: &AppState, batch: db::batches::BatchRecord) -> ApiResult<Ba
 )]
 async fn get_batch(
     State(state): State<AppState>,
+    caller: Caller,
     BatchPath(id): BatchPath,
 ) -> ApiResult<Json<Batch>> {
-    let batch = find_batch(&state, id).await?;
+    let batch = find_batch(&state, &caller, id).await?;
     Ok(Json(view(&state, batch).await?))
 }
 
@@ -168,10 +193,11 @@ async fn get_batch(
 )]
 async fn list_batches(
     State(state): State<AppState>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<BatchListQuery>,
 ) -> ApiResult<Json<BatchPage>> {
     let limit = q.limit.unwrap_or(20);
-    let records = db::batches::list(&state.db, q.before, limit).await?;
+    let records = db::batches::list(&state.db, caller.scope(), q.before, limit).await?;
     let next_before = (records.len() as i64 == limit)
         .then(|| records.last().map(|b| b.created_at))
         .flatten();
@@ -200,9 +226,10 @@ async fn list_batches(
 )]
 async fn cancel_batch(
     State(state): State<AppState>,
+    caller: Caller,
     BatchPath(id): BatchPath,
 ) -> ApiResult<Json<BatchCancelled>> {
-    find_batch(&state, id).await?;
+    find_batch(&state, &caller, id).await?;
     match db::batches::cancel(&state.db, id).await? {
         Some(cancelled_items) => Ok(Json(BatchCancelled {
             id,
@@ -227,9 +254,10 @@ async fn cancel_batch(
 )]
 async fn get_report(
     State(state): State<AppState>,
+    caller: Caller,
     BatchPath(id): BatchPath,
 ) -> ApiResult<Json<BatchReport>> {
-    let batch = find_batch(&state, id).await?;
+    let batch = find_batch(&state, &caller, id).await?;
     let counts = db::batches::counts(&state.db, id).await?;
     let problems = db::items::problems(&state.db, id).await?;
     Ok(Json(BatchReport::build(

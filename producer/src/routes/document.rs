@@ -6,7 +6,9 @@
 //! - links from an upload and from the listings to the batch and item routes, so a client (or
 //!   a stateful fuzzer) can follow real ids;
 //! - `500 internal` and `503 unavailable` on every operation that reaches Postgres, Redis or
-//!   the blob store.
+//!   the blob store;
+//! - the bearer scheme, required by every operation the access rules guard, with the `401` and
+//!   `403` answers they give and the roles that may call them.
 
 use std::collections::BTreeMap;
 
@@ -19,6 +21,8 @@ use utoipa::openapi::{
 };
 use xcam_shared::bundle::Bundle;
 
+use crate::auth::rules::{self, Rule};
+
 /// The longest text field of the upload form, in bytes.
 pub const MAX_FIELD_BYTES: usize = 4096;
 
@@ -26,7 +30,74 @@ pub fn complete(mut doc: OpenApi, models: &BTreeMap<String, Bundle>) -> OpenApi 
     describe_upload(&mut doc, models);
     add_links(&mut doc);
     add_server_errors(&mut doc);
+    add_security(&mut doc);
     doc
+}
+
+/// The name of the bearer scheme in the document.
+pub const BEARER: &str = "bearer";
+
+fn add_security(doc: &mut OpenApi) {
+    use utoipa::openapi::security::{
+        HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+    };
+    doc.components.get_or_insert_with(Default::default).add_security_scheme(
+        BEARER,
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(
+                    "A token from `xcam token create` (`XCAM_TOKEN` for the CLI). The dashboard signs in with one and then sends a session cookie instead.",
+                ))
+                .build(),
+        ),
+    );
+    let error = error_content;
+    for (path, item) in doc.paths.paths.iter_mut() {
+        for (method, op) in [
+            (axum::http::Method::GET, &mut item.get),
+            (axum::http::Method::POST, &mut item.post),
+            (axum::http::Method::DELETE, &mut item.delete),
+        ] {
+            let Some(op) = op else { continue };
+            let Some(Rule::Roles(_, roles)) = rules::rule(&method, path) else {
+                continue;
+            };
+            op.security = Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
+            let roles: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+            let note = format!("\n\nRoles: {}.", roles.join(", "));
+            op.description = Some(op.description.take().unwrap_or_default() + &note);
+            for (status, text) in [
+                (
+                    "401",
+                    "`unauthenticated`, `invalid_token`, `token_revoked`, `token_expired`, `session_expired`",
+                ),
+                (
+                    "403",
+                    "`forbidden`: the token's role may not; `cross_origin`: a cookie-borne write from another origin",
+                ),
+            ] {
+                op.responses
+                    .responses
+                    .entry(status.into())
+                    .or_insert_with(|| {
+                        ResponseBuilder::new()
+                            .description(text)
+                            .content("application/json", error())
+                            .into()
+                    });
+            }
+        }
+    }
+}
+
+/// An `ErrorBody` answer's content.
+fn error_content() -> utoipa::openapi::Content {
+    ContentBuilder::new()
+        .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+            "ErrorBody",
+        ))))
+        .build()
 }
 
 fn operation<'a>(
@@ -77,6 +148,16 @@ fn describe_upload(doc: &mut OpenApi, models: &BTreeMap<String, Bundle>) {
     object.properties.insert(
         "method".into(),
         RefOr::Ref(utoipa::openapi::Ref::from_schema_name("Method")),
+    );
+    object.properties.insert(
+        "project".into(),
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^[a-z0-9][a-z0-9_-]{0,62}$"))
+            .description(Some(
+                "The project the batch goes to (`xcam project list`); may be left out when the token covers only one.",
+            ))
+            .into(),
     );
     object.properties.insert(
         "pseudonymize_names".into(),
@@ -272,13 +353,7 @@ fn add_links(doc: &mut OpenApi) {
 }
 
 fn add_server_errors(doc: &mut OpenApi) {
-    let error = || {
-        ContentBuilder::new()
-            .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
-                "ErrorBody",
-            ))))
-            .build()
-    };
+    let error = error_content;
     for (path, item) in doc.paths.paths.iter_mut() {
         if !(path.starts_with("/v1/") || path == "/readyz" || path == "/metrics") {
             continue;
@@ -316,12 +391,12 @@ fn add_server_errors(doc: &mut OpenApi) {
 /// The README's route table, drawn from the document: one row per operation, its summary
 /// beside it. A test holds the README to it, so the table cannot drift from the router.
 pub fn markdown_routes(doc: &OpenApi) -> String {
-    let mut out = String::from("| route | what |\n|---|---|\n");
+    let mut out = String::from("| route | what | who |\n|---|---|---|\n");
     for (path, item) in &doc.paths.paths {
         for (method, op) in [
-            ("GET", &item.get),
-            ("POST", &item.post),
-            ("DELETE", &item.delete),
+            (axum::http::Method::GET, &item.get),
+            (axum::http::Method::POST, &item.post),
+            (axum::http::Method::DELETE, &item.delete),
         ] {
             if let Some(op) = op {
                 let summary = op
@@ -329,7 +404,16 @@ pub fn markdown_routes(doc: &OpenApi) -> String {
                     .as_deref()
                     .unwrap_or_default()
                     .trim_end_matches('.');
-                out.push_str(&format!("| `{method} {path}` | {summary} |\n"));
+                let who = match rules::rule(&method, path) {
+                    Some(Rule::Roles(_, roles)) => roles
+                        .iter()
+                        .map(|r| r.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    Some(Rule::Open) => "anyone".into(),
+                    None => "nobody".into(),
+                };
+                out.push_str(&format!("| `{method} {path}` | {summary} | {who} |\n"));
             }
         }
     }

@@ -11,6 +11,7 @@ use super::{extract::ItemPath, find_item};
 use crate::{
     api::ErrorBody,
     artefacts::{self, ArtefactError},
+    auth::Caller,
     error::ApiResult,
     state::AppState,
 };
@@ -35,9 +36,10 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 )]
 async fn get_image(
     State(state): State<AppState>,
+    caller: Caller,
     ItemPath(batch, item): ItemPath,
 ) -> ApiResult<Response> {
-    let record = find_item(&state, batch, item).await?;
+    let record = find_item(&state, &caller, batch, item).await?;
     let key = record
         .blob_key
         .ok_or_else(|| ArtefactError::Missing(format!("item {item} has no stored image")))?;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use axum::{
     Json,
     extract::State,
-    http::{HeaderValue, header},
+    http::HeaderValue,
     response::{IntoResponse, Response},
 };
 use chrono::Utc;
@@ -18,6 +18,7 @@ use crate::{
         ErrorBody, LogEntry, LogFormat, LogPage, LogQuery, Stats, StatsBucket, StatsQuery,
         StatsRow, When, cursor_of, parse_cursor,
     },
+    auth::Caller,
     csv_export,
     error::{ApiError, ApiResult},
     state::AppState,
@@ -44,10 +45,12 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 )]
 async fn query_logs(
     State(state): State<AppState>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<LogQuery>,
 ) -> ApiResult<Response> {
     let now = Utc::now();
     let filter = LogFilter {
+        projects: caller.scope().map(<[_]>::to_vec),
         since: q.since.map(|w| w.resolve(now)),
         until: q.until.map(|w| w.resolve(now)),
         model: q.model.filter(|s| !s.is_empty()),
@@ -80,12 +83,8 @@ async fn query_logs(
         })
         .into_response()),
         LogFormat::Csv => {
-            let mut out = csv_export::line(&csv_export::LOG_COLUMNS.map(str::to_owned)).to_vec();
-            for e in &entries {
-                out.extend_from_slice(&csv_export::line(&csv_export::log_row(e)));
-            }
-            let mut response =
-                ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response();
+            let rows = entries.iter().map(csv_export::log_row);
+            let mut response = csv_export::table(&csv_export::LOG_COLUMNS, rows);
             if let Some(next) = next_cursor.and_then(|n| HeaderValue::from_str(&n).ok()) {
                 response.headers_mut().insert("x-next-cursor", next);
             }
@@ -110,6 +109,7 @@ async fn query_logs(
 )]
 async fn get_stats(
     State(state): State<AppState>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<StatsQuery>,
 ) -> ApiResult<Json<Stats>> {
     let since = q
@@ -117,13 +117,14 @@ async fn get_stats(
         .unwrap_or(When::Ago(chrono::Duration::days(7)))
         .resolve(Utc::now());
     let bucket = q.bucket.unwrap_or_default();
-    let buckets: Vec<StatsRow> = logs::buckets(&state.db, since, bucket == StatsBucket::Day)
-        .await?
-        .into_iter()
-        .map(StatsRow::from)
-        .collect();
+    let buckets: Vec<StatsRow> =
+        logs::buckets(&state.db, caller.scope(), since, bucket == StatsBucket::Day)
+            .await?
+            .into_iter()
+            .map(StatsRow::from)
+            .collect();
     let mut predictions: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
-    for (model, label, n) in logs::prediction_counts(&state.db, since).await? {
+    for (model, label, n) in logs::prediction_counts(&state.db, caller.scope(), since).await? {
         predictions.entry(model).or_default().insert(label, n);
     }
     let inferences: i64 = buckets.iter().map(|b| b.inferences).sum();

@@ -2,6 +2,7 @@
 //! registrations (utoipa-axum), then completed in [`document`] with what only the running
 //! server knows: its models and their labels.
 
+mod audit;
 mod batches;
 mod dashboard;
 mod docs;
@@ -13,6 +14,7 @@ mod logs;
 mod metrics;
 mod models;
 mod results;
+mod session;
 mod workers;
 
 use std::{collections::BTreeMap, sync::Arc};
@@ -26,7 +28,7 @@ use xcam_shared::{
     db::{self, batches::BatchRecord, items::ItemRecord},
 };
 
-use crate::{error::ApiError, state::AppState};
+use crate::{auth::Caller, error::ApiError, state::AppState};
 
 pub use metrics::track_http;
 
@@ -36,6 +38,10 @@ pub fn router(state: AppState) -> Router {
     let document = Arc::new(document::to_json(&document::complete(api, &state.models)));
     router
         .merge(docs::router(document))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::guard,
+        ))
         .route_layer(axum::middleware::from_fn(metrics::track_http))
         .with_state(state)
 }
@@ -52,6 +58,8 @@ fn api_router(max_upload: u64) -> OpenApiRouter<AppState> {
         .merge(logs::router())
         .merge(workers::router())
         .merge(metrics::router())
+        .merge(session::router())
+        .merge(audit::router())
 }
 
 /// The OpenAPI document a server with these models serves at `/openapi.json`.
@@ -59,15 +67,26 @@ pub fn openapi(models: &BTreeMap<String, Bundle>) -> utoipa::openapi::OpenApi {
     document::complete(api_router(1 << 20).split_for_parts().1, models)
 }
 
-/// The batch a path names; 404 `batch_not_found` when there is none.
-async fn find_batch(state: &AppState, id: Uuid) -> Result<BatchRecord, ApiError> {
-    db::batches::get(&state.db, id)
+/// The batch a path names; 404 `batch_not_found` when there is none, or when it is in a
+/// project the caller does not cover: the two answers are the same, byte for byte.
+async fn find_batch(state: &AppState, caller: &Caller, id: Uuid) -> Result<BatchRecord, ApiError> {
+    let batch = db::batches::get(&state.db, id)
         .await?
-        .ok_or_else(|| ApiError::BatchNotFound(id.to_string()))
+        .filter(|b| caller.covers(b.project_id))
+        .ok_or_else(|| ApiError::BatchNotFound(id.to_string()))?;
+    caller.note(&batch.project, batch.id);
+    Ok(batch)
 }
 
-/// The item a `/v1/batches/{id}/items/{item}/…` path names; 404 unless it is in that batch.
-async fn find_item(state: &AppState, batch: Uuid, item: Uuid) -> Result<ItemRecord, ApiError> {
+/// The item a `/v1/batches/{id}/items/{item}/…` path names; 404 unless it is in that batch
+/// and the caller covers the batch's project.
+async fn find_item(
+    state: &AppState,
+    caller: &Caller,
+    batch: Uuid,
+    item: Uuid,
+) -> Result<ItemRecord, ApiError> {
+    find_batch(state, caller, batch).await?;
     db::items::get(&state.db, batch, item)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no item {item} in batch {batch}")))

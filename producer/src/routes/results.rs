@@ -19,6 +19,7 @@ use super::{
 use crate::{
     api::{ArtefactQuery, ErrorBody, ItemResult, ResultPage, ResultPageQuery},
     artefacts::{self, ArtefactError},
+    auth::Caller,
     csv_export,
     error::ApiResult,
     state::AppState,
@@ -47,10 +48,11 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 )]
 async fn list_results(
     State(state): State<AppState>,
+    caller: Caller,
     BatchPath(id): BatchPath,
     ApiQuery(q): ApiQuery<ResultPageQuery>,
 ) -> ApiResult<Json<ResultPage>> {
-    find_batch(&state, id).await?;
+    find_batch(&state, &caller, id).await?;
     let limit = q.limit.unwrap_or(100);
     let after = q.after.map_or(-1, |a| a);
     let rows = db::results::report_page(&state.db, id, after, limit).await?;
@@ -81,9 +83,10 @@ const CSV_PAGE: i64 = 500;
 )]
 async fn export_results_csv(
     State(state): State<AppState>,
+    caller: Caller,
     BatchPath(id): BatchPath,
 ) -> ApiResult<Response> {
-    let batch = find_batch(&state, id).await?;
+    let batch = find_batch(&state, &caller, id).await?;
     let labels: Vec<String> = state
         .models
         .get(&batch.model_name)
@@ -132,11 +135,12 @@ async fn export_results_csv(
 /// Draws one of an item's artefacts: its overlay (PNG) or its map (`.npy`).
 async fn artefact(
     state: &AppState,
+    caller: &Caller,
     ItemPath(batch, item): ItemPath,
     label: Option<&str>,
     png: bool,
 ) -> ApiResult<Response> {
-    let record = find_item(state, batch, item).await?;
+    let record = find_item(state, caller, batch, item).await?;
     let (cams, geometry) = db::results::cams(&state.db, item)
         .await?
         .ok_or_else(|| ArtefactError::Missing(format!("item {item} has no result yet")))?;
@@ -175,10 +179,11 @@ async fn artefact(
 )]
 async fn get_overlay(
     State(state): State<AppState>,
+    caller: Caller,
     path: ItemPath,
     ApiQuery(q): ApiQuery<ArtefactQuery>,
 ) -> ApiResult<Response> {
-    artefact(&state, path, q.label.as_deref(), true).await
+    artefact(&state, &caller, path, q.label.as_deref(), true).await
 }
 
 /// The normalised map over the original image: float32 `.npy`, H×W.
@@ -196,8 +201,9 @@ async fn get_overlay(
 )]
 async fn get_cam(
     State(state): State<AppState>,
+    caller: Caller,
     path: ItemPath,
     ApiQuery(q): ApiQuery<ArtefactQuery>,
 ) -> ApiResult<Response> {
-    artefact(&state, path, q.label.as_deref(), false).await
+    artefact(&state, &caller, path, q.label.as_deref(), false).await
 }

@@ -13,6 +13,7 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct NewBatch<'a> {
     pub id: Uuid,
+    pub project_id: Uuid,
     pub model_name: &'a str,
     pub model_version: &'a str,
     pub method: Method,
@@ -24,6 +25,9 @@ pub struct NewBatch<'a> {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct BatchRecord {
     pub id: Uuid,
+    pub project_id: Uuid,
+    /// The project's name (joined).
+    pub project: String,
     pub model_name: String,
     pub model_version: String,
     pub method: String,
@@ -61,9 +65,10 @@ pub struct ItemCounts {
 macro_rules! select_batches {
     ($rest:literal) => {
         concat!(
-            "SELECT id, model_name, model_version, method, labels, status, archive_bytes, total_entries, ",
-            "skipped_entries, error_code, error_message, pseudonymize_names, created_at, updated_at, ingested_at, ",
-            "started_at, finished_at FROM batches ",
+            "SELECT b.id, b.project_id, p.name AS project, b.model_name, b.model_version, b.method, b.labels, ",
+            "b.status, b.archive_bytes, b.total_entries, b.skipped_entries, b.error_code, b.error_message, ",
+            "b.pseudonymize_names, b.created_at, b.updated_at, b.ingested_at, b.started_at, b.finished_at ",
+            "FROM batches b JOIN projects p ON p.id = b.project_id ",
             $rest
         )
     };
@@ -71,10 +76,11 @@ macro_rules! select_batches {
 
 pub async fn insert(db: impl PgExecutor<'_>, b: &NewBatch<'_>) -> sqlx::Result<()> {
     sqlx::query(
-        r#"INSERT INTO batches (id, model_name, model_version, method, labels, archive_bytes, pseudonymize_names)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)"#,
+        r#"INSERT INTO batches (id, project_id, model_name, model_version, method, labels, archive_bytes, pseudonymize_names)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"#,
     )
     .bind(b.id)
+    .bind(b.project_id)
     .bind(b.model_name)
     .bind(b.model_version)
     .bind(b.method.as_str())
@@ -87,21 +93,25 @@ pub async fn insert(db: impl PgExecutor<'_>, b: &NewBatch<'_>) -> sqlx::Result<(
 }
 
 pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<BatchRecord>> {
-    sqlx::query_as::<_, BatchRecord>(select_batches!("WHERE id = $1"))
+    sqlx::query_as::<_, BatchRecord>(select_batches!("WHERE b.id = $1"))
         .bind(id)
         .fetch_optional(db)
         .await
 }
 
-/// Newest first; `before` is the `created_at` of the last batch of the previous page.
+/// Newest first, of `projects` only (`None`: every project); `before` is the `created_at` of
+/// the last batch of the previous page.
 pub async fn list(
     db: impl PgExecutor<'_>,
+    projects: Option<&[Uuid]>,
     before: Option<DateTime<Utc>>,
     limit: i64,
 ) -> sqlx::Result<Vec<BatchRecord>> {
     sqlx::query_as::<_, BatchRecord>(select_batches!(
-        "WHERE ($1::timestamptz IS NULL OR created_at < $1) ORDER BY created_at DESC LIMIT $2"
+        "WHERE ($1::uuid[] IS NULL OR b.project_id = ANY($1)) AND ($2::timestamptz IS NULL OR b.created_at < $2) \
+         ORDER BY b.created_at DESC LIMIT $3"
     ))
+    .bind(projects)
     .bind(before)
     .bind(limit)
     .fetch_all(db)

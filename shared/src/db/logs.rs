@@ -32,8 +32,9 @@ pub async fn insert(db: impl PgExecutor<'_>, e: &NewLogEntry<'_>) -> sqlx::Resul
     sqlx::query(
         r#"INSERT INTO inference_log (model_name, model_version, prediction, probability, filename,
                                       processing_time_ms, queue_wait_ms, batch_id, item_id, attempt, status,
-                                      error_code, error_message, worker_id, device, dynamic_batch_size)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"#,
+                                      error_code, error_message, worker_id, device, dynamic_batch_size, project_id)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                   (SELECT project_id FROM batches WHERE id = $8))"#,
     )
     .bind(e.model_name)
     .bind(e.model_version)
@@ -81,6 +82,8 @@ pub struct LogRecord {
 /// Filters of a log query; `None` means "any".
 #[derive(Debug, Clone, Default)]
 pub struct LogFilter {
+    /// Rows of these projects only (a scoped caller's).
+    pub projects: Option<Vec<Uuid>>,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
     pub model: Option<String>,
@@ -104,6 +107,11 @@ pub async fn query(
          queue_wait_ms, batch_id, item_id, attempt, status, error_code, error_message, worker_id, device, \
          dynamic_batch_size FROM inference_log WHERE true",
     );
+    if let Some(v) = &f.projects {
+        q.push(" AND project_id = ANY(")
+            .push_bind(v.clone())
+            .push(")");
+    }
     if let Some(v) = f.since {
         q.push(" AND ts >= ").push_bind(v);
     }
@@ -149,9 +157,11 @@ pub struct Bucket {
     pub p95_ms: Option<f64>,
 }
 
-/// Inferences per hour or day since `since`, with latency percentiles and failures.
+/// Inferences per hour or day since `since`, of `projects` only (`None`: all), with latency
+/// percentiles and failures.
 pub async fn buckets(
     db: impl PgExecutor<'_>,
+    projects: Option<&[Uuid]>,
     since: DateTime<Utc>,
     day: bool,
 ) -> sqlx::Result<Vec<Bucket>> {
@@ -161,26 +171,31 @@ pub async fn buckets(
                   count(*) FILTER (WHERE status = 'failed') AS failures,
                   percentile_cont(0.5) WITHIN GROUP (ORDER BY processing_time_ms) FILTER (WHERE status = 'succeeded') AS p50_ms,
                   percentile_cont(0.95) WITHIN GROUP (ORDER BY processing_time_ms) FILTER (WHERE status = 'succeeded') AS p95_ms
-           FROM inference_log WHERE ts >= $1
+           FROM inference_log WHERE ts >= $1 AND ($3::uuid[] IS NULL OR project_id = ANY($3))
            GROUP BY 1 ORDER BY 1"#,
     )
     .bind(since)
     .bind(day)
+    .bind(projects)
     .fetch_all(db)
     .await
 }
 
-/// How often each label was the top prediction, per model, since `since`.
+/// How often each label was the top prediction, per model, since `since`, of `projects` only
+/// (`None`: all).
 pub async fn prediction_counts(
     db: impl PgExecutor<'_>,
+    projects: Option<&[Uuid]>,
     since: DateTime<Utc>,
 ) -> sqlx::Result<Vec<(String, String, i64)>> {
     sqlx::query_as(
         r#"SELECT model_name, prediction, count(*) FROM inference_log
            WHERE ts >= $1 AND status = 'succeeded' AND prediction IS NOT NULL
+             AND ($2::uuid[] IS NULL OR project_id = ANY($2))
            GROUP BY 1, 2 ORDER BY 1, 3 DESC"#,
     )
     .bind(since)
+    .bind(projects)
     .fetch_all(db)
     .await
 }

@@ -1,6 +1,8 @@
 //! Postgres: the schema's migrations and every query xcam runs, as free functions per table.
 //! All SQL binds its parameters; nothing user-supplied is ever formatted into a statement.
 
+pub mod access;
+pub mod audit;
 pub mod batches;
 pub mod items;
 pub mod logs;

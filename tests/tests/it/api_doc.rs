@@ -20,9 +20,11 @@ async fn every_documented_operation_is_served_and_the_docs_page_is_self_containe
     }
     operations.sort();
     let expected = [
+        ("DELETE", "/v1/session"),
         ("GET", "/healthz"),
         ("GET", "/metrics"),
         ("GET", "/readyz"),
+        ("GET", "/v1/audit"),
         ("GET", "/v1/batches"),
         ("GET", "/v1/batches/{id}"),
         ("GET", "/v1/batches/{id}/items/{item}/cam.npy"),
@@ -33,10 +35,12 @@ async fn every_documented_operation_is_served_and_the_docs_page_is_self_containe
         ("GET", "/v1/batches/{id}/results.csv"),
         ("GET", "/v1/logs"),
         ("GET", "/v1/models"),
+        ("GET", "/v1/session"),
         ("GET", "/v1/stats"),
         ("GET", "/v1/workers"),
         ("POST", "/v1/batches"),
         ("POST", "/v1/batches/{id}/cancel"),
+        ("POST", "/v1/session"),
     ];
     let expected: Vec<(String, String)> = expected
         .iter()

@@ -4,10 +4,35 @@ use std::process::Command;
 
 use xcam_tests::{Stack, bin, demo_samples_zip, repo_root};
 
-fn xcam(url: &str, args: &[&str]) -> (i32, String, String) {
+/// The `xcam` command line aimed at an API, with a token.
+#[derive(Clone)]
+pub struct Xcam {
+    pub url: String,
+    pub token: String,
+}
+
+impl Xcam {
+    pub fn of(api: &xcam_tests::Producer) -> Self {
+        Self {
+            url: api.base.clone(),
+            token: api.token.clone(),
+        }
+    }
+
+    pub fn run(&self, args: &[&str]) -> (i32, String, String) {
+        xcam(
+            &[("XCAM_URL", &self.url), ("XCAM_TOKEN", &self.token)],
+            args,
+        )
+    }
+}
+
+/// Runs `xcam` with these environment variables.
+pub fn xcam(env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin("xcam"))
         .args(args)
-        .env("XCAM_URL", url)
+        .env_remove("XCAM_TOKEN")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     (
@@ -22,26 +47,23 @@ async fn submit_wait_export_and_query_from_the_command_line() {
     let stack = Stack::new().await;
     let api = stack.producer(&[]).await;
     let _worker = stack.worker("a", &[]);
-    let url = api.base.clone();
+    let cli = Xcam::of(&api);
     let out = tempfile::tempdir().unwrap();
     let csv_path = out.path().join("report.csv");
     let samples = repo_root().join("models/demo/samples/samples.zip");
 
     let (code, stdout, stderr) = tokio::task::spawn_blocking({
-        let (url, samples, csv_path) = (url.clone(), samples.clone(), csv_path.clone());
+        let (cli, samples, csv_path) = (cli.clone(), samples.clone(), csv_path.clone());
         move || {
-            xcam(
-                &url,
-                &[
-                    "submit",
-                    samples.to_str().unwrap(),
-                    "--model",
-                    "demo",
-                    "--wait",
-                    "--csv",
-                    csv_path.to_str().unwrap(),
-                ],
-            )
+            cli.run(&[
+                "submit",
+                samples.to_str().unwrap(),
+                "--model",
+                "demo",
+                "--wait",
+                "--csv",
+                csv_path.to_str().unwrap(),
+            ])
         }
     })
     .await
@@ -60,27 +82,24 @@ async fn submit_wait_export_and_query_from_the_command_line() {
         .trim_end_matches(':')
         .to_owned();
 
-    let (code, stdout, _) = xcam(&url, &["status", &batch]);
+    let (code, stdout, _) = cli.run(&["status", &batch]);
     assert_eq!(code, 0);
     assert!(
         stdout.contains("succeeded") && stdout.contains("36 succeeded"),
         "{stdout}"
     );
-    let (code, stdout, _) = xcam(&url, &["status"]);
+    let (code, stdout, _) = cli.run(&["status"]);
     assert!(code == 0 && stdout.contains(&batch), "{stdout}");
     let exported = out.path().join("again.csv");
-    let (code, _, _) = xcam(&url, &["export", &batch, "-o", exported.to_str().unwrap()]);
+    let (code, _, _) = cli.run(&["export", &batch, "-o", exported.to_str().unwrap()]);
     assert_eq!(code, 0);
     assert_eq!(
         std::fs::read(&exported).unwrap(),
         std::fs::read(&csv_path).unwrap()
     );
-    let (code, stdout, _) = xcam(
-        &url,
-        &[
-            "logs", "--batch", &batch, "--limit", "100", "--format", "csv",
-        ],
-    );
+    let (code, stdout, _) = cli.run(&[
+        "logs", "--batch", &batch, "--limit", "100", "--format", "csv",
+    ]);
     assert_eq!(code, 0);
     assert_eq!(
         csv::Reader::from_reader(stdout.as_bytes())
@@ -97,7 +116,7 @@ async fn submit_wait_export_and_query_from_the_command_line() {
         "--limit",
         "5",
     ];
-    let (code, stdout, _) = xcam(&url, &page);
+    let (code, stdout, _) = cli.run(&page);
     assert!(code == 0 && stdout.lines().count() >= 6, "{stdout}");
     let cursor = stdout
         .lines()
@@ -105,14 +124,14 @@ async fn submit_wait_export_and_query_from_the_command_line() {
         .and_then(|l| l.strip_prefix("(more: repeat with --cursor "))
         .map(|c| c.trim_end_matches(')').to_owned())
         .expect("a next page");
-    let (code, next, _) = xcam(&url, &[&page[..], &["--cursor", &cursor]].concat());
+    let (code, next, _) = cli.run(&[&page[..], &["--cursor", &cursor]].concat());
     assert!(
         code == 0 && next.lines().nth(1) != stdout.lines().nth(1),
         "the second page starts elsewhere:\n{stdout}\n{next}"
     );
-    let (code, stdout, _) = xcam(&url, &["stats", "--since", "1d", "--bucket", "hour"]);
+    let (code, stdout, _) = cli.run(&["stats", "--since", "1d", "--bucket", "hour"]);
     assert!(code == 0 && stdout.contains("36 inferences"), "{stdout}");
-    let (code, stdout, _) = xcam(&url, &["workers"]);
+    let (code, stdout, _) = cli.run(&["workers"]);
     assert!(
         code == 0 && stdout.contains("cpu") && stdout.contains("demo"),
         "{stdout}"
@@ -144,18 +163,15 @@ async fn submit_wait_export_and_query_from_the_command_line() {
     entries.push(("good.png", first));
     std::fs::write(&mixed, xcam_tests::zip_of(&entries)).unwrap();
     let (code, stdout, stderr) = tokio::task::spawn_blocking({
-        let (url, mixed) = (url.clone(), mixed.clone());
+        let (cli, mixed) = (cli.clone(), mixed.clone());
         move || {
-            xcam(
-                &url,
-                &[
-                    "submit",
-                    mixed.to_str().unwrap(),
-                    "--model",
-                    "demo",
-                    "--wait",
-                ],
-            )
+            cli.run(&[
+                "submit",
+                mixed.to_str().unwrap(),
+                "--model",
+                "demo",
+                "--wait",
+            ])
         }
     })
     .await
@@ -163,18 +179,19 @@ async fn submit_wait_export_and_query_from_the_command_line() {
     assert_eq!(code, 3, "{stdout}\n{stderr}");
 
     // Errors are one line with the code; an unreachable server names the URL.
-    let (code, _, stderr) = xcam(
-        &url,
-        &["submit", samples.to_str().unwrap(), "--model", "nope"],
-    );
+    let (code, _, stderr) = cli.run(&["submit", samples.to_str().unwrap(), "--model", "nope"]);
     assert_eq!(code, 1);
     assert!(
         stderr.trim().starts_with("error: unknown_model:") && stderr.trim().lines().count() == 1,
         "{stderr}"
     );
-    let (code, _, stderr) = xcam(&url, &["cancel", &batch]);
+    let (code, _, stderr) = cli.run(&["cancel", &batch]);
     assert!(code == 1 && stderr.contains("conflict"), "{stderr}");
-    let (code, _, stderr) = xcam("http://127.0.0.1:9", &["workers"]);
+    let (code, _, stderr) = Xcam {
+        url: "http://127.0.0.1:9".into(),
+        ..cli.clone()
+    }
+    .run(&["workers"]);
     assert!(
         code == 1 && stderr.contains("cannot reach the xcam API at http://127.0.0.1:9"),
         "{stderr}"

@@ -17,7 +17,18 @@ async fn migrations_apply_on_a_fresh_database_and_again_as_a_no_op() {
     let names: Vec<&str> = tables.iter().map(|t| t.0.as_str()).collect();
     assert_eq!(
         names,
-        ["batches", "inference_log", "items", "results", "workers"]
+        [
+            "audit_log",
+            "batches",
+            "inference_log",
+            "items",
+            "projects",
+            "results",
+            "sessions",
+            "token_projects",
+            "tokens",
+            "workers"
+        ]
     );
     // The original tool's log columns are all there.
     let columns: Vec<(String,)> = sqlx::query_as("SELECT column_name::text FROM information_schema.columns WHERE table_name = 'inference_log'").fetch_all(&db.pool).await.unwrap();

@@ -25,7 +25,7 @@ async fn shutdown_waits_for_an_ingestion_that_is_running() {
         reqwest::multipart::Part::bytes(png_zip(3000, |i| format!("{i:04}.png")))
             .file_name("a.zip"),
     );
-    let response = reqwest::Client::new()
+    let response = xcam_tests::client_with(&stack.db.admin_token)
         .post(format!("{base}/v1/batches"))
         .multipart(form)
         .send()

@@ -1,0 +1,190 @@
+//! `xcam project …` and `xcam token …`: managing who may call the API. Like `xcam migrate`
+//! these talk to Postgres directly, so they need its credentials rather than a token, and each
+//! change leaves an audit row naming the operating-system user who made it.
+
+use anyhow::Context;
+use chrono::Utc;
+use clap::{Args, Subcommand};
+use sqlx::PgPool;
+use xcam_shared::{
+    access::{self, Action, Outcome, Role},
+    config::DatabaseArgs,
+    db::{
+        self,
+        access::{NewToken, TokenError},
+        audit::NewAuditEntry,
+    },
+};
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectCommand {
+    /// Create a project (lower-case letters, digits, `_`, `-`).
+    Create { name: String },
+    /// List the projects.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; prints it once, as the last line (only its hash is kept).
+    Create(TokenCreateArgs),
+    /// List the tokens (never their secrets).
+    List,
+    /// Revoke the live token of that name; it is refused from its next request on.
+    Revoke { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// A name to know it by in lists and the audit trail.
+    #[arg(long)]
+    pub name: String,
+    /// viewer, submitter, operator or admin.
+    #[arg(long)]
+    pub role: Role,
+    /// A project it covers (repeat for several); none: all projects (operator and admin only).
+    #[arg(long = "project")]
+    pub projects: Vec<String>,
+    /// How long it lives (`90d`, `12h`); without it, until revoked.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub expires: Option<std::time::Duration>,
+}
+
+pub async fn project(db: &DatabaseArgs, command: ProjectCommand) -> anyhow::Result<u8> {
+    let pool = connect(db).await?;
+    match command {
+        ProjectCommand::Create { name } => {
+            access::check_project_name(&name).map_err(anyhow::Error::msg)?;
+            let created = db::access::create_project(&pool, &name).await?;
+            let Some(project) = created else {
+                anyhow::bail!("a project named {name:?} exists already");
+            };
+            audit(&pool, Action::CreateProject, Some(&project.name), None).await?;
+            println!("project {} created", project.name);
+        }
+        ProjectCommand::List => {
+            for p in db::access::projects(&pool).await? {
+                println!("{:<32} created {}", p.name, p.created_at.to_rfc3339());
+            }
+        }
+    }
+    Ok(0)
+}
+
+pub async fn token(db: &DatabaseArgs, command: TokenCommand) -> anyhow::Result<u8> {
+    let pool = connect(db).await?;
+    match command {
+        TokenCommand::Create(args) => {
+            access::check_token_name(&args.name).map_err(anyhow::Error::msg)?;
+            let expires_at = args
+                .expires
+                .map(|d| chrono::Duration::from_std(d).map(|d| Utc::now() + d))
+                .transpose()
+                .context("--expires is too far away")?;
+            let secret = access::new_secret(access::TOKEN_PREFIX);
+            let made = db::access::create_token(
+                &pool,
+                &NewToken {
+                    name: &args.name,
+                    role: args.role,
+                    projects: &args.projects,
+                    expires_at,
+                    secret: &secret,
+                },
+            )
+            .await;
+            let record = match made {
+                Ok(r) => r,
+                Err(TokenError::Db(e)) => return Err(e.into()),
+                Err(refused) => anyhow::bail!("{refused}"),
+            };
+            let detail = format!("{} token {}", record.role, record.name);
+            audit(&pool, Action::CreateToken, None, Some(&detail)).await?;
+            println!(
+                "token {} ({}, {}, {}); it is shown this once:",
+                record.name,
+                record.role,
+                projects_of(&record.projects),
+                record.expires_at.map_or("no expiry".into(), |t| format!(
+                    "expires {}",
+                    t.to_rfc3339()
+                ))
+            );
+            println!("{secret}");
+        }
+        TokenCommand::List => {
+            println!(
+                "{:<24} {:<10} {:<24} {:<10} expires",
+                "name", "role", "projects", "state"
+            );
+            let now = Utc::now();
+            for t in db::access::tokens(&pool).await? {
+                let state = if t.revoked_at.is_some() {
+                    "revoked"
+                } else if t.expires_at.is_some_and(|e| e <= now) {
+                    "expired"
+                } else {
+                    "live"
+                };
+                println!(
+                    "{:<24} {:<10} {:<24} {:<10} {}",
+                    t.name,
+                    t.role,
+                    projects_of(&t.projects),
+                    state,
+                    t.expires_at.map_or("never".into(), |e| e.to_rfc3339())
+                );
+            }
+        }
+        TokenCommand::Revoke { name } => {
+            if !db::access::revoke_token(&pool, &name).await? {
+                anyhow::bail!("no live token named {name:?} (xcam token list)");
+            }
+            audit(&pool, Action::RevokeToken, None, Some(&name)).await?;
+            println!("token {name} revoked");
+        }
+    }
+    Ok(0)
+}
+
+async fn connect(db: &DatabaseArgs) -> anyhow::Result<PgPool> {
+    let pool = db::connect(db).await?;
+    db::migrate(&pool).await?;
+    Ok(pool)
+}
+
+fn projects_of(names: &[String]) -> String {
+    if names.is_empty() {
+        "all projects".into()
+    } else {
+        names.join(",")
+    }
+}
+
+/// The audit row of a change made from the command line: the actor is the local user.
+async fn audit(
+    pool: &PgPool,
+    action: Action,
+    project: Option<&str>,
+    detail: Option<&str>,
+) -> anyhow::Result<()> {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let actor = format!("local:{user}");
+    db::audit::append(
+        pool,
+        &NewAuditEntry {
+            token_name: Some(&actor),
+            role: None,
+            action,
+            project,
+            batch_id: None,
+            item_id: None,
+            client: Some("xcam cli"),
+            outcome: Outcome::Ok,
+            status: None,
+            detail,
+        },
+    )
+    .await
+    .context("writing the audit row")
+}
