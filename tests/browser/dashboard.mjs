@@ -1,13 +1,17 @@
-// The dashboard in a real headless Chromium: upload the demo samples through the page, wait for
-// the batch to finish, open an overlay beside its original, download the CSV and check it, then
-// check the operations page charts the batch. Screenshots go to OUT_DIR.
+// The dashboard in a real headless Chromium: sign in with a token through the page, upload the
+// demo samples, wait for the batch to finish, open an overlay beside its original, download the
+// CSV and check it, check the operations page charts the batch; then let a page of another
+// origin try an upload riding on the session cookie, sign out, and sign in as a viewer, who is
+// offered no upload. Screenshots go to OUT_DIR.
 //
-//   node tests/browser/dashboard.mjs http://127.0.0.1:PORT path/to/samples.zip OUT_DIR
+//   XCAM_ADMIN_TOKEN=… XCAM_VIEWER_TOKEN=… node tests/browser/dashboard.mjs http://127.0.0.1:PORT samples.zip OUT_DIR
 import { chromium } from "playwright-core";
 import { mkdirSync, readFileSync } from "node:fs";
+import { createServer } from "node:http";
 import { join } from "node:path";
 
 const [base, zip, out] = process.argv.slice(2);
+const { XCAM_ADMIN_TOKEN: adminToken, XCAM_VIEWER_TOKEN: viewerToken } = process.env;
 mkdirSync(out, { recursive: true });
 const fail = (message) => {
   console.error(`FAIL: ${message}`);
@@ -19,12 +23,27 @@ const browser = await chromium.launch({
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
 });
 try {
-  const page = await browser.newPage({ viewport: { width: 1400, height: 1000 }, acceptDownloads: true });
+  const context = await browser.newContext({ viewport: { width: 1400, height: 1000 }, acceptDownloads: true });
+  const page = await context.newPage();
   const errors = [];
   page.on("pageerror", (e) => errors.push(e.message));
 
-  await page.goto(`${base}/#/`);
+  const first = await page.goto(`${base}/#/`);
+  const headers = first.headers();
+  for (const [name, want] of [["content-security-policy", "script-src 'self'"], ["x-content-type-options", "nosniff"], ["x-frame-options", "DENY"], ["referrer-policy", "no-referrer"]]) {
+    if (!(headers[name] || "").includes(want)) fail(`${name}: ${headers[name]}`);
+  }
+  if (!headers["content-security-policy"].includes("frame-ancestors 'none'")) fail("no frame-ancestors 'none'");
+  await signIn(page, "bogus-token");
+  await page.waitForFunction(() => document.getElementById("sign-in-error")?.textContent.startsWith("invalid_token"));
+  await signIn(page, adminToken);
   await page.waitForSelector("#upload select[name=model] option", { state: "attached" });
+  const who = await page.textContent("#who");
+  if (!who.includes("test-admin") || !who.includes("admin")) fail(`who: ${who}`);
+  const cookies = await page.context().cookies();
+  const session = cookies.find((c) => c.name === "xcam_session");
+  if (!session || !session.httpOnly || session.sameSite !== "Strict") fail(`session cookie: ${JSON.stringify(session)}`);
+  if (await page.evaluate(() => document.cookie.includes("xcam_session"))) fail("the page's script can read the session cookie");
   await page.selectOption("#upload select[name=model]", "demo");
   await page.setInputFiles("#upload input[type=file]", zip);
   await page.screenshot({ path: join(out, "upload.png") });
@@ -58,8 +77,47 @@ try {
   if (charted < 36) fail(`the inference chart shows ${charted}, expected at least 36`);
   await page.waitForFunction(() => document.querySelectorAll("#log tbody tr").length >= 36 && document.querySelectorAll("#workers tbody tr code").length >= 1);
   await page.screenshot({ path: join(out, "operations.png"), fullPage: true });
+
+  // A page of another origin on the same site (another port of 127.0.0.1): the browser sends
+  // the session cookie with its request, and the API must refuse it.
+  const evil = createServer((_, res) => {
+    res.writeHead(200, { "content-type": "text/html" });
+    res.end(`<!doctype html><script>
+      const form = new FormData();
+      form.append("file", new Blob(["PK"], { type: "application/zip" }), "x.zip");
+      fetch(${JSON.stringify(base)} + "/v1/batches", { method: "POST", body: form, credentials: "include", mode: "no-cors" })
+        .then(() => (document.title = "sent"), (e) => (document.title = "error " + e));
+    </script>`);
+  });
+  await new Promise((ok) => evil.listen(0, "127.0.0.1", ok));
+  const forged = await context.newPage();
+  await forged.goto(`http://127.0.0.1:${evil.address().port}/`);
+  await forged.waitForFunction(() => document.title !== "", null, { timeout: 15_000 });
+  await forged.close();
+  evil.close();
+
+  await page.goto(`${base}/#/`);
+  await page.click("#sign-out");
+  await page.waitForSelector("#sign-in");
+  if ((await page.context().cookies()).some((c) => c.name === "xcam_session" && c.value)) fail("sign-out left the cookie");
+  const status = await page.evaluate(async () => (await fetch("/v1/batches")).status);
+  if (status !== 401) fail(`after sign-out the API answered ${status}`);
+
+  await signIn(page, viewerToken);
+  await page.waitForSelector("#batches tbody tr[data-batch]");
+  if (await page.isVisible("#upload")) fail("a viewer is offered the upload form");
+  if (await page.isVisible("#cancel")) fail("a viewer is offered cancel");
+  await page.screenshot({ path: join(out, "viewer.png") });
+  await page.click("#sign-out");
+  await page.waitForSelector("#sign-in");
   if (errors.length) fail(`page errors: ${errors.join("; ")}`);
   console.log(JSON.stringify({ batch, thumbs, csv_rows: lines.length - 1, charted }));
 } finally {
   await browser.close();
+}
+
+async function signIn(page, token) {
+  await page.waitForSelector("#sign-in");
+  await page.fill("#token", token);
+  await page.click("#sign-in-button");
 }

@@ -1,11 +1,20 @@
-// xcam's dashboard: batches (upload, live progress, results with overlays, report, CSV) and
-// operations (charts from /v1/stats, the inference log, the fleet). Plain DOM and fetch; the
-// charts are Chart.js, embedded in the binary.
+// xcam's dashboard: sign-in, batches (upload, live progress, results with overlays, report,
+// CSV) and operations (charts from /v1/stats, the inference log, the fleet). Plain DOM and
+// fetch; the charts are Chart.js, embedded in the binary. The session is an HttpOnly cookie
+// this script never sees; what it shows follows the signed-in token's role.
 "use strict";
 
 const view = document.getElementById("view");
 let timer = null;
 const charts = [];
+// Who is signed in (`GET /v1/session`), or null.
+let me = null;
+const may = {
+  upload: () => ["submitter", "admin"].includes(me?.role),
+  cancel: () => ["submitter", "operator", "admin"].includes(me?.role),
+  pixels: () => ["viewer", "submitter", "admin"].includes(me?.role),
+  fleet: () => ["operator", "admin"].includes(me?.role),
+};
 
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 const fmt = (n, d = 1) => (n == null ? "–" : Number(n).toFixed(d));
@@ -14,16 +23,66 @@ const when = (t) => (t ? new Date(t).toLocaleString() : "–");
 async function api(path, options) {
   const r = await fetch(path, options);
   const body = r.headers.get("content-type")?.includes("json") ? await r.json() : null;
+  if (r.status === 401) {
+    me = null;
+    signInPage(body?.message);
+    throw new Error(body ? `${body.code}: ${body.message}` : "signed out");
+  }
   if (!r.ok) throw new Error(body ? `${body.code}: ${body.message}` : `HTTP ${r.status}`);
   return body;
 }
+
+// ---------------------------------------------------------------- session
+
+function showWho() {
+  document.getElementById("who").textContent = me ? `${me.name} · ${me.role}${me.projects.length ? " · " + me.projects.join(", ") : ""}` : "";
+  document.getElementById("sign-out").hidden = !me;
+  document.querySelector("nav").hidden = !me;
+}
+
+function signInPage(why) {
+  clearInterval(timer);
+  showWho();
+  view.innerHTML = `
+    <h1>Sign in</h1>
+    <form id="sign-in" class="card row">
+      <label>API token <input type="password" name="token" id="token" size="60" autocomplete="off" required></label>
+      <button type="submit" id="sign-in-button">Sign in</button>
+    </form>
+    <p class="muted">A token from <code>xcam token create</code>. The dashboard keeps a session cookie, never the token.</p>
+    <p class="error" id="sign-in-error">${esc(why && why !== "signed out" ? why : "")}</p>`;
+  document.getElementById("sign-in").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const r = await fetch("/v1/session", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ token: document.getElementById("token").value }) });
+    const body = await r.json().catch(() => ({}));
+    if (!r.ok) {
+      document.getElementById("sign-in-error").textContent = `${body.code}: ${body.message}`;
+      return;
+    }
+    me = body;
+    route();
+  });
+}
+
+document.getElementById("sign-out").addEventListener("click", async () => {
+  await fetch("/v1/session", { method: "DELETE" });
+  me = null;
+  location.hash = "#/";
+  signInPage();
+});
 
 function progressBar(fraction, id) {
   return `<div class="progress"${id ? ` id="${id}"` : ""}><div style="width:${Math.round((fraction || 0) * 100)}%"></div></div>`;
 }
 
-function route() {
+async function route() {
   clearInterval(timer);
+  if (!me) {
+    const r = await fetch("/v1/session");
+    if (!r.ok) return signInPage();
+    me = await r.json();
+  }
+  showWho();
   charts.splice(0).forEach((c) => c.destroy());
   const hash = location.hash || "#/";
   document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", hash.startsWith(a.getAttribute("href")) && (a.dataset.nav !== "batches" || !hash.startsWith("#/ops"))));
@@ -39,11 +98,16 @@ window.addEventListener("DOMContentLoaded", route);
 
 async function batchesPage() {
   const models = await api("/v1/models").catch(() => []);
+  // A token of one project uploads there; of several, one is picked; of all, one is named.
+  const project = me.projects.length === 1 ? ""
+    : me.projects.length ? `<label>Project <select name="project">${me.projects.map((p) => `<option>${esc(p)}</option>`).join("")}</select></label>`
+    : `<label>Project <input name="project" size="12" required></label>`;
   view.innerHTML = `
     <h1>Batches</h1>
-    <div class="card">
+    <div class="card" ${may.upload() ? "" : "hidden"}>
       <form id="upload" class="row">
         <label>ZIP of radiographs <input type="file" name="file" accept=".zip,application/zip" required></label>
+        ${project}
         <label>Model <select name="model">${models.map((m) => `<option>${esc(m.name)}</option>`).join("")}</select></label>
         <label>Method <select name="method"><option>gradcam</option><option>gradcam++</option><option>hirescam</option></select></label>
         <label>Labels <input name="labels" value="top1" size="14" title="top1, positive, all, or names"></label>
@@ -53,13 +117,14 @@ async function batchesPage() {
       <div id="upload-progress" hidden>${progressBar(0, "upload-bar")}<span class="muted" id="upload-text"></span></div>
       <p class="error" id="upload-error"></p>
     </div>
-    <table id="batches"><thead><tr><th>batch</th><th>status</th><th>model</th><th>progress</th><th class="num">items</th><th class="num">failed</th><th class="num">images/s</th><th>created</th></tr></thead><tbody></tbody></table>`;
+    <table id="batches"><thead><tr><th>batch</th><th>project</th><th>status</th><th>model</th><th>progress</th><th class="num">items</th><th class="num">failed</th><th class="num">images/s</th><th>created</th></tr></thead><tbody></tbody></table>`;
   document.getElementById("upload").addEventListener("submit", upload);
   const refresh = async () => {
     const list = await api("/v1/batches?limit=50").catch(() => ({ batches: [] }));
     document.querySelector("#batches tbody").innerHTML = list.batches.map((b) => `
       <tr data-batch="${b.id}">
         <td><a href="#/batches/${b.id}"><code>${b.id.slice(0, 8)}…</code></a></td>
+        <td>${esc(b.project)}</td>
         <td class="status ${b.status}">${b.status}</td>
         <td>${esc(b.model_name)}</td>
         <td>${progressBar(b.progress)}</td>
@@ -67,7 +132,7 @@ async function batchesPage() {
         <td class="num">${b.counts.failed + b.counts.rejected}</td>
         <td class="num">${fmt(b.throughput_per_s)}</td>
         <td>${when(b.created_at)}</td>
-      </tr>`).join("") || `<tr><td colspan="8" class="muted">No batches yet: upload a ZIP above.</td></tr>`;
+      </tr>`).join("") || `<tr><td colspan="9" class="muted">No batches yet${may.upload() ? ": upload a ZIP above" : ""}.</td></tr>`;
   };
   await refresh();
   timer = setInterval(refresh, 2000);
@@ -107,7 +172,7 @@ function upload(event) {
 async function batchPage(id) {
   view.innerHTML = `<h1>Batch <code>${esc(id)}</code></h1><div id="summary"></div>
     <div class="row"><a class="button" id="csv" href="/v1/batches/${id}/results.csv" download>Download CSV</a>
-    <button class="secondary" id="cancel">Cancel queued items</button></div>
+    <button class="secondary" id="cancel" ${may.cancel() ? "" : "hidden"}>Cancel queued items</button></div>
     <h2>Validation report</h2><div id="report"></div>
     <h2>Results</h2><table id="results"><thead><tr><th>#</th><th>entry</th><th>status</th><th>overlay</th><th>top label</th><th class="num">p</th><th>peak</th><th>box</th><th class="num">ms</th><th>worker</th></tr></thead><tbody></tbody></table>`;
   document.getElementById("cancel").onclick = async () => {
@@ -134,7 +199,7 @@ async function batchPage(id) {
     document.querySelector("#results tbody").innerHTML = page.items.map((r) => {
       const cam = r.cams?.[0];
       return `<tr><td>${r.entry_index}</td><td>${esc(r.entry_name)}</td><td class="status ${r.status}">${r.status}</td>
-        <td>${r.overlay_url ? `<img class="thumb" loading="lazy" src="${r.overlay_url}" data-item="${r.item_id}" data-label="${esc(cam?.label)}" alt="overlay">` : ""}</td>
+        <td>${r.overlay_url && may.pixels() ? `<img class="thumb" loading="lazy" src="${r.overlay_url}" data-item="${r.item_id}" data-label="${esc(cam?.label)}" alt="overlay">` : ""}</td>
         <td>${esc(r.top_label)}</td><td class="num">${fmt(r.top_probability, 3)}</td>
         <td>${cam?.peak ? cam.peak.join(", ") : ""}</td><td>${cam?.bbox ? cam.bbox.join(", ") : ""}</td>
         <td class="num">${fmt(r.processing_ms, 0)}</td><td class="muted">${esc(r.worker_id)}</td></tr>`;
@@ -172,7 +237,7 @@ async function opsPage() {
       <div class="chart-box"><canvas id="chart-latency"></canvas></div>
       <div class="chart-box"><canvas id="chart-predictions"></canvas></div>
     </div>
-    <h2>Workers</h2><table id="workers"><thead><tr><th>worker</th><th>host</th><th>device</th><th>models</th><th class="num">done</th><th class="num">failed</th><th>last seen</th></tr></thead><tbody></tbody></table>
+    <h2 ${may.fleet() ? "" : "hidden"}>Workers</h2><table id="workers" ${may.fleet() ? "" : "hidden"}><thead><tr><th>worker</th><th>host</th><th>device</th><th>models</th><th class="num">done</th><th class="num">failed</th><th>last seen</th></tr></thead><tbody></tbody></table>
     <h2>Inference log</h2>
     <form id="log-filters" class="row card">
       ${["since", "until", "model", "status", "batch", "worker", "label", "min_ms"].map((f) => `<label>${f}<input name="${f}" size="10" ${f === "since" ? 'value="24h"' : ""}></label>`).join("")}
@@ -185,8 +250,8 @@ async function opsPage() {
     e.preventDefault();
     loadLog().catch(showError);
   });
-  await Promise.all([drawCharts(), loadLog(), loadWorkers()]).catch(showError);
-  timer = setInterval(() => loadWorkers().catch(() => {}), 5000);
+  await Promise.all([drawCharts(), loadLog(), may.fleet() ? loadWorkers() : null]).catch(showError);
+  if (may.fleet()) timer = setInterval(() => loadWorkers().catch(() => {}), 5000);
 }
 
 function showError(e) {
