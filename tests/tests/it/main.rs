@@ -4,6 +4,7 @@
 //! Run through `make test`, which starts Redis and Postgres, builds
 //! the binaries the tests start, and provisions schemathesis and Chromium.
 
+mod access;
 mod api_doc;
 mod cli;
 mod contract;
