@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: the main job end to end on the private Redis and Postgres — start the API and one
-# worker, submit the demo sample archive, watch it run, export the CSV report.
+# worker, make a project and an admin token for it, submit the demo sample archive with that
+# token, watch it run, export the CSV report.
 # The producer and worker keep running afterwards; `make down` stops everything.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -29,18 +30,28 @@ echo $! > "$run/worker.pid"
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 for _ in $(seq 100); do curl -fsS "$api/readyz" >/dev/null 2>&1 && break; alive api || { cat "$run/api.log"; exit 1; }; sleep 0.2; done
 echo "==> ready: $(curl -fsS "$api/readyz")"
+
+# Every request answers to a token. The demo's is an admin of the project `demo`, remade on
+# each run (only its hash is stored, so the old one cannot be shown again).
+echo "==> xcam project create demo; xcam token create --name demo-admin --role admin --project demo"
+target/release/xcam project list | grep -qx 'demo .*' || target/release/xcam project create demo
+target/release/xcam token revoke demo-admin >/dev/null 2>&1 || true
+token_file="$root/.xcam/demo.token"
+(umask 077; target/release/xcam token create --name demo-admin --role admin --project demo --expires 30d | tail -n 1 > "$token_file")
+export XCAM_TOKEN="$(cat "$token_file")"
+export XCAM_URL="$api"
 for _ in $(seq 150); do
-  n=$(curl -fsS "$api/v1/workers" | json 'len(d)')
+  n=$(curl -fsS -H "Authorization: Bearer $XCAM_TOKEN" "$api/v1/workers" | json 'len(d)')
   [[ "$n" -ge 1 ]] && break
   alive worker || { cat "$run/worker.log"; exit 1; }
   sleep 0.2
 done
 echo "==> xcam workers"
-XCAM_URL="$api" target/release/xcam workers
+target/release/xcam workers
 
 echo "==> xcam submit models/demo/samples/samples.zip --model demo --wait --csv .xcam/demo-results.csv"
 set +e
-XCAM_URL="$api" target/release/xcam submit models/demo/samples/samples.zip --model demo --wait --csv .xcam/demo-results.csv
+target/release/xcam submit models/demo/samples/samples.zip --model demo --wait --csv .xcam/demo-results.csv
 status=$?
 set -e
 echo "==> CSV report: .xcam/demo-results.csv ($(($(wc -l < .xcam/demo-results.csv) - 1)) rows)"
@@ -55,10 +66,13 @@ PY
 first=$(python3 -c "import csv; r=next(csv.DictReader(open('.xcam/demo-results.csv'))); print(r['overlay_url'])")
 echo "==> an overlay: $api$first"
 echo "==> the inference log, from the command line:"
-XCAM_URL="$api" target/release/xcam logs --since 1h --limit 5
+target/release/xcam logs --since 1h --limit 5
+echo "==> the audit trail: who did what"
+target/release/xcam audit --limit 5
 echo
-echo "The API ($api) and the worker keep running. Try:"
-echo "  export XCAM_URL=$api"
+echo "The API ($api) and the worker keep running. The dashboard is $api/ (sign in with the token)."
+echo "Use the command line with:"
+echo "  export XCAM_URL=$api XCAM_TOKEN=\$(cat .xcam/demo.token)"
 echo "  target/release/xcam status; target/release/xcam workers; target/release/xcam stats --since 1d --bucket hour"
 echo "Stop everything with: make down"
 exit "$status"

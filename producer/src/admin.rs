@@ -168,7 +168,10 @@ async fn audit(
     project: Option<&str>,
     detail: Option<&str>,
 ) -> anyhow::Result<()> {
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let user = ["USER", "LOGNAME"]
+        .into_iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| "unknown".into());
     let actor = format!("local:{user}");
     db::audit::append(
         pool,

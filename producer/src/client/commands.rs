@@ -334,8 +334,8 @@ async fn export(api: &Api, id: &str, path: &std::path::Path) -> Result<u64, Clie
 fn print_batch(b: &Batch) {
     let c = &b.counts;
     println!(
-        "batch {}  {}  model {} {}  {}",
-        b.id, b.status, b.model_name, b.model_version, b.method
+        "batch {}  {}  project {}  model {} {}  {}",
+        b.id, b.status, b.project, b.model_name, b.model_version, b.method
     );
     println!(
         "  items {}: {} succeeded, {} failed, {} rejected, {} cancelled, {} queued, {} running; {} entries skipped",
@@ -362,14 +362,15 @@ fn print_batch(b: &Batch) {
 async fn list_batches(api: &Api) -> Result<u8, ClientError> {
     let page: BatchPage = api.get("/v1/batches?limit=20").await?;
     println!(
-        "{:<36}  {:<22} {:<10} {:>7} {:>9} {:>7}  created",
-        "batch", "status", "model", "items", "succeeded", "failed"
+        "{:<36}  {:<16} {:<22} {:<10} {:>7} {:>9} {:>7}  created",
+        "batch", "project", "status", "model", "items", "succeeded", "failed"
     );
     for b in &page.batches {
         let c = &b.counts;
         println!(
-            "{:<36}  {:<22} {:<10} {:>7} {:>9} {:>7}  {}",
+            "{:<36}  {:<16} {:<22} {:<10} {:>7} {:>9} {:>7}  {}",
             b.id.to_string(),
+            b.project,
             b.status.as_str(),
             b.model_name,
             c.total,
@@ -500,13 +501,13 @@ async fn audit(api: &Api, a: &AuditArgs) -> Result<u8, ClientError> {
         return Ok(exit::OK);
     };
     println!(
-        "{:<25} {:<20} {:<9} {:<13} {:<9} {:<10} {:<36} client",
+        "{:<25} {:<20} {:<9} {:<15} {:<9} {:<10} {:<36} client",
         "time", "token", "role", "action", "outcome", "project", "batch"
     );
     for e in &page.entries {
         let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
         println!(
-            "{:<25} {:<20} {:<9} {:<13} {:<9} {:<10} {:<36} {}{}",
+            "{:<25} {:<20} {:<9} {:<15} {:<9} {:<10} {:<36} {}{}",
             e.at.to_rfc3339().get(..25).unwrap_or_default(),
             dash(e.token_name.clone()),
             dash(e.role.map(|r| r.to_string())),
