@@ -20,8 +20,11 @@ stop worker; stop api
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 echo "$port" > "$port_file"
 api="http://127.0.0.1:$port"
+# The key entry-name pseudonyms are made with: random, kept with the demo's data.
+key_file="$root/.xcam/pseudonym.key"
+[[ -s "$key_file" ]] || (umask 077; python3 -c 'import secrets; print(secrets.token_hex(32))' > "$key_file")
 echo "==> starting the API on $api (log: .xcam/run/api.log)"
-XCAM_BIND="127.0.0.1:$port" nohup target/release/xcam serve > "$run/api.log" 2>&1 &
+XCAM_PSEUDONYM_KEY="$(cat "$key_file")" XCAM_BIND="127.0.0.1:$port" nohup target/release/xcam serve > "$run/api.log" 2>&1 &
 echo $! > "$run/api.pid"
 echo "==> starting one worker for the demo model (log: .xcam/run/worker.log)"
 nohup target/release/xcam-worker run --model demo > "$run/worker.log" 2>&1 &

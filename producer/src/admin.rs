@@ -19,7 +19,12 @@ use xcam_shared::{
 #[derive(Debug, Subcommand)]
 pub enum ProjectCommand {
     /// Create a project (lower-case letters, digits, `_`, `-`).
-    Create { name: String },
+    Create {
+        name: String,
+        /// Pseudonymise entry names of every upload to it unless the upload says otherwise.
+        #[arg(long)]
+        pseudonymize_names: bool,
+    },
     /// List the projects.
     List,
 }
@@ -53,9 +58,12 @@ pub struct TokenCreateArgs {
 pub async fn project(db: &DatabaseArgs, command: ProjectCommand) -> anyhow::Result<u8> {
     let pool = connect(db).await?;
     match command {
-        ProjectCommand::Create { name } => {
+        ProjectCommand::Create {
+            name,
+            pseudonymize_names,
+        } => {
             access::check_project_name(&name).map_err(anyhow::Error::msg)?;
-            let created = db::access::create_project(&pool, &name).await?;
+            let created = db::access::create_project(&pool, &name, pseudonymize_names).await?;
             let Some(project) = created else {
                 anyhow::bail!("a project named {name:?} exists already");
             };
@@ -64,7 +72,16 @@ pub async fn project(db: &DatabaseArgs, command: ProjectCommand) -> anyhow::Resu
         }
         ProjectCommand::List => {
             for p in db::access::projects(&pool).await? {
-                println!("{:<32} created {}", p.name, p.created_at.to_rfc3339());
+                let names = if p.pseudonymize_names {
+                    "pseudonymised names"
+                } else {
+                    "names as uploaded"
+                };
+                println!(
+                    "{:<32} {names:<20} created {}",
+                    p.name,
+                    p.created_at.to_rfc3339()
+                );
             }
         }
     }

@@ -73,6 +73,14 @@ pub struct ServeArgs {
     /// How long shutdown waits for running ingestions before it gives up on them.
     #[arg(long = "shutdown-grace", env = "XCAM_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// Secret that entry-name pseudonyms are keyed with (at least 32 bytes); without it, uploads
+    /// that ask for pseudonyms are refused.
+    #[arg(
+        long = "pseudonym-key",
+        env = "XCAM_PSEUDONYM_KEY",
+        hide_env_values = true
+    )]
+    pub pseudonym_key: Option<String>,
     /// PEM certificate chain: with `--tls-key`, the API speaks HTTPS itself.
     #[arg(long = "tls-cert", env = "XCAM_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -104,6 +112,14 @@ impl ServeArgs {
             hosts.push(bound.to_string());
         }
         hosts
+    }
+
+    pub fn pseudonym_key(&self) -> anyhow::Result<Option<crate::ingest::PseudonymKey>> {
+        self.pseudonym_key
+            .as_deref()
+            .map(crate::ingest::PseudonymKey::new)
+            .transpose()
+            .map_err(anyhow::Error::msg)
     }
 
     /// The certificate and key, when the API terminates TLS itself.

@@ -169,6 +169,7 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
             image_limits: args.image_limits(),
             allowed_hosts: args.allowed_hosts(),
             tls: args.tls().is_some(),
+            pseudonym_key: args.pseudonym_key()?,
         }),
         tasks: TaskTracker::new(),
     })

@@ -8,7 +8,7 @@ use xcam_shared::{blob::BlobStore, bundle::Bundle, imaging::ImageLimits};
 
 use crate::{
     error::ApiError,
-    ingest::{ArchiveLimits, Ingestor},
+    ingest::{ArchiveLimits, Ingestor, PseudonymKey},
     queue::Queue,
 };
 
@@ -32,6 +32,8 @@ pub struct Settings {
     pub image_limits: ImageLimits,
     /// Host names the API answers to (lower case, no port).
     pub allowed_hosts: Vec<String>,
+    /// The key entry names are pseudonymised with; without one, the server refuses to.
+    pub pseudonym_key: Option<PseudonymKey>,
     /// Whether the server speaks TLS itself (session cookies are then `Secure`).
     pub tls: bool,
 }

@@ -99,7 +99,7 @@ impl TestDb {
         xcam_shared::db::migrate(&pool)
             .await
             .expect("migrations apply");
-        xcam_shared::db::access::create_project(&pool, TEST_PROJECT)
+        xcam_shared::db::access::create_project(&pool, TEST_PROJECT, false)
             .await
             .expect("create the test project");
         let admin_token = make_token(&pool, "test-admin", Role::Admin, &[TEST_PROJECT], None).await;
@@ -125,6 +125,9 @@ impl TestDb {
         }
     }
 }
+
+/// The pseudonym key of the harness's producers.
+pub const PSEUDONYM_KEY: &str = "test-pseudonym-key-of-32-bytes-or-more";
 
 /// The project every harness upload goes to.
 pub const TEST_PROJECT: &str = "test";
@@ -294,6 +297,7 @@ impl Stack {
             format!("--blob-url={}", self.blob_url()),
             "--reconcile-every=2s".into(),
             "--orphan-after=6s".into(),
+            format!("--pseudonym-key={PSEUDONYM_KEY}"),
         ];
         argv.extend(extra.iter().map(|s| (*s).to_owned()));
         Serve::try_parse_from(argv).expect("serve args").args
@@ -334,6 +338,7 @@ impl Stack {
             .arg(format!("--bind=127.0.0.1:{port}"))
             .arg(format!("--models-dir={}", self.models_dir.display()))
             .arg("--reconcile-every=2s")
+            .arg(format!("--pseudonym-key={PSEUDONYM_KEY}"))
             .args(extra)
             .env("DATABASE_URL", &self.db.url)
             .env("REDIS_URL", &self.redis_url)

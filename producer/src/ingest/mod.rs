@@ -7,6 +7,7 @@
 //!    writes the item rows and opens the batch in one transaction, then pushes one job per item.
 
 pub mod archive;
+pub mod pseudonym;
 pub mod upload;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use xcam_shared::{
 
 use crate::queue::Queue;
 pub use archive::{ArchiveError, ArchiveLimits, ScanResult};
+pub use pseudonym::PseudonymKey;
 
 /// What a batch asks for, as given on upload.
 #[derive(Debug, Clone)]
@@ -33,7 +35,8 @@ pub struct BatchRequest {
     pub model: String,
     pub method: Method,
     pub labels: LabelSelection,
-    pub pseudonymize_names: bool,
+    /// The key to pseudonymise entry names with, when the batch asks for it.
+    pub pseudonyms: Option<PseudonymKey>,
     pub request_id: Option<String>,
 }
 
@@ -152,10 +155,9 @@ impl Ingestor {
 }
 
 fn new_item(request: &BatchRequest, entry: &archive::Entry, stored: Stored) -> NewItem {
-    let entry_name = if request.pseudonymize_names {
-        pseudonym(request.batch_id, &entry.name)
-    } else {
-        entry.name.clone()
+    let entry_name = match &request.pseudonyms {
+        Some(key) => key.pseudonym(request.batch_id, &entry.name),
+        None => entry.name.clone(),
     };
     let mut item = NewItem {
         id: Uuid::now_v7(),
@@ -184,14 +186,4 @@ fn new_item(request: &BatchRequest, entry: &archive::Entry, stored: Stored) -> N
         }
     }
     item
-}
-
-/// A salted hash standing in for an entry name, stable within the batch.
-fn pseudonym(batch: Uuid, name: &str) -> String {
-    let ext = std::path::Path::new(name)
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("img");
-    let digest = sha256_hex(format!("{batch}\0{name}").as_bytes());
-    format!("entry-{}.{}", &digest[..16], ext.to_ascii_lowercase())
 }

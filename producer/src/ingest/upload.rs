@@ -29,7 +29,7 @@ pub struct UploadForm {
     method: Option<Method>,
     /// `top1` (default), `positive`, `all`, or label names separated by commas.
     labels: Option<String>,
-    /// `true` to replace entry names with salted hashes everywhere.
+    /// `true` to replace entry names with keyed hashes everywhere (default: the project's setting).
     pseudonymize_names: Option<bool>,
 }
 
@@ -44,7 +44,8 @@ pub struct Upload {
     pub model: Option<String>,
     pub method: Method,
     pub labels: LabelSelection,
-    pub pseudonymize_names: bool,
+    /// Whether names are to be pseudonymised; `None`: as the project says.
+    pub pseudonymize_names: Option<bool>,
 }
 
 /// Reads the form; the `file` field goes to disk in `dir`, chunk by chunk.
@@ -115,7 +116,7 @@ pub async fn read_form(
         model,
         method: method.unwrap_or_default(),
         labels: labels.unwrap_or_default(),
-        pseudonymize_names: pseudonymize.unwrap_or(false),
+        pseudonymize_names: pseudonymize,
     })
 }
 

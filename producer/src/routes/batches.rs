@@ -57,7 +57,7 @@ pub(super) fn router(max_upload: u64) -> OpenApiRouter<AppState> {
         (status = 400, body = ErrorBody, description = "`invalid_zip`, `invalid_request`"),
         (status = 404, body = ErrorBody, description = "`project_not_found`: no such project, or one the token does not cover"),
         (status = 413, body = ErrorBody, description = "`upload_too_large`, `field_too_large`, `too_many_entries`, `archive_too_large`, `entry_too_large`, `zip_bomb`"),
-        (status = 422, body = ErrorBody, description = "`no_images`, `duplicate_names`, `unknown_model`, `invalid_method`, `invalid_labels`, `unknown_label`"),
+        (status = 422, body = ErrorBody, description = "`no_images`, `duplicate_names`, `unknown_model`, `invalid_method`, `invalid_labels`, `unknown_label`, `pseudonym_key_missing`"),
     )
 )]
 async fn create_batch(
@@ -81,6 +81,20 @@ async fn create_batch(
     }
     .clone();
     let project = upload_project(&state, &caller, form.project.as_deref()).await?;
+    let pseudonymize = form
+        .pseudonymize_names
+        .unwrap_or(project.pseudonymize_names);
+    let pseudonyms = match (pseudonymize, &state.settings.pseudonym_key) {
+        (false, _) => None,
+        (true, Some(key)) => Some(key.clone()),
+        (true, None) => {
+            return Err(ApiError::Unprocessable {
+                code: "pseudonym_key_missing",
+                message: "names cannot be pseudonymised: this server has no XCAM_PSEUDONYM_KEY"
+                    .into(),
+            });
+        }
+    };
     form.labels
         .validate(bundle.labels())
         .map_err(|message| ApiError::Unprocessable {
@@ -104,7 +118,7 @@ async fn create_batch(
             method: form.method,
             labels: &form.labels,
             archive_bytes: form.bytes as i64,
-            pseudonymize_names: form.pseudonymize_names,
+            pseudonymize_names: pseudonymize,
         },
     )
     .await?;
@@ -113,7 +127,7 @@ async fn create_batch(
         model: bundle.name().to_owned(),
         method: form.method,
         labels: form.labels,
-        pseudonymize_names: form.pseudonymize_names,
+        pseudonyms,
         request_id: headers
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())

@@ -164,7 +164,7 @@ fn describe_upload(doc: &mut OpenApi, models: &BTreeMap<String, Bundle>) {
         ObjectBuilder::new()
             .schema_type(Type::Boolean)
             .description(Some(
-                "`true` to replace entry names with salted hashes everywhere (default `false`).",
+                "`true` to replace entry names with keyed hashes (HMAC under the server's `XCAM_PSEUDONYM_KEY`) everywhere; default: the project's setting.",
             ))
             .into(),
     );

@@ -10,32 +10,43 @@ use crate::access::{Role, secret_hash};
 pub struct Project {
     pub id: Uuid,
     pub name: String,
+    /// Uploads to it pseudonymise entry names unless they say otherwise.
+    pub pseudonymize_names: bool,
     pub created_at: DateTime<Utc>,
 }
 
 /// Creates a project; `None` when the name is taken.
-pub async fn create_project(db: impl PgExecutor<'_>, name: &str) -> sqlx::Result<Option<Project>> {
+pub async fn create_project(
+    db: impl PgExecutor<'_>,
+    name: &str,
+    pseudonymize_names: bool,
+) -> sqlx::Result<Option<Project>> {
     sqlx::query_as::<_, Project>(
-        r#"INSERT INTO projects (id, name) VALUES ($1, $2)
-           ON CONFLICT (name) DO NOTHING RETURNING id, name, created_at"#,
+        r#"INSERT INTO projects (id, name, pseudonymize_names) VALUES ($1, $2, $3)
+           ON CONFLICT (name) DO NOTHING RETURNING id, name, pseudonymize_names, created_at"#,
     )
     .bind(Uuid::now_v7())
     .bind(name)
+    .bind(pseudonymize_names)
     .fetch_optional(db)
     .await
 }
 
 pub async fn projects(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Project>> {
-    sqlx::query_as::<_, Project>("SELECT id, name, created_at FROM projects ORDER BY name")
-        .fetch_all(db)
-        .await
+    sqlx::query_as::<_, Project>(
+        "SELECT id, name, pseudonymize_names, created_at FROM projects ORDER BY name",
+    )
+    .fetch_all(db)
+    .await
 }
 
 pub async fn project_by_name(db: impl PgExecutor<'_>, name: &str) -> sqlx::Result<Option<Project>> {
-    sqlx::query_as::<_, Project>("SELECT id, name, created_at FROM projects WHERE name = $1")
-        .bind(name)
-        .fetch_optional(db)
-        .await
+    sqlx::query_as::<_, Project>(
+        "SELECT id, name, pseudonymize_names, created_at FROM projects WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_optional(db)
+    .await
 }
 
 /// A token as `xcam token list` shows it (never its secret, which is not kept).

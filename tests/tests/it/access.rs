@@ -110,7 +110,7 @@ async fn every_operation_answers_each_credential_by_the_rules_and_leaks_nothing_
     let api = stack.producer(&[]).await;
     let pool = &stack.db.pool;
     let fixture = finished_batch(&stack, &api).await;
-    xcam_shared::db::access::create_project(pool, "other")
+    xcam_shared::db::access::create_project(pool, "other", false)
         .await
         .unwrap();
 

@@ -1,6 +1,8 @@
 //! API behaviour that needs no worker, driven through the router in-process
 //! (`tower::ServiceExt::oneshot`) on real Postgres and Redis: bounds, codes and shapes.
 
+use std::time::Duration;
+
 use axum::{
     Router,
     body::{Body, to_bytes},
@@ -364,5 +366,85 @@ async fn a_host_the_api_does_not_answer_to_is_refused() {
     // Orchestrators probe liveness and readiness by address.
     let (status, _, _) = send(&app, with_host("/healthz", "10.1.2.3:8080")).await;
     assert_eq!(status, StatusCode::OK);
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pseudonyms_are_keyed_follow_the_project_and_are_refused_without_a_key() {
+    let stack = Stack::new().await;
+    let pool = &stack.db.pool;
+    xcam_shared::db::access::create_project(pool, "private", true)
+        .await
+        .unwrap();
+    let token = xcam_tests::make_token(
+        pool,
+        "private-admin",
+        xcam_shared::access::Role::Admin,
+        &["private"],
+        None,
+    )
+    .await;
+    let as_private = |mut request: Request<Body>| {
+        request.headers_mut().insert(
+            header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        request
+    };
+    let app = stack.router().await;
+    // The project's setting applies when the upload says nothing, and the upload can overrule it.
+    let (status, _, body) = send(&app, as_private(upload(&[("model", "demo")]))).await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let (status, _, body) = send(
+        &app,
+        as_private(upload(&[
+            ("model", "demo"),
+            ("pseudonymize_names", "false"),
+        ])),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let names = xcam_tests::eventually(Duration::from_secs(30), "both batches ingested", || async {
+        let names: Vec<(bool, String)> = sqlx::query_as(
+            "SELECT b.pseudonymize_names, i.entry_name FROM items i JOIN batches b ON b.id = i.batch_id",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        (names.len() == 4).then_some(names)
+    })
+    .await;
+    for (pseudonymised, name) in names {
+        assert_eq!(
+            name.starts_with("entry-") && name.ends_with(".png"),
+            pseudonymised,
+            "{name}"
+        );
+        assert_eq!(
+            name.len() == "entry-.png".len() + 24,
+            pseudonymised,
+            "{name}"
+        );
+    }
+
+    // A server without XCAM_PSEUDONYM_KEY refuses, and says why.
+    let mut args = stack.serve_args(&[]);
+    args.pseudonym_key = None;
+    let keyless = xcam_producer::app(xcam_producer::build_state(&args).await.unwrap());
+    let (status, _, body) = send(&keyless, as_private(upload(&[("model", "demo")]))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let refusal = error(&body);
+    assert_eq!(refusal.code, "pseudonym_key_missing");
+    assert!(refusal.message.contains("XCAM_PSEUDONYM_KEY"));
     stack.finish().await;
 }
