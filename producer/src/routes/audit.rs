@@ -10,11 +10,11 @@ use chrono::Utc;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use xcam_shared::db::audit::{self, AuditFilter};
 
-use super::extract::ApiQuery;
+use super::{cursor_position, extract::ApiQuery, next_cursor};
 use crate::{
-    api::{AuditEntry, AuditPage, AuditQuery, ErrorBody, LogFormat, cursor_of, parse_cursor},
+    api::{AuditEntry, AuditPage, AuditQuery, ErrorBody, LogFormat},
     csv_export,
-    error::{ApiError, ApiResult},
+    error::ApiResult,
     state::AppState,
 };
 
@@ -47,13 +47,7 @@ async fn query_audit(
         action: q.action,
         project: q.project.filter(|s| !s.is_empty()),
         outcome: q.outcome,
-        before: q
-            .cursor
-            .as_deref()
-            .map(|c| {
-                parse_cursor(c).ok_or_else(|| ApiError::InvalidFilter("cursor: malformed".into()))
-            })
-            .transpose()?,
+        before: cursor_position(q.cursor.as_deref())?,
     };
     let limit = q.limit.unwrap_or(100);
     let entries: Vec<AuditEntry> = audit::query(&state.db, &filter, limit)
@@ -61,9 +55,7 @@ async fn query_audit(
         .into_iter()
         .map(AuditEntry::from)
         .collect();
-    let next_cursor = (entries.len() as i64 == limit)
-        .then(|| entries.last().map(|e| cursor_of(e.at, e.id)))
-        .flatten();
+    let next_cursor = next_cursor(&entries, limit, |e| (e.at, e.id));
     Ok(match q.format.unwrap_or_default() {
         LogFormat::Json => Json(AuditPage {
             entries,

@@ -12,15 +12,15 @@ use chrono::Utc;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use xcam_shared::db::logs::{self, LogFilter};
 
-use super::extract::ApiQuery;
+use super::{cursor_position, extract::ApiQuery, next_cursor};
 use crate::{
     api::{
         ErrorBody, LogEntry, LogFormat, LogPage, LogQuery, Stats, StatsBucket, StatsQuery,
-        StatsRow, When, cursor_of, parse_cursor,
+        StatsRow, When,
     },
     auth::Caller,
     csv_export,
-    error::{ApiError, ApiResult},
+    error::ApiResult,
     state::AppState,
 };
 
@@ -59,13 +59,7 @@ async fn query_logs(
         worker: q.worker.filter(|s| !s.is_empty()),
         label: q.label.filter(|s| !s.is_empty()),
         min_ms: q.min_ms,
-        before: q
-            .cursor
-            .as_deref()
-            .map(|c| {
-                parse_cursor(c).ok_or_else(|| ApiError::InvalidFilter("cursor: malformed".into()))
-            })
-            .transpose()?,
+        before: cursor_position(q.cursor.as_deref())?,
     };
     let limit = q.limit.unwrap_or(100);
     let entries: Vec<LogEntry> = logs::query(&state.db, &filter, limit)
@@ -73,9 +67,7 @@ async fn query_logs(
         .into_iter()
         .map(LogEntry::from)
         .collect();
-    let next_cursor = (entries.len() as i64 == limit)
-        .then(|| entries.last().map(|e| cursor_of(e.ts, e.id)))
-        .flatten();
+    let next_cursor = next_cursor(&entries, limit, |e| (e.ts, e.id));
     match q.format.unwrap_or_default() {
         LogFormat::Json => Ok(Json(LogPage {
             entries,

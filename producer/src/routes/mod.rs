@@ -67,6 +67,33 @@ pub fn openapi(models: &BTreeMap<String, Bundle>) -> utoipa::openapi::OpenApi {
     document::complete(api_router(1 << 20).split_for_parts().1, models)
 }
 
+/// The keyset position a `cursor` filter names; 422 `invalid_filter` when it is malformed.
+fn cursor_position(
+    cursor: Option<&str>,
+) -> Result<Option<(chrono::DateTime<chrono::Utc>, i64)>, ApiError> {
+    cursor
+        .map(|c| {
+            crate::api::parse_cursor(c)
+                .ok_or_else(|| ApiError::InvalidFilter("cursor: malformed".into()))
+        })
+        .transpose()
+}
+
+/// The cursor of the page after a full one: its last row's position.
+fn next_cursor<T>(
+    rows: &[T],
+    limit: i64,
+    position: impl Fn(&T) -> (chrono::DateTime<chrono::Utc>, i64),
+) -> Option<String> {
+    (rows.len() as i64 == limit)
+        .then(|| rows.last())
+        .flatten()
+        .map(|row| {
+            let (at, id) = position(row);
+            crate::api::cursor_of(at, id)
+        })
+}
+
 /// The batch a path names; 404 `batch_not_found` when there is none, or when it is in a
 /// project the caller does not cover: the two answers are the same, byte for byte.
 async fn find_batch(state: &AppState, caller: &Caller, id: Uuid) -> Result<BatchRecord, ApiError> {
