@@ -186,6 +186,15 @@ pub async fn guard(
         .map_or(Some(Rule::Open), |r| rules::rule(request.method(), r));
     let (action, roles) = match rule {
         Some(Rule::Open) => return next.run(request).await,
+        Some(Rule::OpenAudited(action)) => {
+            let mut audit = AuditContext::of(&request, params.ok(), action);
+            let response = next.run(request).await;
+            audit.who = response
+                .extensions()
+                .get::<Who>()
+                .map(|w| (w.0.clone(), w.1));
+            return audit.finish(&state, response).await;
+        }
         Some(Rule::Roles(action, roles)) => (action, roles),
         None if route.as_deref().is_some_and(rules::known_route) => {
             return next.run(request).await;
@@ -290,19 +299,23 @@ impl AuditContext {
     }
 }
 
+/// Who an open route found it was dealing with, left on its response for the audit row.
+#[derive(Debug, Clone)]
+pub struct Who(pub String, pub Role);
+
 /// The stable code of an error answer, left on the response for the audit row.
 #[derive(Debug, Clone, Copy)]
 pub struct ErrorCode(pub &'static str);
 
 /// Appends an audit row; a failure to do so is logged loudly but does not fail the request.
-pub async fn record(state: &AppState, entry: &NewAuditEntry<'_>) {
+async fn record(state: &AppState, entry: &NewAuditEntry<'_>) {
     if let Err(e) = audit::append(&state.db, entry).await {
         tracing::error!(error = %e, action = %entry.action, "could not write the audit row");
     }
 }
 
 /// The client address of a request, when the server knows it.
-pub fn client_of(extensions: &axum::http::Extensions) -> Option<String> {
+fn client_of(extensions: &axum::http::Extensions) -> Option<String> {
     extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip().to_string())

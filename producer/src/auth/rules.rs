@@ -7,8 +7,10 @@ use xcam_shared::access::{Action, Role};
 /// What a route asks of its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rule {
-    /// Anyone: liveness, readiness, the documents and the dashboard's files, sign-in.
+    /// Anyone: liveness, readiness, the documents and the dashboard's files.
     Open,
+    /// Anyone, audited as this action under the token the handler names ([`super::Who`]).
+    OpenAudited(Action),
     /// A live token (bearer or session) whose role is listed, for this audited action.
     Roles(Action, &'static [Role]),
 }
@@ -60,8 +62,8 @@ pub fn rule(method: &Method, route: &str) -> Option<Rule> {
             | "/assets/swagger-ui-bundle.js"
             | "/assets/swagger-ui.css",
         ) => Rule::Open,
-        // Sign-in checks the token it is given itself, and audits the attempt.
-        ("POST", "/v1/session") => Rule::Open,
+        // Sign-in checks the token it is given itself.
+        ("POST", "/v1/session") => Rule::OpenAudited(SignIn),
         ("GET", "/v1/session") => Rule::Roles(ReadSession, ANYONE),
         ("DELETE", "/v1/session") => Rule::Roles(SignOut, ANYONE),
         ("GET", "/v1/models") => Rule::Roles(ListModels, ANYONE),

@@ -410,7 +410,7 @@ pub fn markdown_routes(doc: &OpenApi) -> String {
                         .map(|r| r.as_str())
                         .collect::<Vec<_>>()
                         .join(", "),
-                    Some(Rule::Open) => "anyone".into(),
+                    Some(Rule::Open | Rule::OpenAudited(_)) => "anyone".into(),
                     None => "nobody".into(),
                 };
                 out.push_str(&format!("| `{method} {path}` | {summary} | {who} |\n"));

@@ -1,25 +1,20 @@
 //! Dashboard sign-in: a token buys an HttpOnly, SameSite=Strict session cookie that the
 //! server can end; `GET /v1/session` says who is calling, however they authenticated.
 
-use std::net::SocketAddr;
-
 use axum::{
-    Extension, Json,
-    extract::{ConnectInfo, State, rejection::JsonRejection},
+    Json,
+    extract::{State, rejection::JsonRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use chrono::{Duration, Utc};
 use utoipa_axum::{router::OpenApiRouter, routes};
-use xcam_shared::{
-    access::{self, Action, Outcome},
-    db::{self, audit::NewAuditEntry},
-};
+use xcam_shared::{access, db};
 
 use crate::{
     api::{ErrorBody, Session, SignIn},
     auth::{
-        self, Caller, SESSION_COOKIE, Via,
+        self, Caller, SESSION_COOKIE, Via, Who,
         origin::{self, Credential},
     },
     error::{ApiError, ApiResult},
@@ -50,65 +45,63 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 )]
 async fn sign_in(
     State(state): State<AppState>,
-    client: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Result<Json<SignIn>, JsonRejection>,
 ) -> Response {
-    let client = client.map(|c| c.0.0.ip().to_string());
-    let mut who = None;
-    let answer = async {
-        if origin::foreign(&headers) {
-            return Err(ApiError::CrossOrigin);
-        }
-        let Json(SignIn { token }) = body.map_err(|e| {
-            ApiError::InvalidRequest(format!(
+    if origin::foreign(&headers) {
+        return ApiError::CrossOrigin.into_response();
+    }
+    let token = match body {
+        Ok(Json(SignIn { token })) => token,
+        Err(e) => {
+            return ApiError::InvalidRequest(format!(
                 "sign-in takes {{\"token\": \"…\"}}: {}",
                 e.body_text()
             ))
-        })?;
-        let caller = auth::authenticate(&state, Some(Credential::Bearer(token)))
-            .await
-            .map_err(|(refusal, principal)| {
-                who = principal.map(|p| (p.name, p.role));
-                refusal
-            })?;
-        who = Some((caller.name.clone(), caller.role));
-        let secret = access::new_secret("");
-        let mut expires_at = Utc::now() + Duration::hours(SESSION_HOURS);
-        if let Some(token_end) = caller.expires_at {
-            expires_at = expires_at.min(token_end);
+            .into_response();
         }
-        db::access::open_session(&state.db, caller.token_id, &secret, expires_at).await?;
-        let max_age = (expires_at - Utc::now()).num_seconds().max(0);
-        let cookie = session_cookie(&secret, max_age, state.settings.tls);
-        let mut response = Json(Session {
-            expires_at: Some(expires_at),
-            ..session_of(&caller)
-        })
-        .into_response();
-        response.headers_mut().insert(header::SET_COOKIE, cookie);
-        Ok(response)
+    };
+    // The guard audits the attempt under whichever token this turns out to be.
+    let (mut response, who) =
+        match auth::authenticate(&state, Some(Credential::Bearer(token))).await {
+            Err((refusal, principal)) => (
+                refusal.into_response(),
+                principal.map(|p| Who(p.name, p.role)),
+            ),
+            Ok(caller) => {
+                let who = Who(caller.name.clone(), caller.role);
+                let opened = open_session(&state, &caller).await;
+                (
+                    opened.unwrap_or_else(IntoResponse::into_response),
+                    Some(who),
+                )
+            }
+        };
+    if let Some(who) = who {
+        response.extensions_mut().insert(who);
     }
-    .await;
-    let response = answer.unwrap_or_else(IntoResponse::into_response);
-    let status = response.status().as_u16();
-    auth::record(
-        &state,
-        &NewAuditEntry {
-            token_name: who.as_ref().map(|w| w.0.as_str()),
-            role: who.as_ref().map(|w| w.1),
-            action: Action::SignIn,
-            project: None,
-            batch_id: None,
-            item_id: None,
-            client: client.as_deref(),
-            outcome: Outcome::of_status(status),
-            status: i16::try_from(status).ok(),
-            detail: response.extensions().get::<auth::ErrorCode>().map(|c| c.0),
-        },
-    )
-    .await;
     response
+}
+
+/// A new session for a signed-in caller: its cookie and who it is.
+async fn open_session(state: &AppState, caller: &Caller) -> ApiResult<Response> {
+    let secret = access::new_secret("");
+    let mut expires_at = Utc::now() + Duration::hours(SESSION_HOURS);
+    if let Some(token_end) = caller.expires_at {
+        expires_at = expires_at.min(token_end);
+    }
+    db::access::open_session(&state.db, caller.token_id, &secret, expires_at).await?;
+    let max_age = (expires_at - Utc::now()).num_seconds().max(0);
+    let mut response = Json(Session {
+        expires_at: Some(expires_at),
+        ..session_of(caller)
+    })
+    .into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        session_cookie(&secret, max_age, state.settings.tls),
+    );
+    Ok(response)
 }
 
 /// Who is calling: the token's name, role and projects.
