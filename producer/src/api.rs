@@ -514,6 +514,11 @@ pub struct SignIn {
     pub token: String,
 }
 
+impl SignIn {
+    /// The longest token sign-in reads, in bytes (tokens are 69).
+    pub const MAX_TOKEN: usize = 200;
+}
+
 /// One row of the audit trail.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -38,7 +38,7 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
     responses(
         (status = 200, body = Session, description = "Signed in; `Set-Cookie` carries the session",
             headers(("set-cookie" = String, description = "`xcam_session`: HttpOnly, SameSite=Strict, Secure under TLS"))),
-        (status = 400, body = ErrorBody, description = "`invalid_request`: not a JSON `{\"token\"}`"),
+        (status = 400, body = ErrorBody, description = "`invalid_request`: not a JSON `{\"token\"}`, or a token out of its bounds"),
         (status = 401, body = ErrorBody, description = "`invalid_token`, `token_revoked`, `token_expired`"),
         (status = 403, body = ErrorBody, description = "`cross_origin`: sent by a page of another origin"),
     )
@@ -52,6 +52,10 @@ async fn sign_in(
         return ApiError::CrossOrigin.into_response();
     }
     let token = match body {
+        Ok(Json(SignIn { token })) if token.is_empty() || token.len() > SignIn::MAX_TOKEN => {
+            return ApiError::InvalidRequest(format!("token: 1 to {} bytes", SignIn::MAX_TOKEN))
+                .into_response();
+        }
         Ok(Json(SignIn { token })) => token,
         Err(e) => {
             return ApiError::InvalidRequest(format!(

@@ -448,3 +448,25 @@ async fn pseudonyms_are_keyed_follow_the_project_and_are_refused_without_a_key()
     assert!(refusal.message.contains("XCAM_PSEUDONYM_KEY"));
     stack.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_holds_the_token_to_its_documented_bounds() {
+    let stack = Stack::new().await;
+    let app = stack.bare_router().await;
+    for (token, status, code) in [
+        (String::new(), StatusCode::BAD_REQUEST, "invalid_request"),
+        ("x".repeat(201), StatusCode::BAD_REQUEST, "invalid_request"),
+        ("x".repeat(200), StatusCode::UNAUTHORIZED, "invalid_token"),
+    ] {
+        let request = Request::post("/v1/session")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(
+                serde_json::json!({ "token": token }).to_string(),
+            ))
+            .unwrap();
+        let (got, _, body) = send(&app, request).await;
+        assert_eq!(got, status, "{} bytes", token.len());
+        assert_eq!(error(&body).code, code);
+    }
+    stack.finish().await;
+}
