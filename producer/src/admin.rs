@@ -24,7 +24,14 @@ pub enum ProjectCommand {
         /// Pseudonymise entry names of every upload to it unless the upload says otherwise.
         #[arg(long)]
         pseudonymize_names: bool,
+        /// Delete its finished batches this long after they finish (`30d`), whatever the
+        /// server's XCAM_RETENTION says.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        retention: Option<std::time::Duration>,
     },
+    /// Set how long a project's finished batches are kept: a period (`30d`, `12h`), or
+    /// `server` for the server's XCAM_RETENTION.
+    Retention { name: String, period: String },
     /// List the projects.
     List,
 }
@@ -61,14 +68,38 @@ pub async fn project(db: &DatabaseArgs, command: ProjectCommand) -> anyhow::Resu
         ProjectCommand::Create {
             name,
             pseudonymize_names,
+            retention,
         } => {
             access::check_project_name(&name).map_err(anyhow::Error::msg)?;
+            let retention = retention.map(seconds).transpose()?;
             let created = db::access::create_project(&pool, &name, pseudonymize_names).await?;
             let Some(project) = created else {
                 anyhow::bail!("a project named {name:?} exists already");
             };
             audit(&pool, Action::CreateProject, Some(&project.name), None).await?;
+            if retention.is_some() {
+                db::access::set_retention(&pool, &name, retention).await?;
+                let detail = format!("retention {}", retention_text(retention));
+                audit(&pool, Action::SetRetention, Some(&name), Some(&detail)).await?;
+            }
             println!("project {} created", project.name);
+        }
+        ProjectCommand::Retention { name, period } => {
+            let retention = match period.as_str() {
+                "server" => None,
+                period => Some(seconds(humantime::parse_duration(period).with_context(
+                    || format!("{period:?} is not a period like 30d or 12h"),
+                )?)?),
+            };
+            if !db::access::set_retention(&pool, &name, retention).await? {
+                anyhow::bail!("no project named {name:?}");
+            }
+            let detail = format!("retention {}", retention_text(retention));
+            audit(&pool, Action::SetRetention, Some(&name), Some(&detail)).await?;
+            println!(
+                "project {name}: finished batches kept {}",
+                retention_text(retention)
+            );
         }
         ProjectCommand::List => {
             for p in db::access::projects(&pool).await? {
@@ -78,14 +109,30 @@ pub async fn project(db: &DatabaseArgs, command: ProjectCommand) -> anyhow::Resu
                     "names as uploaded"
                 };
                 println!(
-                    "{:<32} {names:<20} created {}",
+                    "{:<32} {names:<20} kept {:<18} created {}",
                     p.name,
+                    retention_text(p.retention_seconds),
                     p.created_at.to_rfc3339()
                 );
             }
         }
     }
     Ok(0)
+}
+
+/// A retention period in whole seconds, as the projects table keeps it.
+fn seconds(period: std::time::Duration) -> anyhow::Result<i64> {
+    match i64::try_from(period.as_secs()) {
+        Ok(s) if s > 0 => Ok(s),
+        _ => anyhow::bail!("a retention period must be at least one second"),
+    }
+}
+
+fn retention_text(seconds: Option<i64>) -> String {
+    match seconds {
+        Some(s) => humantime::format_duration(std::time::Duration::from_secs(s as u64)).to_string(),
+        None => "per server".into(),
+    }
 }
 
 pub async fn token(db: &DatabaseArgs, command: TokenCommand) -> anyhow::Result<u8> {

@@ -2,9 +2,9 @@
 //!
 //! A result keeps each CAM's grid (a few dozen numbers), not pixels: most overlays of a large
 //! batch are never looked at, and a full-size float map of a radiograph is megabytes. An overlay
-//! needs the original image decoded, so it is kept in the blob store once drawn; the `.npy` map
-//! takes a millisecond to draw again and is not kept. The original image is served too, as a
-//! PNG built from pixels only.
+//! needs the image's pixel plane decoded, so it is kept in the blob store once drawn; the `.npy`
+//! map takes a millisecond to draw again and is not kept. The image itself is served too, as an
+//! 8-bit PNG of its plane.
 
 use bytes::Bytes;
 use uuid::Uuid;
@@ -12,7 +12,7 @@ use xcam_shared::{
     blob::{self, BlobError, BlobStore},
     db::results::StoredCam,
     heatmap::{self, Geometry},
-    imaging::{self, ImageLimits},
+    imaging::plane,
 };
 
 /// Why an artefact cannot be served.
@@ -63,13 +63,12 @@ async fn blocking<T: Send + 'static>(
 /// The overlay PNG of one item's CAM: from the blob store if drawn before, else drawn now.
 pub async fn overlay(
     blobs: &BlobStore,
-    limits: ImageLimits,
-    item: Uuid,
+    (batch, item): (Uuid, Uuid),
     image_key: &str,
     cam: &StoredCam,
     geometry: Geometry,
 ) -> Result<Bytes, ArtefactError> {
-    let key = blob::derived_key(item, &cam.label, "overlay.png");
+    let key = blob::derived_key(batch, item, &cam.label, "overlay.png");
     match blobs.get(&key).await {
         Ok(png) => return Ok(png),
         Err(BlobError::NotFound { .. }) => {}
@@ -78,11 +77,9 @@ pub async fn overlay(
     let original = blobs.get(image_key).await?;
     let (grid, raw_max) = (cam.grid.clone(), cam.raw_max);
     let png = blocking(move || {
-        let image = imaging::decode_with(&original, &limits)
-            .map_err(|e| {
-                ArtefactError::Corrupt(format!("the stored image no longer decodes: {e}"))
-            })?
-            .image;
+        let image = plane::decode(&original).map_err(|e| {
+            ArtefactError::Corrupt(format!("the stored image no longer decodes: {e}"))
+        })?;
         if (image.width, image.height) != (geometry.width, geometry.height) {
             return Err(ArtefactError::Corrupt(format!(
                 "the stored image is {}×{}, its result says {}×{}",
@@ -114,18 +111,13 @@ pub async fn map_npy(cam: &StoredCam, geometry: Geometry) -> Result<Bytes, Artef
     Ok(Bytes::from(npy))
 }
 
-/// The original image as an 8-bit grayscale PNG, built from its pixels alone: nothing of the
-/// file's metadata is carried over.
-pub async fn original_png(
-    blobs: &BlobStore,
-    limits: ImageLimits,
-    image_key: &str,
-) -> Result<Bytes, ArtefactError> {
+/// The image as an 8-bit grayscale PNG of its stored plane (which holds pixels alone).
+pub async fn original_png(blobs: &BlobStore, image_key: &str) -> Result<Bytes, ArtefactError> {
     let bytes = blobs.get(image_key).await?;
     let png = blocking(move || {
-        let image = imaging::decode_with(&bytes, &limits)
-            .map_err(|e| ArtefactError::Corrupt(format!("the stored image cannot be shown: {e}")))?
-            .image;
+        let image = plane::decode(&bytes).map_err(|e| {
+            ArtefactError::Corrupt(format!("the stored image cannot be shown: {e}"))
+        })?;
         let gray: Vec<u8> = image
             .pixels
             .iter()

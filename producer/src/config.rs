@@ -61,6 +61,17 @@ pub struct ServeArgs {
     /// How often the reconciler looks for queued items whose job is missing from Redis.
     #[arg(long = "reconcile-every", env = "XCAM_RECONCILE_EVERY", default_value = "30s", value_parser = humantime::parse_duration)]
     pub reconcile_every: Duration,
+    /// How long finished batches are kept before they are deleted (`30d`); a project's own
+    /// period (`xcam project retention`) wins. Unset: until someone deletes them.
+    #[arg(long, env = "XCAM_RETENTION", value_parser = humantime::parse_duration)]
+    pub retention: Option<Duration>,
+    /// How long inference-log rows are kept (`400d`). Unset: for ever.
+    #[arg(long = "log-retention", env = "XCAM_LOG_RETENTION", value_parser = humantime::parse_duration)]
+    pub log_retention: Option<Duration>,
+    /// How often the sweeper forgets finished jobs in Redis, applies retention and finishes
+    /// deletes an outage interrupted.
+    #[arg(long = "sweep-every", env = "XCAM_SWEEP_EVERY", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub sweep_every: Duration,
     /// Host names (or addresses) the API answers to, comma-separated; a request whose Host is
     /// another is refused, so a rebinding DNS name cannot reach it
     /// [default: the bind address, localhost, 127.0.0.1, ::1].

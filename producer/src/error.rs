@@ -190,6 +190,15 @@ impl From<xcam_shared::blob::BlobError> for ApiError {
     }
 }
 
+impl From<crate::erase::EraseError> for ApiError {
+    fn from(e: crate::erase::EraseError) -> Self {
+        match e {
+            crate::erase::EraseError::Database(e) => e.into(),
+            other => ApiError::Unavailable(other.into()),
+        }
+    }
+}
+
 impl From<tokio::task::JoinError> for ApiError {
     fn from(e: tokio::task::JoinError) -> Self {
         ApiError::Internal(e.into())

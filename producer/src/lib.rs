@@ -17,13 +17,16 @@ pub mod cli;
 pub mod client;
 pub mod config;
 mod csv_export;
+pub mod erase;
 pub mod error;
 pub mod ingest;
+pub mod periodic;
 pub mod queue;
 pub mod reconciler;
 pub mod routes;
 pub mod startup;
 pub mod state;
+pub mod sweeper;
 pub mod tls;
 
 pub use startup::{Application, app, build_state};

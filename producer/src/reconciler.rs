@@ -16,19 +16,14 @@ const SCAN_LIMIT: i64 = 5_000;
 
 /// Runs a pass every `every` until `stop` is cancelled.
 pub async fn run(db: PgPool, queue: Queue, every: Duration, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    crate::periodic::every(every, stop, || async {
         match pass(&db, &queue, every).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(repushed = n, "reconciler re-pushed jobs missing from Redis"),
             Err(e) => tracing::warn!(error = %e, "reconciler pass failed"),
         }
-    }
+    })
+    .await;
 }
 
 /// One pass: re-pushes every open item older than `grace` whose job Redis does not hold.

@@ -2,7 +2,7 @@
 //!
 //! [`Application::build`] connects to everything, applies migrations and binds the listener;
 //! [`Application::run_until_stopped`] serves until its shutdown future resolves, then stops the
-//! reconciler, lets in-flight requests finish and waits for running ingestions (up to a grace
+//! reconciler and the sweeper, lets in-flight requests finish and waits for running ingestions (up to a grace
 //! period) instead of dropping them half-way.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -23,9 +23,11 @@ use xcam_shared::{blob::BlobStore, bundle, db, jobs};
 
 use crate::{
     config::ServeArgs,
+    ingest::spool::Spool,
     queue::Queue,
     reconciler, routes,
     state::{AppState, Settings},
+    sweeper::{Retention, Sweeper},
     tls,
 };
 
@@ -37,6 +39,8 @@ pub struct Application {
     tls: Option<RustlsConfig>,
     state: AppState,
     reconcile_every: Duration,
+    sweep_every: Duration,
+    retention: Retention,
     grace: Duration,
 }
 
@@ -57,6 +61,11 @@ impl Application {
             tls,
             state,
             reconcile_every: args.reconcile_every,
+            sweep_every: args.sweep_every,
+            retention: Retention {
+                batches: args.retention,
+                log: args.log_retention,
+            },
             grace: args.shutdown_grace,
         })
     }
@@ -77,6 +86,8 @@ impl Application {
             tls,
             state,
             reconcile_every,
+            sweep_every,
+            retention,
             grace,
         } = self;
         let stop = CancellationToken::new();
@@ -87,6 +98,13 @@ impl Application {
             reconcile_every,
             stop.clone(),
         ));
+        routes::metrics::install();
+        let sweeper = Sweeper {
+            eraser: state.eraser(),
+            models: state.models.keys().cloned().collect(),
+            retention,
+        };
+        tasks.spawn(sweeper.run(sweep_every, stop.clone()));
         tracing::info!(
             addr = %listener.local_addr()?,
             tls = tls.is_some(),
@@ -148,7 +166,7 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
         );
     }
     let upload_dir = args.upload_dir.clone().unwrap_or_else(std::env::temp_dir);
-    std::fs::create_dir_all(&upload_dir)
+    let spool = Spool::open(&upload_dir)
         .with_context(|| format!("XCAM_UPLOAD_DIR={}", upload_dir.display()))?;
     Ok(AppState {
         db,
@@ -163,7 +181,7 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
         blobs,
         models: Arc::new(models),
         settings: Arc::new(Settings {
-            upload_dir,
+            spool: Arc::new(spool),
             max_upload_bytes: args.max_upload_bytes,
             limits: args.limits(),
             image_limits: args.image_limits(),

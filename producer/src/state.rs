@@ -1,14 +1,15 @@
 //! What every handler shares.
 
-use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc};
 
 use sqlx::PgPool;
 use tokio_util::task::TaskTracker;
 use xcam_shared::{blob::BlobStore, bundle::Bundle, imaging::ImageLimits};
 
 use crate::{
+    erase::Eraser,
     error::ApiError,
-    ingest::{ArchiveLimits, Ingestor, PseudonymKey},
+    ingest::{ArchiveLimits, Ingestor, PseudonymKey, spool::Spool},
     queue::Queue,
 };
 
@@ -26,7 +27,8 @@ pub struct AppState {
 /// The parts of the configuration handlers read.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub upload_dir: PathBuf,
+    /// Where uploads wait while they are checked and ingested.
+    pub spool: Arc<Spool>,
     pub max_upload_bytes: u64,
     pub limits: ArchiveLimits,
     pub image_limits: ImageLimits,
@@ -54,6 +56,15 @@ impl AppState {
                 "the form has no `model` field; this server has several: {}",
                 self.models.keys().cloned().collect::<Vec<_>>().join(", ")
             ))),
+        }
+    }
+
+    /// What a delete needs.
+    pub fn eraser(&self) -> Eraser {
+        Eraser {
+            db: self.db.clone(),
+            blobs: self.blobs.clone(),
+            queue: self.queue.clone(),
         }
     }
 

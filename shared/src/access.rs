@@ -34,6 +34,8 @@ text_enum! {
         Upload = "upload",
         /// `POST /v1/batches/{id}/cancel`.
         Cancel = "cancel",
+        /// `DELETE /v1/batches/{id}`, or retention expiring a batch.
+        Delete = "delete",
         /// Listing batches.
         ListBatches = "list_batches",
         /// A batch's status.
@@ -70,6 +72,8 @@ text_enum! {
         SignOut = "sign_out",
         /// `xcam project create`.
         CreateProject = "create_project",
+        /// `xcam project retention`.
+        SetRetention = "set_retention",
         /// `xcam token create`.
         CreateToken = "create_token",
         /// `xcam token revoke`.

@@ -1,4 +1,4 @@
-//! The blob store: uploaded images, overlays and raw CAMs. Postgres holds keys, never bytes.
+//! The blob store: validated pixel planes and drawn overlays. Postgres holds keys, never bytes.
 //!
 //! Built on `object_store`, so a local directory (`file:///…`, the default) and S3-compatible
 //! storage differ only in the URL.
@@ -53,7 +53,13 @@ impl BlobStore {
                     .map_err(|()| bad("a file:// URL must hold an absolute path".into()))?;
                 std::fs::create_dir_all(&dir)
                     .map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
-                Arc::new(LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(e.to_string()))?)
+                // Deleting the last file of a directory removes the directory too: its name is
+                // a batch or item id, which must not outlive the batch.
+                Arc::new(
+                    LocalFileSystem::new_with_prefix(&dir)
+                        .map_err(|e| bad(e.to_string()))?
+                        .with_automatic_cleanup(true),
+                )
             }
             other => {
                 let (store, prefix) =
@@ -110,6 +116,29 @@ impl BlobStore {
         Ok(self.store.get(&Path::from(key)).await?.bytes().await?)
     }
 
+    /// Removes a blob; one that is already gone is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), BlobError> {
+        match self.store.delete(&Path::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes every blob under a prefix (a "directory"); returns how many were removed.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<usize, BlobError> {
+        use futures::TryStreamExt;
+        let keys: Vec<Path> = self
+            .store
+            .list(Some(&Path::from(prefix)))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await?;
+        for key in &keys {
+            self.delete(key.as_ref()).await?;
+        }
+        Ok(keys.len())
+    }
+
     /// Whether a blob exists.
     pub async fn exists(&self, key: &str) -> Result<bool, BlobError> {
         match self.store.head(&Path::from(key)).await {
@@ -125,13 +154,22 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Content-addressed key of an uploaded image: identical images share one blob.
-pub fn image_key(sha256: &str) -> String {
-    format!("images/{}/{}", &sha256[..2], sha256)
+/// Content-addressed key of a pixel plane: identical images share one blob.
+pub fn plane_key(sha256: &str) -> String {
+    format!(
+        "planes/{}/{sha256}.{}",
+        &sha256[..2],
+        crate::imaging::plane::EXTENSION
+    )
 }
 
-/// Key of a derived artefact (overlay PNG, raw CAM) of one item and label.
-pub fn derived_key(item: uuid::Uuid, label: &str, ext: &str) -> String {
+/// Where a batch's derived artefacts live, so deleting the batch is one prefix.
+pub fn derived_prefix(batch: uuid::Uuid) -> String {
+    format!("derived/{batch}")
+}
+
+/// Key of a derived artefact (a drawn overlay) of one item and label.
+pub fn derived_key(batch: uuid::Uuid, item: uuid::Uuid, label: &str, ext: &str) -> String {
     let label: String = label
         .chars()
         .map(|c| {
@@ -142,5 +180,5 @@ pub fn derived_key(item: uuid::Uuid, label: &str, ext: &str) -> String {
             }
         })
         .collect();
-    format!("derived/{item}/{label}.{ext}")
+    format!("{}/{item}/{label}.{ext}", derived_prefix(batch))
 }

@@ -1,8 +1,8 @@
 // The dashboard in a real headless Chromium: sign in with a token through the page, upload the
 // demo samples, wait for the batch to finish, open an overlay beside its original, download the
 // CSV and check it, check the operations page charts the batch; then let a page of another
-// origin try an upload riding on the session cookie, sign out, and sign in as a viewer, who is
-// offered no upload. Screenshots go to OUT_DIR.
+// origin try an upload riding on the session cookie, delete the batch through its confirmation,
+// sign out, and sign in as a viewer, who is offered no upload. Screenshots go to OUT_DIR.
 //
 //   XCAM_ADMIN_TOKEN=… XCAM_VIEWER_TOKEN=… node tests/browser/dashboard.mjs http://127.0.0.1:PORT samples.zip OUT_DIR
 import { chromium } from "playwright-core";
@@ -96,6 +96,22 @@ try {
   await forged.close();
   evil.close();
 
+  // Delete the batch from its page, through the confirmation.
+  await page.goto(`${base}/#/batches/${batch}`);
+  await page.waitForSelector("#delete");
+  if (await page.isVisible("#delete-confirm")) fail("the delete confirmation shows before it is asked for");
+  await page.click("#delete");
+  await page.click("#delete-no");
+  if (await page.isVisible("#delete-confirm")) fail("keeping the batch left the confirmation open");
+  await page.click("#delete");
+  await page.click("#delete-yes");
+  await page.waitForURL(/#\/$/);
+  await page.waitForSelector("#batches tbody tr");
+  if (await page.isVisible(`tr[data-batch="${batch}"]`)) fail("the deleted batch is still listed");
+  const gone = await page.evaluate(async (id) => (await fetch(`/v1/batches/${id}/results`)).status, batch);
+  if (gone !== 404) fail(`the deleted batch's results answered ${gone}`);
+  await page.screenshot({ path: join(out, "deleted.png") });
+
   await page.goto(`${base}/#/`);
   await page.click("#sign-out");
   await page.waitForSelector("#sign-in");
@@ -104,7 +120,7 @@ try {
   if (status !== 401) fail(`after sign-out the API answered ${status}`);
 
   await signIn(page, viewerToken);
-  await page.waitForSelector("#batches tbody tr[data-batch]");
+  await page.waitForSelector("#batches tbody tr");
   if (await page.isVisible("#upload")) fail("a viewer is offered the upload form");
   if (await page.isVisible("#cancel")) fail("a viewer is offered cancel");
   await page.screenshot({ path: join(out, "viewer.png") });

@@ -296,6 +296,7 @@ impl Stack {
             format!("--queue-prefix={}", self.prefix),
             format!("--blob-url={}", self.blob_url()),
             "--reconcile-every=2s".into(),
+            "--sweep-every=1s".into(),
             "--orphan-after=6s".into(),
             format!("--pseudonym-key={PSEUDONYM_KEY}"),
         ];
@@ -338,6 +339,7 @@ impl Stack {
             .arg(format!("--bind=127.0.0.1:{port}"))
             .arg(format!("--models-dir={}", self.models_dir.display()))
             .arg("--reconcile-every=2s")
+            .arg("--sweep-every=1s")
             .arg(format!("--pseudonym-key={PSEUDONYM_KEY}"))
             .args(extra)
             .env("DATABASE_URL", &self.db.url)

@@ -12,6 +12,7 @@ let me = null;
 const may = {
   upload: () => ["submitter", "admin"].includes(me?.role),
   cancel: () => ["submitter", "operator", "admin"].includes(me?.role),
+  remove: () => ["submitter", "admin"].includes(me?.role),
   pixels: () => ["viewer", "submitter", "admin"].includes(me?.role),
   fleet: () => ["operator", "admin"].includes(me?.role),
 };
@@ -172,11 +173,30 @@ function upload(event) {
 async function batchPage(id) {
   view.innerHTML = `<h1>Batch <code>${esc(id)}</code></h1><div id="summary"></div>
     <div class="row"><a class="button" id="csv" href="/v1/batches/${id}/results.csv" download>Download CSV</a>
-    <button class="secondary" id="cancel" ${may.cancel() ? "" : "hidden"}>Cancel queued items</button></div>
+    <button class="secondary" id="cancel" ${may.cancel() ? "" : "hidden"}>Cancel queued items</button>
+    <button class="danger" id="delete" ${may.remove() ? "" : "hidden"}>Delete batch…</button></div>
+    <div class="card" id="delete-confirm" hidden>
+      <p><b>Delete this batch and everything xcam holds of it?</b> Its results, overlays and stored
+      images go, and its entry names are blanked in the inference log. This cannot be undone.</p>
+      <div class="row"><button class="danger" id="delete-yes">Delete</button><button class="secondary" id="delete-no">Keep it</button></div>
+      <p class="error" id="delete-error"></p>
+    </div>
     <h2>Validation report</h2><div id="report"></div>
     <h2>Results</h2><table id="results"><thead><tr><th>#</th><th>entry</th><th>status</th><th>overlay</th><th>top label</th><th class="num">p</th><th>peak</th><th>box</th><th class="num">ms</th><th>worker</th></tr></thead><tbody></tbody></table>`;
   document.getElementById("cancel").onclick = async () => {
     await api(`/v1/batches/${id}/cancel`, { method: "POST" }).catch((e) => alert(e.message));
+  };
+  const confirmDelete = document.getElementById("delete-confirm");
+  document.getElementById("delete").onclick = () => (confirmDelete.hidden = false);
+  document.getElementById("delete-no").onclick = () => (confirmDelete.hidden = true);
+  document.getElementById("delete-yes").onclick = async () => {
+    try {
+      await api(`/v1/batches/${id}`, { method: "DELETE" });
+      clearInterval(timer);
+      location.hash = "#/";
+    } catch (e) {
+      document.getElementById("delete-error").textContent = e.message;
+    }
   };
   const refresh = async () => {
     const b = await api(`/v1/batches/${id}`);

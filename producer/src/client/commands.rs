@@ -1,4 +1,4 @@
-//! `xcam submit | status | export | logs | stats | workers | cancel | audit`.
+//! `xcam submit | status | export | logs | stats | workers | cancel | delete | audit`.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -63,6 +63,9 @@ pub enum ClientCommand {
     Workers,
     /// Cancel a batch's queued items.
     Cancel { batch: String },
+    /// Delete a batch and everything xcam holds of it: items, results, overlays, images, the
+    /// entry names in the inference log. Cannot be undone.
+    Delete { batch: String },
     /// Query the audit trail (admin tokens only).
     Audit(AuditArgs),
 }
@@ -189,6 +192,13 @@ pub async fn run(target: &Target, command: ClientCommand) -> u8 {
                     "batch {} cancelled: {} queued items will not run",
                     c.id, c.cancelled_items
                 );
+                exit::OK
+            }),
+        ClientCommand::Delete { batch } => api
+            .delete(&format!("/v1/batches/{}", encode(&batch)))
+            .await
+            .map(|()| {
+                println!("batch {batch} deleted");
                 exit::OK
             }),
     };

@@ -149,6 +149,11 @@ impl Api {
         self.json(self.http.post(self.url(path))).await
     }
 
+    /// Sends a DELETE; success is any 2xx.
+    pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
+        self.send(self.http.delete(self.url(path))).await.map(drop)
+    }
+
     pub async fn post_multipart<T: DeserializeOwned>(
         &self,
         path: &str,

@@ -98,7 +98,7 @@ impl Rejection {
     }
 }
 
-/// What reading one entry produced.
+/// What reading one entry produced: its pixel plane (see [`imaging::plane`]) and warnings.
 pub type EntryRead = Result<(Vec<u8>, Vec<imaging::Warning>), Rejection>;
 
 /// Ratios are only judged above this size: tiny files compress absurdly well legitimately.
@@ -260,8 +260,8 @@ pub fn scan(path: &Path, limits: ArchiveLimits) -> Result<ScanResult, ArchiveErr
     })
 }
 
-/// Inflates the candidate entries in order, decodes and validates each, and sends the outcome
-/// over `tx`. A corrupt, oversized or invalid entry is a rejection of that entry, not a failure
+/// Inflates the candidate entries in order, decodes and validates each, and sends its pixel
+/// plane (never the entry's own bytes) over `tx`. A corrupt, oversized or invalid entry is a rejection of that entry, not a failure
 /// of the archive.
 pub fn read_entries(
     path: &Path,
@@ -289,7 +289,11 @@ pub fn read_entries(
                 // Validate now, so a bad image is reported at upload, not discovered by a worker.
                 let decoded = imaging::decode_with(&bytes, &image_limits)
                     .map_err(|e| Rejection::new(e.code(), e.to_string()))?;
-                Ok((bytes, decoded.warnings))
+                drop(bytes);
+                let plane = imaging::plane::encode(&decoded.image).map_err(|e| {
+                    Rejection::new("corrupt_image", format!("the pixels cannot be stored: {e}"))
+                })?;
+                Ok((plane, decoded.warnings))
             });
         if tx.blocking_send((entry.clone(), read)).is_err() {
             anyhow::bail!("ingestion stopped");

@@ -3,11 +3,14 @@
 //! 1. [`upload`] streams the request body to a spool file (never into memory).
 //! 2. [`archive::scan`] checks the archive's directory against the caps and sniffs every entry,
 //!    before the upload is answered: a refused archive leaves nothing behind.
-//! 3. [`Ingestor::ingest`] (in the background) stores each image in the blob store under its content hash,
-//!    writes the item rows and opens the batch in one transaction, then pushes one job per item.
+//! 3. [`Ingestor::ingest`] (in the background) stores each image's validated pixel plane (never
+//!    the uploaded bytes) in the blob store under its content hash, writes the item rows and
+//!    opens the batch in one transaction, then pushes one job per item. The spool file is
+//!    removed when ingestion ends, whatever the outcome.
 
 pub mod archive;
 pub mod pseudonym;
+pub mod spool;
 pub mod upload;
 
 use std::sync::Arc;
@@ -16,7 +19,7 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 use xcam_shared::{
-    blob::{BlobStore, image_key, sha256_hex},
+    blob::{BlobStore, plane_key, sha256_hex},
     db::{self, items::NewItem},
     imaging::{ImageLimits, Warning},
     jobs::GradCamJobV1,
@@ -50,7 +53,7 @@ pub struct Ingestor {
     pub image_limits: ImageLimits,
 }
 
-/// A stored entry: its hash, blob key, size and warnings; or why it was refused.
+/// A stored entry: its plane's hash, blob key and size, and warnings; or why it was refused.
 type Stored = Result<(String, String, i64, Vec<Warning>), archive::Rejection>;
 
 impl Ingestor {
@@ -63,8 +66,10 @@ impl Ingestor {
         scan: ScanResult,
     ) {
         let batch_id = request.batch_id;
-        if let Err(e) = self.ingest_inner(&request, spool, scan).await {
+        let mut claimed = Vec::new();
+        if let Err(e) = self.ingest_inner(&request, spool, scan, &mut claimed).await {
             tracing::error!(%batch_id, error.cause_chain = %format!("{e:#}"), "ingestion failed");
+            self.drop_planes(batch_id, &claimed).await;
             if let Err(e) = db::batches::mark_failed(
                 &self.db,
                 batch_id,
@@ -83,6 +88,7 @@ impl Ingestor {
         request: &BatchRequest,
         spool: Arc<tempfile::TempPath>,
         scan: ScanResult,
+        claimed: &mut Vec<String>,
     ) -> anyhow::Result<()> {
         let (tx, mut rx) = mpsc::channel(4);
         let (limits, image_limits) = (self.limits, self.image_limits);
@@ -103,11 +109,15 @@ impl Ingestor {
         }
         while let Some((entry, read)) = rx.recv().await {
             let stored = match read {
-                Ok((bytes, warnings)) => {
-                    let (sha, size) = (sha256_hex(&bytes), bytes.len() as i64);
-                    let key = image_key(&sha);
+                Ok((plane, warnings)) => {
+                    let (sha, size) = (sha256_hex(&plane), plane.len() as i64);
+                    let key = plane_key(&sha);
+                    // Claimed before it is written, so a delete of another batch with the same
+                    // pixels cannot remove it before this batch's items reference it.
+                    db::erasure::claim_plane(&self.db, request.batch_id, &key).await?;
+                    claimed.push(key.clone());
                     if !self.blobs.exists(&key).await? {
-                        self.blobs.put(&key, bytes.into()).await?;
+                        self.blobs.put(&key, plane.into()).await?;
                     }
                     Ok((sha, key, size, warnings))
                 }
@@ -127,7 +137,9 @@ impl Ingestor {
             scan.skipped as i32,
         )
         .await?;
+        db::erasure::release_claims(&mut *tx, request.batch_id).await?;
         tx.commit().await?;
+        claimed.clear();
         db::batches::refresh(&self.db, request.batch_id).await?;
 
         let jobs: Vec<GradCamJobV1> = items
@@ -151,6 +163,17 @@ impl Ingestor {
         }
         tracing::info!(batch_id = %request.batch_id, items = items.len(), skipped = scan.skipped, "batch ingested");
         Ok(())
+    }
+
+    /// A failed ingestion leaves no plane behind that nothing else references.
+    async fn drop_planes(&self, batch_id: Uuid, claimed: &[String]) {
+        let dropped = async {
+            db::erasure::release_claims(&self.db, batch_id).await?;
+            crate::erase::remove_planes(&self.db, &self.blobs, claimed).await
+        };
+        if let Err(e) = dropped.await {
+            tracing::warn!(%batch_id, error = %e, "could not remove the planes of a failed ingestion");
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! Batches: upload, status, listing, cancellation, the validation report.
+//! Batches: upload, status, listing, cancellation, deletion, the validation report.
 
 use std::sync::Arc;
 
@@ -36,7 +36,7 @@ pub(super) fn router(max_upload: u64) -> OpenApiRouter<AppState> {
     let body_limit = usize::try_from(max_upload.saturating_add(1 << 20)).unwrap_or(usize::MAX);
     OpenApiRouter::new()
         .routes(routes!(create_batch, list_batches))
-        .routes(routes!(get_batch))
+        .routes(routes!(get_batch, delete_batch))
         .routes(routes!(cancel_batch))
         .routes(routes!(get_report))
         .layer(DefaultBodyLimit::max(body_limit))
@@ -74,7 +74,7 @@ async fn create_batch(
     })?;
     let settings = state.settings.clone();
     let form =
-        upload::read_form(multipart, &settings.upload_dir, settings.max_upload_bytes).await?;
+        upload::read_form(multipart, settings.spool.dir(), settings.max_upload_bytes).await?;
     let bundle = match &form.model {
         Some(name) => state.model(name)?,
         None => state.sole_model()?,
@@ -251,6 +251,45 @@ async fn cancel_batch(
             cancelled_items,
         })),
         None => Err(ApiError::Conflict(format!("batch {id} has already ended"))),
+    }
+}
+
+/// Delete a batch and everything xcam holds of it.
+///
+/// Cancels its queued jobs; removes its items, results, drawn overlays and stored images (an
+/// image another batch shares stays until that batch goes too); blanks the entry names of its
+/// inference-log rows, whose timings and outcomes stay. Safe while workers still run it: what
+/// they finish afterwards is not recorded. Deleting a deleted batch answers the same.
+#[utoipa::path(
+    delete,
+    path = "/v1/batches/{id}",
+    tag = "batches",
+    operation_id = "delete_batch",
+    params(("id" = Uuid, Path, description = "batch id")),
+    responses(
+        (status = 204, description = "Deleted (now or before)"),
+        (status = 404, body = ErrorBody, description = "`batch_not_found`"),
+    )
+)]
+async fn delete_batch(
+    State(state): State<AppState>,
+    caller: Caller,
+    BatchPath(id): BatchPath,
+) -> ApiResult<StatusCode> {
+    match find_batch(&state, &caller, id).await {
+        Ok(_) => {
+            // Gone already if another request deleted it meanwhile: the same answer.
+            state.eraser().delete_batch(id).await?;
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Err(ApiError::BatchNotFound(_)) => match db::erasure::deleted(&state.db, id).await? {
+            Some((project_id, project)) if caller.covers(project_id) => {
+                caller.note(&project, id);
+                Ok(StatusCode::NO_CONTENT)
+            }
+            _ => Err(ApiError::BatchNotFound(id.to_string())),
+        },
+        Err(e) => Err(e),
     }
 }
 

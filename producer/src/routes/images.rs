@@ -20,9 +20,9 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(get_image))
 }
 
-/// The original image as an 8-bit PNG, built from its pixels only.
+/// The image as an 8-bit PNG of its stored pixel plane.
 ///
-/// DICOM included: nothing of the file's metadata is carried over.
+/// DICOM included: the plane holds the windowed pixels and nothing of the file's metadata.
 #[utoipa::path(
     get,
     path = "/v1/batches/{id}/items/{item}/image.png",
@@ -43,6 +43,6 @@ async fn get_image(
     let key = record
         .blob_key
         .ok_or_else(|| ArtefactError::Missing(format!("item {item} has no stored image")))?;
-    let png = artefacts::original_png(&state.blobs, state.settings.image_limits, &key).await?;
+    let png = artefacts::original_png(&state.blobs, &key).await?;
     Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
 }

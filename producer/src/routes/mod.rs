@@ -11,7 +11,7 @@ mod extract;
 mod health;
 mod images;
 mod logs;
-mod metrics;
+pub mod metrics;
 mod models;
 mod results;
 mod session;

@@ -10,7 +10,7 @@ use axum::{
 use bytes::Bytes;
 use futures::{StreamExt, stream};
 use utoipa_axum::{router::OpenApiRouter, routes};
-use xcam_shared::db;
+use xcam_shared::{blob, db};
 
 use super::{
     extract::{ApiQuery, BatchPath, ItemPath},
@@ -21,7 +21,7 @@ use crate::{
     artefacts::{self, ArtefactError},
     auth::Caller,
     csv_export,
-    error::ApiResult,
+    error::{ApiError, ApiResult},
     state::AppState,
 };
 
@@ -154,8 +154,15 @@ async fn artefact(
         let image_key = record.blob_key.as_deref().ok_or_else(|| {
             ArtefactError::Corrupt(format!("item {item} has a result but no image"))
         })?;
-        let limits = state.settings.image_limits;
-        let png = artefacts::overlay(&state.blobs, limits, item, image_key, cam, geometry).await?;
+        let png = artefacts::overlay(&state.blobs, (batch, item), image_key, cam, geometry).await?;
+        // A batch deleted while this overlay was drawn must not keep it.
+        if db::items::get(&state.db, batch, item).await?.is_none() {
+            state
+                .blobs
+                .delete_prefix(&format!("{}/{item}", blob::derived_prefix(batch)))
+                .await?;
+            return Err(ApiError::BatchNotFound(batch.to_string()));
+        }
         ("image/png", png)
     } else {
         let npy = artefacts::map_npy(cam, geometry).await?;

@@ -12,6 +12,8 @@ pub struct Project {
     pub name: String,
     /// Uploads to it pseudonymise entry names unless they say otherwise.
     pub pseudonymize_names: bool,
+    /// How long its finished batches are kept, in seconds; `None`: the server's setting.
+    pub retention_seconds: Option<i64>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -23,7 +25,7 @@ pub async fn create_project(
 ) -> sqlx::Result<Option<Project>> {
     sqlx::query_as::<_, Project>(
         r#"INSERT INTO projects (id, name, pseudonymize_names) VALUES ($1, $2, $3)
-           ON CONFLICT (name) DO NOTHING RETURNING id, name, pseudonymize_names, created_at"#,
+           ON CONFLICT (name) DO NOTHING RETURNING id, name, pseudonymize_names, retention_seconds, created_at"#,
     )
     .bind(Uuid::now_v7())
     .bind(name)
@@ -34,7 +36,7 @@ pub async fn create_project(
 
 pub async fn projects(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Project>> {
     sqlx::query_as::<_, Project>(
-        "SELECT id, name, pseudonymize_names, created_at FROM projects ORDER BY name",
+        "SELECT id, name, pseudonymize_names, retention_seconds, created_at FROM projects ORDER BY name",
     )
     .fetch_all(db)
     .await
@@ -42,11 +44,26 @@ pub async fn projects(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Project>> {
 
 pub async fn project_by_name(db: impl PgExecutor<'_>, name: &str) -> sqlx::Result<Option<Project>> {
     sqlx::query_as::<_, Project>(
-        "SELECT id, name, pseudonymize_names, created_at FROM projects WHERE name = $1",
+        "SELECT id, name, pseudonymize_names, retention_seconds, created_at FROM projects WHERE name = $1",
     )
     .bind(name)
     .fetch_optional(db)
     .await
+}
+
+/// Sets how long a project's finished batches are kept (`None`: the server's setting). Returns
+/// whether the project exists.
+pub async fn set_retention(
+    db: impl PgExecutor<'_>,
+    name: &str,
+    retention_seconds: Option<i64>,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query("UPDATE projects SET retention_seconds = $2 WHERE name = $1")
+        .bind(name)
+        .bind(retention_seconds)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// A token as `xcam token list` shows it (never its secret, which is not kept).

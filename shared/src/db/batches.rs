@@ -214,6 +214,26 @@ fn texts(statuses: &[BatchStatus]) -> Vec<&'static str> {
 /// otherwise: queued until an item starts, running while any is open, then succeeded (all
 /// succeeded), failed (none did) or completed_with_errors. Workers call this after every item,
 /// so it only asks index probes (EXISTS on `(batch_id, status)`), never counts a whole batch.
+/// Finished batches older than their retention: the project's own, else `default` (none: kept).
+/// Returns (batch, project name), oldest first.
+pub async fn expired(
+    db: impl PgExecutor<'_>,
+    default: Option<std::time::Duration>,
+    limit: i64,
+) -> sqlx::Result<Vec<(Uuid, String)>> {
+    sqlx::query_as(
+        r#"SELECT b.id, p.name FROM batches b JOIN projects p ON p.id = b.project_id
+           WHERE b.finished_at IS NOT NULL
+             AND b.status IN ('succeeded', 'completed_with_errors', 'failed', 'cancelled')
+             AND b.finished_at < now() - make_interval(secs => COALESCE(p.retention_seconds::float8, $1))
+           ORDER BY b.finished_at LIMIT $2"#,
+    )
+    .bind(default.map(|d| d.as_secs_f64()))
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
 pub async fn refresh(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<()> {
     sqlx::query(
         r#"WITH c AS (

@@ -28,13 +28,17 @@ pub struct NewLogEntry<'a> {
     pub dynamic_batch_size: Option<i32>,
 }
 
+/// Logs one attempt of an item. Like [`crate::db::results::upsert`], writes nothing once the
+/// item is gone, so a deleted batch's entry names cannot come back through a late worker.
 pub async fn insert(db: impl PgExecutor<'_>, e: &NewLogEntry<'_>) -> sqlx::Result<()> {
     sqlx::query(
         r#"INSERT INTO inference_log (model_name, model_version, prediction, probability, filename,
                                       processing_time_ms, queue_wait_ms, batch_id, item_id, attempt, status,
                                       error_code, error_message, worker_id, device, dynamic_batch_size, project_id)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                   (SELECT project_id FROM batches WHERE id = $8))"#,
+           SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, b.project_id
+           FROM items i JOIN batches b ON b.id = i.batch_id
+           WHERE i.id = $9 AND b.id = $8
+           FOR KEY SHARE OF i"#,
     )
     .bind(e.model_name)
     .bind(e.model_version)
@@ -55,6 +59,24 @@ pub async fn insert(db: impl PgExecutor<'_>, e: &NewLogEntry<'_>) -> sqlx::Resul
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// Deletes up to `limit` log rows older than `age`, oldest first; returns how many.
+pub async fn delete_before(
+    db: impl PgExecutor<'_>,
+    age: std::time::Duration,
+    limit: i64,
+) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        r#"DELETE FROM inference_log WHERE id IN (
+               SELECT id FROM inference_log WHERE ts < now() - make_interval(secs => $1)
+               ORDER BY ts LIMIT $2)"#,
+    )
+    .bind(age.as_secs_f64())
+    .bind(limit)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod audit;
 pub mod batches;
+pub mod erasure;
 pub mod items;
 pub mod logs;
 pub mod results;

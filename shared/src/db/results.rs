@@ -51,12 +51,16 @@ pub struct NewResult<'a> {
     pub queue_wait_ms: f32,
 }
 
+/// Writes an item's result. Writes nothing once the item is gone: the item row is locked while
+/// the result is written, so a batch deleted meanwhile waits, and a batch deleted before leaves a
+/// late worker nothing to attach its result to.
 pub async fn upsert(db: impl PgExecutor<'_>, r: &NewResult<'_>) -> sqlx::Result<()> {
     sqlx::query(
         r#"INSERT INTO results (item_id, batch_id, model_name, model_version, predictions, top_label,
                                 top_probability, method, cams, image_width, image_height, letterbox_side,
                                 device, worker_id, attempt, processing_ms, queue_wait_ms)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+           SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17
+           FROM items WHERE id = $1 FOR KEY SHARE
            ON CONFLICT (item_id) DO UPDATE SET
                predictions = EXCLUDED.predictions, top_label = EXCLUDED.top_label,
                top_probability = EXCLUDED.top_probability, method = EXCLUDED.method, cams = EXCLUDED.cams,

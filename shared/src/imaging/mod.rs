@@ -11,6 +11,7 @@
 //! identify a patient.
 
 pub mod dicom;
+pub mod plane;
 pub mod raster;
 
 use serde::{Deserialize, Serialize};

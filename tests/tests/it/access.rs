@@ -22,7 +22,7 @@ fn expected_roles(operation: &str) -> Option<&'static [&'static str]> {
         "healthz" | "readyz" | "sign_in" => &[],
         "who_am_i" | "sign_out" | "list_models" | "list_batches" | "get_batch" | "get_report"
         | "list_results" | "export_results_csv" | "query_logs" | "get_stats" => ANYONE,
-        "create_batch" => &["submitter", "admin"],
+        "create_batch" | "delete_batch" => &["submitter", "admin"],
         "cancel_batch" => &["submitter", "operator", "admin"],
         "get_image" | "get_overlay" | "get_cam" => &["viewer", "submitter", "admin"],
         "list_workers" | "get_metrics" => &["operator", "admin"],
@@ -44,6 +44,31 @@ struct Credential {
 struct Fixture {
     batch: Uuid,
     item: Uuid,
+}
+
+/// An empty batch in the project `test`, written straight to Postgres: something to delete.
+async fn fresh_batch(pool: &sqlx::PgPool) -> Uuid {
+    let project = xcam_shared::db::access::project_by_name(pool, TEST_PROJECT)
+        .await
+        .unwrap()
+        .unwrap();
+    let id = Uuid::now_v7();
+    xcam_shared::db::batches::insert(
+        pool,
+        &xcam_shared::db::batches::NewBatch {
+            id,
+            project_id: project.id,
+            model_name: "demo",
+            model_version: "1",
+            method: xcam_shared::targets::Method::GradCam,
+            labels: &xcam_shared::targets::LabelSelection::Top1,
+            archive_bytes: 0,
+            pseudonymize_names: false,
+        },
+    )
+    .await
+    .unwrap();
+    id
 }
 
 /// A finished two-image batch in the project `test`.
@@ -203,11 +228,17 @@ async fn every_operation_answers_each_credential_by_the_rules_and_leaks_nothing_
                 !open,
                 "{operation}: the document declares the bearer scheme exactly where a token is needed"
             );
-            let concrete = path
-                .replace("{id}", &fixture.batch.to_string())
-                .replace("{item}", &fixture.item.to_string());
             let batch_scoped = path.contains("{id}");
             for c in &credentials {
+                // Each delete gets a batch of its own, so the fixture outlives the matrix.
+                let batch = if operation == "delete_batch" {
+                    fresh_batch(pool).await
+                } else {
+                    fixture.batch
+                };
+                let concrete = path
+                    .replace("{id}", &batch.to_string())
+                    .replace("{item}", &fixture.item.to_string());
                 let (status, body) = call(
                     &api,
                     c.token.as_deref(),
@@ -300,6 +331,10 @@ async fn every_operation_answers_each_credential_by_the_rules_and_leaks_nothing_
         (Action::Upload, "s", Outcome::Ok),
         (Action::Upload, "o", Outcome::Denied),
         (Action::Upload, "s-other", Outcome::NotFound),
+        (Action::Delete, "s", Outcome::Ok),
+        (Action::Delete, "v", Outcome::Denied),
+        (Action::Delete, "o", Outcome::Denied),
+        (Action::Delete, "s-other", Outcome::NotFound),
         (Action::ReadImage, "o", Outcome::Denied),
         (Action::ReadImage, "s-other", Outcome::NotFound),
         (Action::QueryLog, "v", Outcome::Ok),

@@ -20,6 +20,7 @@ async fn every_documented_operation_is_served_and_the_docs_page_is_self_containe
     }
     operations.sort();
     let expected = [
+        ("DELETE", "/v1/batches/{id}"),
         ("DELETE", "/v1/session"),
         ("GET", "/healthz"),
         ("GET", "/metrics"),

@@ -54,7 +54,7 @@ async fn schemathesis_finds_no_contract_violation() {
     );
     // Every operation was tested, nothing was skipped for an unresolvable schema, and it
     // really went past the 404s: uploads were accepted and their batches answered.
-    assert!(text.contains("Tested: 21"), "{text}");
+    assert!(text.contains("Tested: 22"), "{text}");
     assert!(!text.contains("Unresolvable references"), "{text}");
     let batches: i64 = sqlx::query_scalar("SELECT count(*) FROM batches")
         .fetch_one(&stack.db.pool)

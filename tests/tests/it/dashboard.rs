@@ -82,11 +82,24 @@ async fn the_dashboard_runs_a_batch_end_to_end_in_chromium() {
         ),
         "the forged upload was refused: {rows:#?}"
     );
+    assert!(
+        saw(Some("test-admin"), Action::Delete, Outcome::Ok, None),
+        "the delete from the dashboard was audited"
+    );
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM batches")
+            .fetch_one(&stack.db.pool)
+            .await
+            .unwrap(),
+        0,
+        "the dashboard's delete removed the batch"
+    );
     for shot in [
         "upload.png",
         "batch.png",
         "overlay.png",
         "operations.png",
+        "deleted.png",
         "viewer.png",
     ] {
         assert!(

@@ -20,8 +20,11 @@ async fn migrations_apply_on_a_fresh_database_and_again_as_a_no_op() {
         [
             "audit_log",
             "batches",
+            "deleted_batches",
             "inference_log",
             "items",
+            "pending_erasures",
+            "plane_claims",
             "projects",
             "results",
             "sessions",

@@ -1,4 +1,4 @@
-//! One job: claim the item, fetch and decode the image, explain it, record the result, log the
+//! One job: claim the item, fetch its pixel plane, explain it, record the result, log the
 //! attempt.
 //!
 //! Failures are sorted into permanent ones (the image or the request is bad: the item fails at
@@ -19,7 +19,7 @@ use tracing::Instrument;
 use xcam_shared::{
     blob::{BlobError, BlobStore},
     db::{self, items::Claim, logs::NewLogEntry, results::NewResult},
-    imaging,
+    imaging::plane,
     jobs::GradCamJobV1,
     status::{ItemStatus, LogStatus},
 };
@@ -241,11 +241,12 @@ async fn explain(ctx: &JobContext, job: &GradCamJobV1) -> Result<Outcome, JobErr
 
     let bytes = ctx.blobs.get(&job.blob_key).await?;
     let engine = ctx.engine.clone();
-    // Decoding and resizing are CPU work: a blocking thread, never the executor.
+    // The plane was validated at upload; reading it back is a PNG inflate. That and resizing
+    // are CPU work: a blocking thread, never the executor.
     let pending = tokio::task::spawn_blocking(move || {
-        let image = imaging::decode(&bytes).map_err(|e| JobError::Permanent {
-            code: e.code(),
-            message: e.to_string(),
+        let image = plane::decode(&bytes).map_err(|e| JobError::Permanent {
+            code: "image_missing",
+            message: format!("the stored pixel plane is unreadable: {e}"),
         })?;
         Ok::<_, JobError>(engine.enqueue(&image, target)?)
     })

@@ -44,6 +44,11 @@ fn recorder() -> &'static PrometheusHandle {
     })
 }
 
+/// Installs the recorder, so counts made before the first request (the sweeper's) are kept.
+pub fn install() {
+    let _ = recorder();
+}
+
 /// Middleware: counts requests by matched route, method and status, and times them.
 pub async fn track_http(request: Request, next: Next) -> Response {
     let _ = recorder();

@@ -1,0 +1,122 @@
+//! Deleting batches: their rows in one transaction, then what lives outside Postgres — queued
+//! jobs in Redis, drawn overlays, and pixel planes no other batch shares. `DELETE
+//! /v1/batches/{id}` and the retention sweep both come here.
+//!
+//! The rows go first and a `pending_erasures` row records the rest, so an outage of Redis or the
+//! blob store after the commit only delays the rest: the sweep finishes it later.
+
+use futures::{StreamExt, TryStreamExt, stream};
+use sqlx::PgPool;
+use uuid::Uuid;
+use xcam_shared::{
+    blob::{self, BlobError, BlobStore},
+    db::{self, erasure::Erasure},
+};
+
+use crate::queue::Queue;
+
+/// Planes checked and removed per transaction.
+const PLANE_CHUNK: usize = 500;
+/// Blob deletes in flight at once.
+const BLOB_CONCURRENCY: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EraseError {
+    #[error("postgres: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// What a delete removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Erased {
+    pub items: usize,
+    pub planes: usize,
+    /// Whether everything outside Postgres is gone too; if not, the sweep finishes it.
+    pub complete: bool,
+}
+
+/// Where deletes reach.
+#[derive(Clone)]
+pub struct Eraser {
+    pub db: PgPool,
+    pub blobs: BlobStore,
+    pub queue: Queue,
+}
+
+impl Eraser {
+    /// Deletes a batch. `None` when there is no such batch (a second delete included).
+    pub async fn delete_batch(&self, batch: Uuid) -> Result<Option<Erased>, EraseError> {
+        let Some(erasure) = db::erasure::delete_batch(&self.db, batch).await? else {
+            return Ok(None);
+        };
+        let items = erasure.item_ids.len();
+        match self.finish(&erasure).await {
+            Ok(planes) => Ok(Some(Erased {
+                items,
+                planes,
+                complete: true,
+            })),
+            Err(e) => {
+                tracing::warn!(%batch, error = %e, "batch deleted; its jobs and blobs will be removed by the next sweep");
+                Ok(Some(Erased {
+                    items,
+                    planes: 0,
+                    complete: false,
+                }))
+            }
+        }
+    }
+
+    /// Removes an erasure's jobs, overlays and unshared planes, then its record. Returns how
+    /// many planes went.
+    pub async fn finish(&self, erasure: &Erasure) -> Result<usize, EraseError> {
+        self.queue
+            .forget(&erasure.model_name, &erasure.item_ids)
+            .await?;
+        self.blobs
+            .delete_prefix(&blob::derived_prefix(erasure.batch_id))
+            .await?;
+        let planes = remove_planes(&self.db, &self.blobs, &erasure.plane_keys).await?;
+        db::erasure::finished(&self.db, erasure.batch_id).await?;
+        tracing::info!(batch = %erasure.batch_id, items = erasure.item_ids.len(), planes, "batch erased");
+        Ok(planes)
+    }
+
+    /// Finishes erasures an outage interrupted at least `older_than` ago. Returns how many.
+    pub async fn resume(&self, older_than: std::time::Duration) -> Result<usize, EraseError> {
+        let pending = db::erasure::pending(&self.db, older_than, 100).await?;
+        for erasure in &pending {
+            self.finish(erasure).await?;
+        }
+        Ok(pending.len())
+    }
+}
+
+/// Removes the planes among `keys` that no item and no ingestion references any more.
+pub async fn remove_planes(
+    db: &PgPool,
+    blobs: &BlobStore,
+    keys: &[String],
+) -> Result<usize, EraseError> {
+    let mut removed = 0;
+    for chunk in keys.chunks(PLANE_CHUNK) {
+        let mut tx = db.begin().await?;
+        let unreferenced = db::erasure::lock_unreferenced(&mut tx, chunk).await?;
+        // Removed while the locks are held: a claim for one of these waits, then rewrites it.
+        stream::iter(unreferenced.clone())
+            .map(|key| {
+                let blobs = blobs.clone();
+                async move { blobs.delete(&key).await }
+            })
+            .buffer_unordered(BLOB_CONCURRENCY)
+            .try_collect::<()>()
+            .await?;
+        tx.commit().await?;
+        removed += unreferenced.len();
+    }
+    Ok(removed)
+}

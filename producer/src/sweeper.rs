@@ -1,0 +1,155 @@
+//! Keeping no more than must be kept. Every `XCAM_SWEEP_EVERY`, each producer:
+//!
+//! - forgets finished jobs in Redis (data, metadata, ids), so Redis holds only work in flight;
+//!   jobs apalis gave up on leave its dead set the same way, and the reconciler pushes their
+//!   still-open items again;
+//! - finishes deletes an outage interrupted after their rows were gone;
+//! - deletes finished batches past their retention (`XCAM_RETENTION`, or the project's own)
+//!   through the same path as `DELETE /v1/batches/{id}`, one batch per transaction;
+//! - deletes inference-log rows past `XCAM_LOG_RETENTION`, a few thousand per transaction.
+//!
+//! Several producers may sweep at once: every step is idempotent, and a batch two of them
+//! expire together is deleted once (the other finds it gone).
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use xcam_shared::{
+    access::{Action, Outcome},
+    db::{self, audit::NewAuditEntry},
+};
+
+use crate::erase::Eraser;
+
+/// Batches expired per pass; the rest wait for the next.
+const BATCHES_PER_PASS: i64 = 100;
+/// Log rows deleted per transaction.
+const LOG_ROWS_PER_DELETE: i64 = 5_000;
+/// An erasure this old was interrupted, not merely in progress.
+const INTERRUPTED_AFTER: Duration = Duration::from_secs(60);
+/// What the audit trail names as the actor of a retention delete.
+const RETENTION_ACTOR: &str = "retention";
+
+/// How long things are kept.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Retention {
+    /// Finished batches, unless their project says otherwise; `None`: until deleted.
+    pub batches: Option<Duration>,
+    /// Inference-log rows; `None`: for ever.
+    pub log: Option<Duration>,
+}
+
+/// What one pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub finished_jobs: u64,
+    pub dead_jobs: u64,
+    pub resumed_erasures: u64,
+    pub expired_batches: u64,
+    pub log_rows: u64,
+}
+
+#[derive(Clone)]
+pub struct Sweeper {
+    pub eraser: Eraser,
+    pub models: Vec<String>,
+    pub retention: Retention,
+}
+
+impl Sweeper {
+    /// Sweeps every `every` until `stop` is cancelled.
+    pub async fn run(self, every: Duration, stop: CancellationToken) {
+        crate::periodic::every(every, stop, || async {
+            let swept = self.pass().await;
+            if swept.expired_batches + swept.log_rows + swept.resumed_erasures > 0 {
+                tracing::info!(?swept, "sweep removed expired data");
+            }
+        })
+        .await;
+    }
+
+    /// One pass. A step that fails is logged and retried next pass; the others still run.
+    pub async fn pass(&self) -> Swept {
+        let mut swept = Swept::default();
+        for model in &self.models {
+            match self.eraser.queue.sweep(model).await {
+                Ok(s) => {
+                    swept.finished_jobs += s.done;
+                    swept.dead_jobs += s.dead;
+                }
+                Err(e) => tracing::warn!(%model, error = %e, "forgetting finished jobs failed"),
+            }
+        }
+        metrics::counter!("xcam_redis_jobs_forgotten_total", "set" => "done")
+            .increment(swept.finished_jobs);
+        metrics::counter!("xcam_redis_jobs_forgotten_total", "set" => "dead")
+            .increment(swept.dead_jobs);
+        if swept.dead_jobs > 0 {
+            tracing::warn!(
+                jobs = swept.dead_jobs,
+                "jobs the queue gave up on were dropped; their open items will be pushed again"
+            );
+        }
+
+        match self.eraser.resume(INTERRUPTED_AFTER).await {
+            Ok(n) => swept.resumed_erasures = n as u64,
+            Err(e) => tracing::warn!(error = %e, "finishing interrupted deletes failed"),
+        }
+
+        match self.expire_batches().await {
+            Ok(n) => swept.expired_batches = n,
+            Err(e) => tracing::warn!(error = %e, "applying batch retention failed"),
+        }
+        metrics::counter!("xcam_retention_batches_deleted_total").increment(swept.expired_batches);
+
+        if let Some(age) = self.retention.log {
+            match self.expire_log(age).await {
+                Ok(n) => swept.log_rows = n,
+                Err(e) => tracing::warn!(error = %e, "applying log retention failed"),
+            }
+        }
+        metrics::counter!("xcam_retention_log_rows_deleted_total").increment(swept.log_rows);
+        swept
+    }
+
+    async fn expire_batches(&self) -> anyhow::Result<u64> {
+        let db = &self.eraser.db;
+        let expired = db::batches::expired(db, self.retention.batches, BATCHES_PER_PASS).await?;
+        let mut deleted = 0;
+        for (batch, project) in expired {
+            let Some(erased) = self.eraser.delete_batch(batch).await? else {
+                continue;
+            };
+            deleted += 1;
+            tracing::info!(%batch, %project, items = erased.items, planes = erased.planes, "batch expired and deleted");
+            db::audit::append(
+                db,
+                &NewAuditEntry {
+                    token_name: Some(RETENTION_ACTOR),
+                    role: None,
+                    action: Action::Delete,
+                    project: Some(&project),
+                    batch_id: Some(batch),
+                    item_id: None,
+                    client: None,
+                    outcome: Outcome::Ok,
+                    status: None,
+                    detail: Some("past its retention period"),
+                },
+            )
+            .await?;
+        }
+        Ok(deleted)
+    }
+
+    async fn expire_log(&self, age: Duration) -> anyhow::Result<u64> {
+        let mut total = 0;
+        loop {
+            let n = db::logs::delete_before(&self.eraser.db, age, LOG_ROWS_PER_DELETE).await?;
+            total += n;
+            if n < LOG_ROWS_PER_DELETE as u64 {
+                return Ok(total);
+            }
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Deleting a batch, and the pixel planes ingestion writes before its items exist.
+//!
+//! A delete removes the batch's rows in one transaction and leaves a `pending_erasures` row
+//! naming what lives outside Postgres (Redis jobs, planes, drawn overlays); the caller removes
+//! those and then the row, and a sweeper retries rows an outage left behind.
+//!
+//! A plane is shared by every item with the same pixels, across batches, so it is removed only
+//! when no item and no ingestion's claim needs it. The check and the removal run under an
+//! advisory lock on the plane's key, which a claim takes too: a delete cannot remove a plane
+//! between an ingestion claiming it and that ingestion writing it.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor, PgPool};
+use uuid::Uuid;
+
+/// What a committed delete still has to remove outside Postgres.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Erasure {
+    pub batch_id: Uuid,
+    pub model_name: String,
+    pub item_ids: Vec<Uuid>,
+    pub plane_keys: Vec<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Deletes a batch's rows: items and results, the batch, its plane claims; blanks the entry
+/// names and item ids of its inference-log rows (their timings and outcomes stay). `None` when
+/// there is no such batch, so a second delete is told the same as a delete of nothing.
+///
+/// Safe against workers still running the batch: their result and log writes lock the item row
+/// they depend on (see [`crate::db::results::upsert`]), so they either finish before the
+/// items go, and their rows are blanked here, or find no item and write nothing.
+pub async fn delete_batch(db: &PgPool, batch: Uuid) -> sqlx::Result<Option<Erasure>> {
+    let mut tx = db.begin().await?;
+    let Some((model_name, project_id)): Option<(String, Uuid)> =
+        sqlx::query_as("SELECT model_name, project_id FROM batches WHERE id = $1 FOR UPDATE")
+            .bind(batch)
+            .fetch_optional(&mut *tx)
+            .await?
+    else {
+        return Ok(None);
+    };
+    // Items go first: deleting them waits for any worker write holding an item row, so the
+    // log update below sees that write.
+    let items: Vec<(Uuid, Option<String>)> =
+        sqlx::query_as("DELETE FROM items WHERE batch_id = $1 RETURNING id, blob_key")
+            .bind(batch)
+            .fetch_all(&mut *tx)
+            .await?;
+    let claimed: Vec<(String,)> =
+        sqlx::query_as("SELECT blob_key FROM plane_claims WHERE batch_id = $1")
+            .bind(batch)
+            .fetch_all(&mut *tx)
+            .await?;
+    sqlx::query("UPDATE inference_log SET filename = '', item_id = NULL WHERE batch_id = $1")
+        .bind(batch)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM batches WHERE id = $1")
+        .bind(batch)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO deleted_batches (id, project_id) VALUES ($1, $2)")
+        .bind(batch)
+        .bind(project_id)
+        .execute(&mut *tx)
+        .await?;
+    let item_ids: Vec<Uuid> = items.iter().map(|(id, _)| *id).collect();
+    let mut plane_keys: Vec<String> = items
+        .into_iter()
+        .filter_map(|(_, key)| key)
+        .chain(claimed.into_iter().map(|(key,)| key))
+        .collect();
+    plane_keys.sort_unstable();
+    plane_keys.dedup();
+    let erasure = sqlx::query_as::<_, Erasure>(
+        r#"INSERT INTO pending_erasures (batch_id, model_name, item_ids, plane_keys)
+           VALUES ($1, $2, $3, $4)
+           RETURNING batch_id, model_name, item_ids, plane_keys, created_at"#,
+    )
+    .bind(batch)
+    .bind(&model_name)
+    .bind(&item_ids)
+    .bind(&plane_keys)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some(erasure))
+}
+
+/// A deleted batch's project (id and name), if `batch` was deleted.
+pub async fn deleted(db: impl PgExecutor<'_>, batch: Uuid) -> sqlx::Result<Option<(Uuid, String)>> {
+    sqlx::query_as(
+        r#"SELECT p.id, p.name FROM deleted_batches d JOIN projects p ON p.id = d.project_id
+           WHERE d.id = $1"#,
+    )
+    .bind(batch)
+    .fetch_optional(db)
+    .await
+}
+
+/// Erasures not finished `older_than` ago (an outage interrupted them), oldest first.
+pub async fn pending(
+    db: impl PgExecutor<'_>,
+    older_than: std::time::Duration,
+    limit: i64,
+) -> sqlx::Result<Vec<Erasure>> {
+    sqlx::query_as(
+        r#"SELECT batch_id, model_name, item_ids, plane_keys, created_at FROM pending_erasures
+           WHERE created_at < now() - make_interval(secs => $1)
+           ORDER BY created_at LIMIT $2"#,
+    )
+    .bind(older_than.as_secs_f64())
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Marks an erasure finished.
+pub async fn finished(db: impl PgExecutor<'_>, batch: Uuid) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM pending_erasures WHERE batch_id = $1")
+        .bind(batch)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Records that ingestion of `batch` is about to write the plane `key`; call before writing it.
+pub async fn claim_plane(db: impl PgExecutor<'_>, batch: Uuid, key: &str) -> sqlx::Result<()> {
+    // One statement, so the advisory lock is held just while the claim commits.
+    sqlx::query(
+        r#"WITH locked AS (SELECT pg_advisory_xact_lock(hashtextextended($2, 0)))
+           INSERT INTO plane_claims (batch_id, blob_key) SELECT $1, $2 FROM locked
+           ON CONFLICT DO NOTHING"#,
+    )
+    .bind(batch)
+    .bind(key)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Drops a batch's claims: its items now reference the planes, or its ingestion failed.
+pub async fn release_claims(db: impl PgExecutor<'_>, batch: Uuid) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM plane_claims WHERE batch_id = $1")
+        .bind(batch)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Inside a transaction: locks the planes `keys` against new claims until the transaction ends,
+/// and returns those nothing references, which the caller may remove before committing.
+pub async fn lock_unreferenced(
+    tx: &mut PgConnection,
+    keys: &[String],
+) -> sqlx::Result<Vec<String>> {
+    // Locks are taken in key order, so two deletes sharing planes cannot deadlock; a claim
+    // takes one lock only. The check is a second statement: a statement's snapshot is taken
+    // when it starts, and the check must see claims committed while waiting for the locks.
+    sqlx::query(
+        r#"SELECT pg_advisory_xact_lock(hashtextextended(k, 0))
+           FROM (SELECT DISTINCT k FROM unnest($1::text[]) AS k ORDER BY k) AS keys"#,
+    )
+    .bind(keys)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query_scalar(
+        r#"SELECT k FROM unnest($1::text[]) AS k
+           WHERE NOT EXISTS (SELECT 1 FROM items WHERE blob_key = k)
+             AND NOT EXISTS (SELECT 1 FROM plane_claims WHERE blob_key = k)"#,
+    )
+    .bind(keys)
+    .fetch_all(&mut *tx)
+    .await
+}
