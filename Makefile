@@ -16,13 +16,14 @@ export CARGO_TERM_COLOR ?= never
 SERVICES_ENV = eval "$$(scripts/services.sh env)"
 CARGO_JOBS ?= 2
 
-.PHONY: help setup torch services down build test lint demo bench bench-pipeline fuzz dashboard browser schemathesis
+.PHONY: help setup torch services down build test lint demo bench bench-pipeline bench-redis fuzz dashboard browser schemathesis
 
 help:
 	@echo "make demo    run the whole job end to end on local Redis and Postgres"
 	@echo "make test    the whole test suite (lint included)"
 	@echo "make bench   Grad-CAM vs forward-only vs pytorch-grad-cam, one run, side by side"
 	@echo "make bench-pipeline  the whole pipeline vs the engine alone; producer memory on a 1 GiB ZIP"
+	@echo "make bench-redis     Redis keys and memory before, during and after a 10 000-image batch"
 	@echo "make fuzz    the ZIP and DICOM property tests with 20000 cases each"
 	@echo "make down    stop the private Redis and Postgres"
 
@@ -76,3 +77,6 @@ bench: torch build
 
 bench-pipeline: setup build
 	$(SERVICES_ENV); scripts/bench-pipeline.sh
+
+bench-redis: setup build
+	$(SERVICES_ENV); scripts/bench-redis.sh

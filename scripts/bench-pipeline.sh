@@ -31,6 +31,8 @@ prefix="bench$(date +%s)"
 export XCAM_QUEUE_PREFIX="$prefix" XCAM_BLOB_URL="file://$work/blobs" XCAM_MODELS_DIR="$models"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 api="http://127.0.0.1:$port"
+# Every request answers to a token: an admin of the project `bench`, made for this run.
+. scripts/bench-common.sh
 XCAM_BIND="127.0.0.1:$port" target/release/xcam serve > "$work/api.log" 2>&1 & api_pid=$!
 trap 'kill $api_pid ${worker_pid:-} 2>/dev/null || true' EXIT
 for _ in $(seq 100); do curl -fsS "$api/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
@@ -39,16 +41,15 @@ for _ in $(seq 100); do curl -fsS "$api/readyz" >/dev/null 2>&1 && break; sleep 
 echo "==> engine alone (before): xcam-worker bench, same bundle, batch size and replicas"
 engine_before=$(target/release/xcam-worker bench --model densenet121 --device cpu --batch "$batch" --seconds 10 --json)
 target/release/xcam-worker run --model densenet121 --device cpu --max-batch "$batch" > "$work/worker.log" 2>&1 & worker_pid=$!
-for _ in $(seq 300); do [[ "$(curl -fsS "$api/v1/workers")" != "[]" ]] && break; sleep 0.2; done
+for _ in $(seq 300); do [[ "$(get "$api/v1/workers")" != "[]" ]] && break; sleep 0.2; done
 
-json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 echo "==> pipeline: $images images, one worker, batch $batch"
 start=$(date +%s.%N)
 # One long-lived client follows the batch, as a user would, rather than a process per poll.
 out=$(XCAM_URL="$api" target/release/xcam submit --wait --model densenet121 "$work/images.zip") || [[ $? == 3 ]]
 end=$(date +%s.%N)
 id=$(sed -n 's/^batch \([0-9a-f-]*\):.*/\1/p' <<<"$out" | head -1)
-view=$(curl -fsS "$api/v1/batches/$id")
+view=$(get "$api/v1/batches/$id")
 kill $worker_pid; wait $worker_pid 2>/dev/null || true; unset worker_pid
 
 echo "==> engine alone (after)"
@@ -70,10 +71,10 @@ with zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_STORED) as z:
 PY
 rss() { awk '/^'"$1"':/ {print $2}' /proc/$api_pid/status; }
 before=$(rss VmRSS)
-# The worker has stopped by now: these jobs are only ingested, then cancelled.
-big=$(curl -fsS -F model=densenet121 -F file=@"$work/big.zip" "$api/v1/batches" | json 'd["id"]')
-while [[ "$(curl -fsS "$api/v1/batches/$big" | json 'd["status"]')" == ingesting ]]; do sleep 0.5; done
-curl -fsS -X POST "$api/v1/batches/$big/cancel" >/dev/null
+# The worker has stopped by now: these jobs are only ingested, then the batch is deleted.
+big=$(get -F model=densenet121 -F file=@"$work/big.zip" "$api/v1/batches" | json 'd["id"]')
+while [[ "$(get "$api/v1/batches/$big" | json 'd["status"]')" == ingesting ]]; do sleep 0.5; done
+get -X DELETE "$api/v1/batches/$big" >/dev/null
 peak=$(rss VmHWM)
 zip_bytes=$(stat -c %s "$work/big.zip")
 
@@ -101,4 +102,4 @@ print()
 print(f"pipeline / engine Grad-CAM: {steady / cam:.2f} (target >= 0.9); with upload and ingestion: {n / wall / cam:.2f}")
 print(f"producer RSS: {before / 1024:.0f} MiB before, {peak / 1024:.0f} MiB peak while ingesting a {zip_bytes / 2**30:.2f} GiB ZIP")
 PY
-redis-cli -u "$REDIS_URL" --scan --pattern "$prefix.*" | xargs -r redis-cli -u "$REDIS_URL" del >/dev/null
+bench_done

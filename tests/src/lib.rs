@@ -282,7 +282,9 @@ impl Stack {
 
     /// `xcam serve`'s arguments for this stack, with extra flags.
     pub fn serve_args(&self, extra: &[&str]) -> xcam_producer::config::ServeArgs {
+        // A test's flags override the harness's defaults.
         #[derive(Parser)]
+        #[command(args_override_self = true)]
         struct Serve {
             #[command(flatten)]
             args: xcam_producer::config::ServeArgs,
@@ -430,6 +432,18 @@ impl Drop for Producer {
 }
 
 impl Producer {
+    /// The same API called with another token (the server stays this producer's).
+    pub fn as_token(&self, token: &str) -> Producer {
+        Producer {
+            base: self.base.clone(),
+            token: token.to_owned(),
+            client: client_with(token),
+            server: None,
+            process: None,
+            log: None,
+        }
+    }
+
     /// What a process-backed producer wrote to its log.
     pub fn log_text(&self) -> String {
         self.log
@@ -596,4 +610,131 @@ pub fn python(args: &[&str]) -> std::process::Output {
         .current_dir(repo_root())
         .output()
         .expect("python3 runs")
+}
+
+/// Everything a database holds, as `pg_dump` writes it; the rows of `skip_rows_of` are left
+/// out (their definitions stay).
+pub fn pg_dump(url: &str, skip_rows_of: &[&str]) -> Vec<u8> {
+    let mut command = Command::new("pg_dump");
+    command.arg("--no-owner").arg(format!("--dbname={url}"));
+    for table in skip_rows_of {
+        command.arg(format!("--exclude-table-data={table}"));
+    }
+    let out = command.output().expect("pg_dump runs");
+    assert!(
+        out.status.success(),
+        "pg_dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Every key of a test's prefix with everything in it, one line per key: what Redis holds of
+/// the test, in a form a search can read.
+pub async fn redis_contents(url: &str, prefix: &str) -> String {
+    let client = redis::Client::open(url).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}.*"))
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    keys.sort();
+    let mut out = String::new();
+    for key in keys {
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .expect("TYPE");
+        let command = match kind.as_str() {
+            "hash" => redis::cmd("HGETALL").arg(&key).clone(),
+            "set" => redis::cmd("SMEMBERS").arg(&key).clone(),
+            "list" => redis::cmd("LRANGE").arg(&key).arg(0).arg(-1).clone(),
+            "zset" => redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1).clone(),
+            _ => redis::cmd("GET").arg(&key).clone(),
+        };
+        let values: Vec<Vec<u8>> = match kind.as_str() {
+            "string" => vec![
+                command
+                    .query_async::<Vec<u8>>(&mut conn)
+                    .await
+                    .unwrap_or_default(),
+            ],
+            _ => command.query_async(&mut conn).await.unwrap_or_default(),
+        };
+        let values: Vec<String> = values
+            .iter()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        out.push_str(&format!("{key} ({kind}): {}\n", values.join(" | ")));
+    }
+    out
+}
+
+/// Redis's whole dataset as `SAVE` writes it, strings left uncompressed so a search sees them.
+pub async fn redis_save(url: &str) -> Vec<u8> {
+    let client = redis::Client::open(url).expect("redis url");
+    let conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let config = |name: &'static str| {
+        let mut conn = conn.clone();
+        async move {
+            let pair: Vec<String> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(name)
+                .query_async(&mut conn)
+                .await
+                .expect("CONFIG GET");
+            pair.get(1).cloned().unwrap_or_default()
+        }
+    };
+    let (dir, file, compression) = (
+        config("dir").await,
+        config("dbfilename").await,
+        config("rdbcompression").await,
+    );
+    let set = |value: String| {
+        let mut conn = conn.clone();
+        async move {
+            let () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("rdbcompression")
+                .arg(value)
+                .query_async(&mut conn)
+                .await
+                .expect("CONFIG SET");
+        }
+    };
+    set("no".into()).await;
+    let saved: redis::RedisResult<()> = redis::cmd("SAVE").query_async(&mut conn.clone()).await;
+    set(compression).await;
+    saved.expect("SAVE");
+    std::fs::read(Path::new(&dir).join(file)).expect("the RDB file")
+}
+
+/// Every file under a directory.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("readable dir") {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            out.extend(files_under(&path))
+        } else {
+            out.push(path)
+        }
+    }
+    out
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
 }

@@ -13,6 +13,7 @@ mod engine;
 mod foundation;
 mod outages;
 mod pipeline;
+mod privacy;
 mod router;
 mod startup;
 mod validation;

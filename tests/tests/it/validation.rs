@@ -9,7 +9,9 @@ use std::{
 
 use serde_json::Value;
 use xcam_shared::imaging::{self, Format, ImageLimits};
-use xcam_tests::{Stack, png, python, repo_root, zip_of};
+use xcam_tests::{
+    Stack, contains, files_under, pg_dump, png, python, redis_save, repo_root, zip_of,
+};
 
 /// Writes the test DICOMs (tests/reference/make_dicoms.py) and returns their directory and the
 /// PHI values to look for.
@@ -417,111 +419,149 @@ async fn invalid_images_are_rejected_with_codes_in_counts_csv_and_report() {
     stack.finish().await;
 }
 
+/// DICOMs full of PHI (and the real pydicom-data CR files with their own values), uploaded once
+/// with pseudonymised names (the entry names carry PHI too) and once as uploaded; then every
+/// byte xcam holds is searched for every value: `pg_dump` of the whole database, every blob,
+/// a Redis `SAVE`, both processes' logs, the CSVs, the report, images, overlays and maps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_patient_identifier_reaches_tables_logs_csv_or_overlays() {
+async fn no_patient_identifier_is_held_anywhere_with_or_without_pseudonyms() {
     let (dir, phi, rg1) = dicoms();
     let stack = Stack::new().await;
     let api = stack.producer_process(&[]).await;
     let worker = stack.worker("a", &[]);
-    let archive = zip_of(&[
-        ("a.dcm", read(&dir.path().join("cr_phi.dcm"))),
-        ("b.dcm", read(&rg1.join("RG1_UNCR.dcm"))),
-        ("c.dcm", read(&rg1.join("RG1_J2KR.dcm"))),
-        ("d.dcm", read(&dir.path().join("cr_truncated.dcm"))),
+    let entries = |names: [&str; 5]| {
+        zip_of(&[
+            (names[0], read(&dir.path().join("cr_phi.dcm"))),
+            (names[1], read(&rg1.join("RG1_UNCR.dcm"))),
+            (names[2], read(&rg1.join("RG1_J2KR.dcm"))),
+            (names[3], read(&dir.path().join("cr_truncated.dcm"))),
+            (names[4], read(&dir.path().join("dx_mono1.dcm"))),
+        ])
+    };
+    let mut batches = Vec::new();
+    for (names, pseudonymize, labels) in [
         (
-            "Zebulon_Quixotic_MRN-73519-QX.dcm",
-            read(&dir.path().join("dx_mono1.dcm")),
-        ),
-    ]);
-    let (status, created) = api
-        .upload(
-            archive,
-            &[
-                ("model", "demo"),
-                ("labels", "all"),
-                ("pseudonymize_names", "true"),
+            [
+                "Zebulon^Quixotic^Marmaduke.dcm",
+                "MRN-73519-QX/b.dcm",
+                "ALT-ID-99817.dcm",
+                "d.dcm",
+                "Zebulon_Quixotic_MRN-73519-QX.dcm",
             ],
-        )
-        .await;
-    assert_eq!(status, 202, "{created}");
-    let id = created["id"].as_str().unwrap().to_owned();
-    let batch = api.wait_for_batch(&id, Duration::from_secs(240)).await;
-    assert_eq!(batch["counts"]["succeeded"], 4, "{batch}");
-
-    let mut haystacks: Vec<(String, Vec<u8>)> = Vec::new();
-    for table in ["batches", "items", "results", "inference_log", "workers"] {
-        let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT row_to_json(t)::text FROM {table} t"
-        )))
-        .fetch_all(&stack.db.pool)
-        .await
-        .unwrap();
-        haystacks.push((format!("table {table}"), rows.join("\n").into_bytes()));
+            "true",
+            "all",
+        ),
+        // Names as uploaded; the top label's map is enough, the pixels are the same.
+        (
+            ["a.dcm", "b.dcm", "c.dcm", "d.dcm", "e.dcm"],
+            "false",
+            "top1",
+        ),
+    ] {
+        let (status, created) = api
+            .upload(
+                entries(names),
+                &[
+                    ("model", "demo"),
+                    ("labels", labels),
+                    ("pseudonymize_names", pseudonymize),
+                ],
+            )
+            .await;
+        assert_eq!(status, 202, "{created}");
+        let id = created["id"].as_str().unwrap().to_owned();
+        let batch = api.wait_for_batch(&id, Duration::from_secs(240)).await;
+        assert_eq!(batch["counts"]["succeeded"], 4, "{batch}");
+        batches.push(id);
     }
-    let (_, csv_text) = api.get_text(&format!("/v1/batches/{id}/results.csv")).await;
-    haystacks.push(("the CSV".into(), csv_text.clone().into_bytes()));
-    let (_, logs) = api.get_text("/v1/logs?format=csv&limit=1000").await;
-    haystacks.push(("the log CSV".into(), logs.into_bytes()));
-    let (_, report) = api.get_text(&format!("/v1/batches/{id}/report")).await;
-    haystacks.push(("the report".into(), report.into_bytes()));
-    haystacks.push(("the worker's log".into(), worker.log_text().into_bytes()));
-    // Every overlay and map, as the API draws them; then whatever the blob store kept.
-    let (_, page) = api
-        .get_json(&format!("/v1/batches/{id}/results?limit=100"))
-        .await;
-    for item in page["items"].as_array().unwrap() {
-        for cam in item["cams"].as_array().into_iter().flatten() {
-            for artefact in ["overlay.png", "cam.npy"] {
+
+    let mut haystacks: Vec<(String, Vec<u8>)> = vec![(
+        "pg_dump of the database".into(),
+        pg_dump(&stack.db.url, &[]),
+    )];
+    for id in &batches {
+        let (_, csv_text) = api.get_text(&format!("/v1/batches/{id}/results.csv")).await;
+        haystacks.push(("the CSV".into(), csv_text.into_bytes()));
+        let (_, report) = api.get_text(&format!("/v1/batches/{id}/report")).await;
+        haystacks.push(("the report".into(), report.into_bytes()));
+        // Every image, overlay and map, as the API serves them.
+        let (_, page) = api
+            .get_json(&format!("/v1/batches/{id}/results?limit=100"))
+            .await;
+        for item in page["items"].as_array().unwrap() {
+            let item_id = item["item_id"].as_str().unwrap();
+            let mut artefacts = vec!["image.png".to_owned()];
+            for cam in item["cams"].as_array().into_iter().flatten() {
+                let label = cam["label"].as_str().unwrap();
+                artefacts.push(format!("overlay.png?label={label}"));
+                artefacts.push(format!("cam.npy?label={label}"));
+            }
+            if item["status"] != "succeeded" {
+                continue;
+            }
+            for artefact in artefacts {
                 let response = api
                     .client
-                    .get(api.url(&format!(
-                        "/v1/batches/{id}/items/{}/{artefact}?label={}",
-                        item["item_id"].as_str().unwrap(),
-                        cam["label"].as_str().unwrap()
-                    )))
+                    .get(api.url(&format!("/v1/batches/{id}/items/{item_id}/{artefact}")))
                     .send()
                     .await
                     .unwrap();
-                assert_eq!(response.status(), 200);
+                assert_eq!(response.status(), 200, "{artefact}");
                 let bytes = response.bytes().await.unwrap().to_vec();
-                haystacks.push((format!("{artefact} of {}", item["item_id"]), bytes));
+                haystacks.push((format!("{artefact} of {item_id}"), bytes));
             }
         }
     }
+    let (_, logs) = api.get_text("/v1/logs?format=csv&limit=1000").await;
+    haystacks.push(("the log CSV".into(), logs.into_bytes()));
+    haystacks.push(("the worker's log".into(), worker.log_text().into_bytes()));
     haystacks.push(("the API's log".into(), api.log_text().into_bytes()));
-    for entry in walk(stack.blobs.path()) {
-        if entry.to_string_lossy().contains("derived") {
-            haystacks.push((entry.display().to_string(), read(&entry)));
-        }
+    haystacks.push(("a Redis SAVE".into(), redis_save(&stack.redis_url).await));
+    let blobs = files_under(stack.blobs.path());
+    for blob in &blobs {
+        let name = blob
+            .strip_prefix(stack.blobs.path())
+            .unwrap()
+            .display()
+            .to_string();
+        haystacks.push((format!("the blob {name}"), read(blob)));
+        haystacks.push((format!("the blob name {name}"), name.into_bytes()));
     }
     assert!(
-        haystacks.iter().any(|(n, _)| n.contains("overlay.png")),
-        "overlays were searched"
+        blobs
+            .iter()
+            .any(|b| b.to_string_lossy().contains("overlay.png"))
+            && blobs
+                .iter()
+                .any(|b| b.to_string_lossy().contains("planes/")),
+        "planes and overlays were searched: {blobs:?}"
     );
     for value in &phi {
         for (place, bytes) in &haystacks {
-            assert!(
-                !bytes.windows(value.len()).any(|w| w == value.as_bytes()),
-                "{value:?} leaked into {place}"
-            );
+            assert!(!contains(bytes, value), "{value:?} leaked into {place}");
         }
     }
+    // What is stored of an image is its pixel plane: a 16-bit grayscale PNG, never the DICOM.
+    for blob in blobs
+        .iter()
+        .filter(|b| b.to_string_lossy().contains("planes/"))
+    {
+        let bytes = read(blob);
+        assert!(!contains(&bytes, "DICM"), "{} is a DICOM", blob.display());
+        xcam_shared::imaging::plane::decode(&bytes).expect("a plane");
+    }
+    let csv_of = |i: usize| {
+        haystacks
+            .iter()
+            .filter(|(n, _)| n == "the CSV")
+            .nth(i)
+            .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+            .unwrap()
+    };
     assert!(
-        !csv_text.contains("Zebulon") && csv_text.contains("entry-"),
+        csv_of(0).contains("entry-") && !csv_of(0).contains("Zebulon"),
         "entry names are pseudonymised"
     );
+    assert!(csv_of(1).contains("e.dcm"), "names as uploaded otherwise");
     stack.finish().await;
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(walk(&path))
-        } else {
-            out.push(path)
-        }
-    }
-    out
 }

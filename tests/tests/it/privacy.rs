@@ -1,0 +1,393 @@
+//! The data's life: a deleted batch leaves nothing but its audit rows (also when workers were
+//! still running it), retention deletes what is past its period and nothing else, and Redis
+//! forgets finished jobs. The search for patient identifiers is in `validation`.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+use xcam_shared::{
+    access::{Action, Outcome, Role},
+    db::audit::{self, AuditFilter},
+};
+use xcam_tests::{
+    Producer, Stack, client_with, contains, eventually, files_under, make_token, pg_dump, png,
+    png_zip, redis_contents, zip_of,
+};
+
+/// What xcam held of a batch before it was deleted: the strings that must not outlive it.
+struct Traces {
+    items: Vec<Uuid>,
+    names: Vec<String>,
+    hashes: BTreeSet<String>,
+}
+
+async fn traces(stack: &Stack, batch: &str) -> Traces {
+    let rows: Vec<(Uuid, String, Option<String>)> =
+        sqlx::query_as("SELECT id, entry_name, sha256 FROM items WHERE batch_id = $1::uuid")
+            .bind(batch)
+            .fetch_all(&stack.db.pool)
+            .await
+            .unwrap();
+    Traces {
+        items: rows.iter().map(|r| r.0).collect(),
+        names: rows.iter().map(|r| r.1.clone()).collect(),
+        hashes: rows.iter().filter_map(|r| r.2.clone()).collect(),
+    }
+}
+
+async fn delete(api: &Producer, batch: &str) -> u16 {
+    api.client
+        .delete(api.url(&format!("/v1/batches/{batch}")))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn count(stack: &Stack, sql: &'static str, batch: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .bind(batch)
+        .fetch_one(&stack.db.pool)
+        .await
+        .unwrap()
+}
+
+/// Waits until Redis holds nothing of these items: not queued, not held by a worker, not
+/// finished (the sweep forgets finished jobs every second in the tests).
+async fn until_redis_forgets(stack: &Stack, items: &[Uuid]) {
+    eventually(
+        Duration::from_secs(60),
+        "Redis to forget the batch",
+        || async {
+            let held = redis_contents(&stack.redis_url, &stack.prefix).await;
+            (!items.iter().any(|i| held.contains(&i.to_string()))).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Asserts that nothing of `t` is left: not in the database but for the audit log, not in a
+/// blob's name or bytes, not in Redis.
+async fn assert_nothing_left(stack: &Stack, batch: &str, t: &Traces, shared: &BTreeSet<String>) {
+    let dump = pg_dump(&stack.db.url, &["audit_log"]);
+    let blobs = files_under(stack.blobs.path());
+    let redis = redis_contents(&stack.redis_url, &stack.prefix).await;
+    let needles = t
+        .items
+        .iter()
+        .map(Uuid::to_string)
+        .chain(t.names.iter().cloned())
+        .chain(t.hashes.difference(shared).cloned());
+    for needle in needles {
+        assert!(!contains(&dump, &needle), "{needle} is still in Postgres");
+        assert!(!redis.contains(&needle), "{needle} is still in Redis");
+        for blob in &blobs {
+            assert!(
+                !blob.to_string_lossy().contains(&needle),
+                "{needle} names the blob {}",
+                blob.display()
+            );
+        }
+    }
+    for blob in &blobs {
+        let name = blob.to_string_lossy();
+        assert!(!name.contains(batch), "{name} is the deleted batch's");
+        let bytes = std::fs::read(blob).unwrap();
+        for item in &t.items {
+            assert!(!contains(&bytes, &item.to_string()), "{name} holds {item}");
+        }
+    }
+    // The inference log keeps the attempts, without names or item ids.
+    assert_eq!(
+        count(
+            stack,
+            "SELECT count(*) FROM inference_log WHERE batch_id = $1::uuid AND (filename <> '' OR item_id IS NOT NULL)",
+            batch
+        )
+        .await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_batch_leaves_nothing_but_its_audit_rows_and_shared_images_stay() {
+    let stack = Stack::new().await;
+    let api = stack.producer(&[]).await;
+    let _worker = stack.worker("a", &[]);
+    // `doomed` and `kept` share one image: its plane must outlive `doomed`.
+    let doomed_zip = zip_of(&[
+        ("patient-doe-1.png", png(64, 64, 1)),
+        ("patient-doe-2.png", png(64, 64, 2)),
+        ("patient-doe-3.png", png(64, 64, 3)),
+    ]);
+    let kept_zip = zip_of(&[("kept-1.png", png(64, 64, 1))]);
+    let mut ids = Vec::new();
+    for zip in [doomed_zip, kept_zip] {
+        let (status, created) = api.upload(zip, &[]).await;
+        assert_eq!(status, 202, "{created}");
+        let id = created["id"].as_str().unwrap().to_owned();
+        api.wait_for_batch(&id, Duration::from_secs(120)).await;
+        ids.push(id);
+    }
+    let (doomed, kept) = (&ids[0], &ids[1]);
+    // Draw and keep its overlays, so there is something derived to remove.
+    let (_, page) = api.get_json(&format!("/v1/batches/{doomed}/results")).await;
+    for item in page["items"].as_array().unwrap() {
+        let url = item["overlay_url"].as_str().unwrap();
+        let response = api.client.get(api.url(url)).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let t = traces(&stack, doomed).await;
+    let shared = traces(&stack, kept).await.hashes;
+    assert_eq!(t.hashes.intersection(&shared).count(), 1);
+    assert!(
+        files_under(stack.blobs.path())
+            .iter()
+            .any(|b| b.to_string_lossy().contains(doomed.as_str())),
+        "overlays were kept under the batch"
+    );
+
+    assert_eq!(delete(&api, doomed).await, 204);
+    assert_eq!(
+        delete(&api, doomed).await,
+        204,
+        "a second delete answers the same"
+    );
+    for path in ["", "/results", "/report", "/results.csv"] {
+        let (status, body) = api.get_text(&format!("/v1/batches/{doomed}{path}")).await;
+        assert_eq!(status, 404, "{path}: {body}");
+    }
+    let viewer_elsewhere = {
+        xcam_shared::db::access::create_project(&stack.db.pool, "elsewhere", false)
+            .await
+            .unwrap();
+        make_token(
+            &stack.db.pool,
+            "sub-else",
+            Role::Submitter,
+            &["elsewhere"],
+            None,
+        )
+        .await
+    };
+    let status = client_with(&viewer_elsewhere)
+        .delete(api.url(&format!("/v1/batches/{doomed}")))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 404, "another project's token learns nothing of it");
+
+    until_redis_forgets(&stack, &t.items).await;
+    assert_nothing_left(&stack, doomed, &t, &shared).await;
+    let (status, body) = api.get_text(&format!("/v1/batches/{kept}/results")).await;
+    assert_eq!(status, 200, "{body}");
+    let plane = files_under(stack.blobs.path()).into_iter().find(|b| {
+        b.to_string_lossy()
+            .contains(shared.first().unwrap().as_str())
+    });
+    assert!(plane.is_some(), "the shared plane stays");
+    let item = &api.get_json(&format!("/v1/batches/{kept}/results")).await.1["items"][0];
+    let response = api
+        .client
+        .get(api.url(item["overlay_url"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "the other batch still draws");
+
+    let rows = audit::query(&stack.db.pool, &AuditFilter::default(), 1000)
+        .await
+        .unwrap();
+    let deletes: Vec<_> = rows
+        .iter()
+        .filter(|r| {
+            r.action == Action::Delete && r.batch_id.map(|b| b.to_string()) == Some(doomed.clone())
+        })
+        .collect();
+    assert_eq!(deletes.len(), 3, "one row per delete request: {deletes:#?}");
+    assert_eq!(
+        deletes.iter().filter(|r| r.outcome == Outcome::Ok).count(),
+        2
+    );
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_deleted_mid_run_leaves_nothing_once_its_worker_finishes() {
+    let stack = Stack::new().await;
+    let api = stack.producer(&[]).await;
+    let _worker = stack.worker("a", &[]);
+    let (status, created) = api
+        .upload(png_zip(240, |i| format!("scan-{i}.png")), &[])
+        .await;
+    assert_eq!(status, 202, "{created}");
+    let batch = created["id"].as_str().unwrap().to_owned();
+    eventually(
+        Duration::from_secs(120),
+        "a few items to finish",
+        || async {
+            let (_, b) = api.get_json(&format!("/v1/batches/{batch}")).await;
+            (b["counts"]["succeeded"].as_i64().unwrap_or(0) >= 5).then_some(())
+        },
+    )
+    .await;
+    let t = traces(&stack, &batch).await;
+    let running = count(
+        &stack,
+        "SELECT count(*) FROM items WHERE batch_id = $1::uuid AND status IN ('queued', 'running')",
+        &batch,
+    )
+    .await;
+    assert!(running > 0, "the batch is still running when it is deleted");
+
+    assert_eq!(delete(&api, &batch).await, 204);
+    // The worker finishes what it held; nothing it writes after the delete may stay.
+    until_redis_forgets(&stack, &t.items).await;
+    assert_nothing_left(&stack, &batch, &t, &BTreeSet::new()).await;
+    assert!(
+        count(
+            &stack,
+            "SELECT count(*) FROM inference_log WHERE batch_id = $1::uuid",
+            &batch
+        )
+        .await
+            > 0,
+        "the attempts made before the delete stay in the log"
+    );
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_finished_batches_keeps_running_ones_and_bounds_the_log() {
+    let stack = Stack::new().await;
+    let pool = &stack.db.pool;
+    xcam_shared::db::access::create_project(pool, "longer", false)
+        .await
+        .unwrap();
+    assert!(
+        xcam_shared::db::access::set_retention(pool, "longer", Some(86_400))
+            .await
+            .unwrap()
+    );
+    // The sweeper is driven by hand here, so what it keeps is shown, not waited for.
+    let flags = ["--retention=2s", "--log-retention=2s", "--sweep-every=1h"];
+    let api = stack.producer(&flags).await;
+    let root = make_token(pool, "root", Role::Admin, &[], None).await;
+    let root_api = api.as_token(&root);
+    let mut worker = stack.worker("a", &[]);
+    let mut finished = Vec::new();
+    for project in ["test", "longer"] {
+        let (status, created) = root_api
+            .upload(
+                png_zip(2, |i| format!("{project}-{i}.png")),
+                &[("project", project)],
+            )
+            .await;
+        assert_eq!(status, 202, "{created}");
+        let id = created["id"].as_str().unwrap().to_owned();
+        let batch = root_api.wait_for_batch(&id, Duration::from_secs(120)).await;
+        let at: DateTime<Utc> = batch["finished_at"].as_str().unwrap().parse().unwrap();
+        finished.push((id, at));
+    }
+    worker.terminate();
+    let (status, created) = root_api
+        .upload(
+            png_zip(2, |i| format!("open-{i}.png")),
+            &[("project", "test")],
+        )
+        .await;
+    assert_eq!(status, 202, "{created}");
+    let open = created["id"].as_str().unwrap().to_owned();
+    let last = finished.iter().map(|f| f.1).max().unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the retention period to pass",
+        || async { (Utc::now() > last + chrono::Duration::milliseconds(2500)).then_some(()) },
+    )
+    .await;
+
+    let state = xcam_producer::build_state(&stack.serve_args(&flags))
+        .await
+        .unwrap();
+    let sweeper = xcam_producer::sweeper::Sweeper {
+        eraser: state.eraser(),
+        models: state.models.keys().cloned().collect(),
+        retention: xcam_producer::sweeper::Retention {
+            batches: Some(Duration::from_secs(2)),
+            log: Some(Duration::from_secs(2)),
+        },
+    };
+    let swept = sweeper.pass().await;
+    assert_eq!(swept.expired_batches, 1, "{swept:?}");
+    assert_eq!(
+        swept.log_rows, 4,
+        "both finished batches' attempts: {swept:?}"
+    );
+    let status_of = |id: String| {
+        let api = &root_api;
+        async move { api.get_json(&format!("/v1/batches/{id}")).await.0 }
+    };
+    assert_eq!(
+        status_of(finished[0].0.clone()).await,
+        404,
+        "past its period"
+    );
+    assert_eq!(
+        status_of(finished[1].0.clone()).await,
+        200,
+        "its project keeps it a day"
+    );
+    assert_eq!(status_of(open.clone()).await, 200, "not finished");
+    assert_eq!(
+        sweeper.pass().await.expired_batches,
+        0,
+        "nothing more to do"
+    );
+
+    let rows = audit::query(pool, &AuditFilter::default(), 1000)
+        .await
+        .unwrap();
+    assert!(rows.iter().any(|r| r.action == Action::Delete
+        && r.token_name.as_deref() == Some("retention")
+        && r.batch_id.map(|b| b.to_string()) == Some(finished[0].0.clone())));
+    let (_, metrics) = root_api.get_text("/metrics").await;
+    assert!(
+        metrics.contains("xcam_retention_batches_deleted_total")
+            && metrics.contains("xcam_retention_log_rows_deleted_total"),
+        "{metrics}"
+    );
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_holds_no_finished_jobs_after_a_large_batch() {
+    let stack = Stack::new().await;
+    let api = stack.producer(&[]).await;
+    let _workers = [stack.worker("a", &[]), stack.worker("b", &[])];
+    let (status, created) = api.upload(png_zip(400, |i| format!("{i}.png")), &[]).await;
+    assert_eq!(status, 202, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let batch = api.wait_for_batch(&id, Duration::from_secs(300)).await;
+    assert_eq!(batch["counts"]["succeeded"], 400, "{batch}");
+    let held = eventually(
+        Duration::from_secs(30),
+        "the sweep to forget the jobs",
+        || async {
+            let held = redis_contents(&stack.redis_url, &stack.prefix).await;
+            (!held.contains(":meta:") && !held.contains(":data ")).then_some(held)
+        },
+    )
+    .await;
+    println!("Redis after the batch:\n{held}");
+    for line in held.lines() {
+        let key = line.split(' ').next().unwrap();
+        assert!(
+            key.contains(":workers") || key.contains(":signal") || key.ends_with(":inflight"),
+            "only worker registrations remain, not {line}"
+        );
+    }
+    stack.finish().await;
+}
