@@ -10,7 +10,10 @@ use sqlx::PgPool;
 use uuid::Uuid;
 use xcam_shared::{
     blob::{self, BlobError, BlobStore},
-    db::{self, erasure::Erasure},
+    db::{
+        self,
+        erasure::{Deletion, Erasure},
+    },
 };
 
 use crate::queue::Queue;
@@ -28,6 +31,8 @@ pub enum EraseError {
     Blob(#[from] BlobError),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("the batch is still being ingested; delete it once it is queued")]
+    Ingesting,
 }
 
 /// What a delete removed.
@@ -50,8 +55,10 @@ pub struct Eraser {
 impl Eraser {
     /// Deletes a batch. `None` when there is no such batch (a second delete included).
     pub async fn delete_batch(&self, batch: Uuid) -> Result<Option<Erased>, EraseError> {
-        let Some(erasure) = db::erasure::delete_batch(&self.db, batch).await? else {
-            return Ok(None);
+        let erasure = match db::erasure::delete_batch(&self.db, batch).await? {
+            Deletion::Deleted(erasure) => erasure,
+            Deletion::NotFound => return Ok(None),
+            Deletion::Ingesting => return Err(EraseError::Ingesting),
         };
         let items = erasure.item_ids.len();
         match self.finish(&erasure).await {

@@ -194,6 +194,7 @@ impl From<crate::erase::EraseError> for ApiError {
     fn from(e: crate::erase::EraseError) -> Self {
         match e {
             crate::erase::EraseError::Database(e) => e.into(),
+            e @ crate::erase::EraseError::Ingesting => ApiError::Conflict(e.to_string()),
             other => ApiError::Unavailable(other.into()),
         }
     }

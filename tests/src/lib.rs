@@ -738,3 +738,29 @@ pub fn contains(haystack: &[u8], needle: &str) -> bool {
         .windows(needle.len())
         .any(|w| w == needle.as_bytes())
 }
+
+/// A batch of the project `test` with no items, written straight to Postgres and left
+/// `ingesting`, as an upload is until its archive is read.
+pub async fn empty_batch(pool: &PgPool) -> Uuid {
+    let project = xcam_shared::db::access::project_by_name(pool, TEST_PROJECT)
+        .await
+        .expect("project lookup")
+        .expect("the project `test`");
+    let id = Uuid::now_v7();
+    xcam_shared::db::batches::insert(
+        pool,
+        &xcam_shared::db::batches::NewBatch {
+            id,
+            project_id: project.id,
+            model_name: "demo",
+            model_version: "1",
+            method: xcam_shared::targets::Method::GradCam,
+            labels: &xcam_shared::targets::LabelSelection::Top1,
+            archive_bytes: 0,
+            pseudonymize_names: false,
+        },
+    )
+    .await
+    .expect("batch insert");
+    id
+}

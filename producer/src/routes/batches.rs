@@ -269,6 +269,7 @@ async fn cancel_batch(
     responses(
         (status = 204, description = "Deleted (now or before)"),
         (status = 404, body = ErrorBody, description = "`batch_not_found`"),
+        (status = 409, body = ErrorBody, description = "`conflict`: its archive is still being ingested"),
     )
 )]
 async fn delete_batch(

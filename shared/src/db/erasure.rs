@@ -23,23 +23,40 @@ pub struct Erasure {
     pub created_at: DateTime<Utc>,
 }
 
+/// What [`delete_batch`] did.
+#[derive(Debug)]
+pub enum Deletion {
+    Deleted(Erasure),
+    /// No such batch (a second delete included).
+    NotFound,
+    /// Its archive is still being ingested: its items are not all written yet.
+    Ingesting,
+}
+
 /// Deletes a batch's rows: items and results, the batch, its plane claims; blanks the entry
-/// names and item ids of its inference-log rows (their timings and outcomes stay). `None` when
-/// there is no such batch, so a second delete is told the same as a delete of nothing.
+/// names and item ids of its inference-log rows (their timings and outcomes stay).
 ///
 /// Safe against workers still running the batch: their result and log writes lock the item row
 /// they depend on (see [`crate::db::results::upsert`]), so they either finish before the
-/// items go, and their rows are blanked here, or find no item and write nothing.
-pub async fn delete_batch(db: &PgPool, batch: Uuid) -> sqlx::Result<Option<Erasure>> {
+/// items go, and their rows are blanked here, or find no item and write nothing. Locks are
+/// taken items first, batch row second, as a worker's result insert takes them (the item, then
+/// the batch through its foreign key), so the two never wait on each other in a circle.
+pub async fn delete_batch(db: &PgPool, batch: Uuid) -> sqlx::Result<Deletion> {
     let mut tx = db.begin().await?;
-    let Some((model_name, project_id)): Option<(String, Uuid)> =
-        sqlx::query_as("SELECT model_name, project_id FROM batches WHERE id = $1 FOR UPDATE")
-            .bind(batch)
-            .fetch_optional(&mut *tx)
-            .await?
+    // NO KEY UPDATE: waits for an ingestion committing its items (which updates the batch), but
+    // not for the key-share locks a worker's result insert takes on the batch.
+    let Some((model_name, project_id, status)): Option<(String, Uuid, String)> = sqlx::query_as(
+        "SELECT model_name, project_id, status FROM batches WHERE id = $1 FOR NO KEY UPDATE",
+    )
+    .bind(batch)
+    .fetch_optional(&mut *tx)
+    .await?
     else {
-        return Ok(None);
+        return Ok(Deletion::NotFound);
     };
+    if status == "ingesting" {
+        return Ok(Deletion::Ingesting);
+    }
     // Items go first: deleting them waits for any worker write holding an item row, so the
     // log update below sees that write.
     let items: Vec<(Uuid, Option<String>)> =
@@ -56,10 +73,14 @@ pub async fn delete_batch(db: &PgPool, batch: Uuid) -> sqlx::Result<Option<Erasu
         .bind(batch)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("DELETE FROM batches WHERE id = $1")
+    let deleted = sqlx::query("DELETE FROM batches WHERE id = $1")
         .bind(batch)
         .execute(&mut *tx)
         .await?;
+    if deleted.rows_affected() == 0 {
+        // Another delete of the same batch committed first.
+        return Ok(Deletion::NotFound);
+    }
     sqlx::query("INSERT INTO deleted_batches (id, project_id) VALUES ($1, $2)")
         .bind(batch)
         .bind(project_id)
@@ -85,7 +106,7 @@ pub async fn delete_batch(db: &PgPool, batch: Uuid) -> sqlx::Result<Option<Erasu
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Some(erasure))
+    Ok(Deletion::Deleted(erasure))
 }
 
 /// A deleted batch's project (id and name), if `batch` was deleted.

@@ -46,28 +46,13 @@ struct Fixture {
     item: Uuid,
 }
 
-/// An empty batch in the project `test`, written straight to Postgres: something to delete.
+/// An empty, failed batch in the project `test`: something to delete.
 async fn fresh_batch(pool: &sqlx::PgPool) -> Uuid {
-    let project = xcam_shared::db::access::project_by_name(pool, TEST_PROJECT)
+    let id = xcam_tests::empty_batch(pool).await;
+    // Ended, so it is not being ingested: deletable.
+    xcam_shared::db::batches::mark_failed(pool, id, "test", "made by the role matrix")
         .await
-        .unwrap()
         .unwrap();
-    let id = Uuid::now_v7();
-    xcam_shared::db::batches::insert(
-        pool,
-        &xcam_shared::db::batches::NewBatch {
-            id,
-            project_id: project.id,
-            model_name: "demo",
-            model_version: "1",
-            method: xcam_shared::targets::Method::GradCam,
-            labels: &xcam_shared::targets::LabelSelection::Top1,
-            archive_bytes: 0,
-            pseudonymize_names: false,
-        },
-    )
-    .await
-    .unwrap();
     id
 }
 

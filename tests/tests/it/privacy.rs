@@ -114,7 +114,10 @@ async fn assert_nothing_left(stack: &Stack, batch: &str, t: &Traces, shared: &BT
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_batch_leaves_nothing_but_its_audit_rows_and_shared_images_stay() {
     let stack = Stack::new().await;
-    let api = stack.producer(&[]).await;
+    let spool = tempfile::tempdir().unwrap();
+    let api = stack
+        .producer(&[&format!("--upload-dir={}", spool.path().display())])
+        .await;
     let _worker = stack.worker("a", &[]);
     // `doomed` and `kept` share one image: its plane must outlive `doomed`.
     let doomed_zip = zip_of(&[
@@ -132,6 +135,17 @@ async fn a_deleted_batch_leaves_nothing_but_its_audit_rows_and_shared_images_sta
         ids.push(id);
     }
     let (doomed, kept) = (&ids[0], &ids[1]);
+    // A refused upload leaves no spool file either.
+    let (status, body) = api.upload(b"PK not really a zip".to_vec(), &[]).await;
+    assert!((400..500).contains(&status), "{status} {body}");
+    let spooled: Vec<_> = files_under(spool.path())
+        .into_iter()
+        .filter(|f| !f.ends_with(".lock"))
+        .collect();
+    assert!(
+        spooled.is_empty(),
+        "uploads are removed once ingested: {spooled:?}"
+    );
     // Draw and keep its overlays, so there is something derived to remove.
     let (_, page) = api.get_json(&format!("/v1/batches/{doomed}/results")).await;
     for item in page["items"].as_array().unwrap() {
@@ -389,5 +403,24 @@ async fn redis_holds_no_finished_jobs_after_a_large_batch() {
             "only worker registrations remain, not {line}"
         );
     }
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_still_being_ingested_is_not_deleted_half_way() {
+    let stack = Stack::new().await;
+    let api = stack.producer(&[]).await;
+    let id = xcam_tests::empty_batch(&stack.db.pool).await;
+    let response = api
+        .client
+        .delete(api.url(&format!("/v1/batches/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 409);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "conflict", "{body}");
+    let (status, _) = api.get_json(&format!("/v1/batches/{id}")).await;
+    assert_eq!(status, 200, "still there");
     stack.finish().await;
 }
