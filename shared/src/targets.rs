@@ -56,6 +56,26 @@ impl FromStr for Method {
     }
 }
 
+/// Why a label selection does not fit a model.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LabelError {
+    /// `unknown_label`: a name the model does not have.
+    #[error("{0}")]
+    Unknown(String),
+    /// `invalid_labels`: no names, or one named twice.
+    #[error("{0}")]
+    Repeated(String),
+}
+
+impl LabelError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            LabelError::Unknown(_) => "unknown_label",
+            LabelError::Repeated(_) => "invalid_labels",
+        }
+    }
+}
+
 /// Which labels to explain for an image.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub enum LabelSelection {
@@ -136,18 +156,24 @@ impl PartialSchema for LabelSelection {
 impl ToSchema for LabelSelection {}
 
 impl LabelSelection {
-    /// Checks named labels against the model's; returns the selection unchanged if all exist.
-    pub fn validate(&self, labels: &[String]) -> Result<(), String> {
+    /// Checks named labels against the model's: each must exist and be named once, so a
+    /// selection never asks for more maps than the model has labels.
+    pub fn validate(&self, labels: &[String]) -> Result<(), LabelError> {
         if let Self::Named(names) = self {
             if names.is_empty() {
-                return Err("no label names given".into());
+                return Err(LabelError::Repeated("no label names given".into()));
             }
-            for n in names {
+            for (i, n) in names.iter().enumerate() {
                 if !labels.contains(n) {
-                    return Err(format!(
+                    return Err(LabelError::Unknown(format!(
                         "unknown label {n:?}; the model's labels are: {}",
                         labels.join(", ")
-                    ));
+                    )));
+                }
+                if names[..i].contains(n) {
+                    return Err(LabelError::Repeated(format!(
+                        "the label {n:?} is named more than once"
+                    )));
                 }
             }
         }

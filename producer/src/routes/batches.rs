@@ -97,9 +97,9 @@ async fn create_batch(
     };
     form.labels
         .validate(bundle.labels())
-        .map_err(|message| ApiError::Unprocessable {
-            code: "unknown_label",
-            message,
+        .map_err(|e| ApiError::Unprocessable {
+            code: e.code(),
+            message: e.to_string(),
         })?;
 
     let spool = Arc::new(form.spool);

@@ -193,7 +193,7 @@ impl Engine {
         target
             .labels
             .validate(self.bundle.labels())
-            .map_err(EngineError::BadRequest)
+            .map_err(|e| EngineError::BadRequest(e.to_string()))
     }
 
     /// Queues one prepared image; the reply comes when its batch has run.
