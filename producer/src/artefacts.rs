@@ -60,6 +60,12 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ArtefactError::Corrupt(format!("drawing stopped: {e}")))?
 }
 
+/// An overlay, and whether this request drew (and stored) it rather than finding it stored.
+pub struct Overlay {
+    pub png: Bytes,
+    pub drawn: bool,
+}
+
 /// The overlay PNG of one item's CAM: from the blob store if drawn before, else drawn now.
 pub async fn overlay(
     blobs: &BlobStore,
@@ -67,10 +73,10 @@ pub async fn overlay(
     image_key: &str,
     cam: &StoredCam,
     geometry: Geometry,
-) -> Result<Bytes, ArtefactError> {
+) -> Result<Overlay, ArtefactError> {
     let key = blob::derived_key(batch, item, &cam.label, "overlay.png");
     match blobs.get(&key).await {
-        Ok(png) => return Ok(png),
+        Ok(png) => return Ok(Overlay { png, drawn: false }),
         Err(BlobError::NotFound { .. }) => {}
         Err(other) => return Err(other.into()),
     }
@@ -97,7 +103,7 @@ pub async fn overlay(
     if let Err(e) = blobs.put(&key, png.clone()).await {
         tracing::warn!(%item, error = %e, "could not keep a drawn overlay");
     }
-    Ok(png)
+    Ok(Overlay { png, drawn: true })
 }
 
 /// The map over the original image as a float32 `.npy`, drawn from the grid.

@@ -36,12 +36,11 @@ pub enum EraseError {
 }
 
 /// What a delete removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Erased {
     pub items: usize,
+    /// Planes removed now; 0 when what lives outside Postgres is left to the next sweep.
     pub planes: usize,
-    /// Whether everything outside Postgres is gone too; if not, the sweep finishes it.
-    pub complete: bool,
 }
 
 /// Where deletes reach.
@@ -61,21 +60,11 @@ impl Eraser {
             Deletion::Ingesting => return Err(EraseError::Ingesting),
         };
         let items = erasure.item_ids.len();
-        match self.finish(&erasure).await {
-            Ok(planes) => Ok(Some(Erased {
-                items,
-                planes,
-                complete: true,
-            })),
-            Err(e) => {
-                tracing::warn!(%batch, error = %e, "batch deleted; its jobs and blobs will be removed by the next sweep");
-                Ok(Some(Erased {
-                    items,
-                    planes: 0,
-                    complete: false,
-                }))
-            }
-        }
+        let planes = self.finish(&erasure).await.unwrap_or_else(|e| {
+            tracing::warn!(%batch, error = %e, "batch deleted; its jobs and blobs will be removed by the next sweep");
+            0
+        });
+        Ok(Some(Erased { items, planes }))
     }
 
     /// Removes an erasure's jobs, overlays and unshared planes, then its record. Returns how
@@ -113,8 +102,9 @@ pub async fn remove_planes(
     for chunk in keys.chunks(PLANE_CHUNK) {
         let mut tx = db.begin().await?;
         let unreferenced = db::erasure::lock_unreferenced(&mut tx, chunk).await?;
+        removed += unreferenced.len();
         // Removed while the locks are held: a claim for one of these waits, then rewrites it.
-        stream::iter(unreferenced.clone())
+        stream::iter(unreferenced)
             .map(|key| {
                 let blobs = blobs.clone();
                 async move { blobs.delete(&key).await }
@@ -123,7 +113,6 @@ pub async fn remove_planes(
             .try_collect::<()>()
             .await?;
         tx.commit().await?;
-        removed += unreferenced.len();
     }
     Ok(removed)
 }

@@ -168,6 +168,11 @@ pub fn derived_prefix(batch: uuid::Uuid) -> String {
     format!("derived/{batch}")
 }
 
+/// Where one item's derived artefacts live.
+pub fn derived_item_prefix(batch: uuid::Uuid, item: uuid::Uuid) -> String {
+    format!("{}/{item}", derived_prefix(batch))
+}
+
 /// Key of a derived artefact (a drawn overlay) of one item and label.
 pub fn derived_key(batch: uuid::Uuid, item: uuid::Uuid, label: &str, ext: &str) -> String {
     let label: String = label
@@ -180,5 +185,5 @@ pub fn derived_key(batch: uuid::Uuid, item: uuid::Uuid, label: &str, ext: &str) 
             }
         })
         .collect();
-    format!("{}/{item}/{label}.{ext}", derived_prefix(batch))
+    format!("{}/{label}.{ext}", derived_item_prefix(batch, item))
 }

@@ -22,7 +22,7 @@ static SWEEP: LazyLock<redis::Script> =
 
 /// How many finished jobs one sweep of a queue forgot.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Swept {
+pub struct Forgotten {
     /// Jobs that finished (whatever their item's outcome).
     pub done: u64,
     /// Jobs apalis gave up on (timeouts, panics, 25 failed attempts): their items, if still
@@ -96,12 +96,12 @@ impl Queue {
     }
 
     /// Forgets every finished job of a model's queue: its data, its metadata, its id.
-    pub async fn sweep(&self, model: &str) -> redis::RedisResult<Swept> {
+    pub async fn sweep(&self, model: &str) -> redis::RedisResult<Forgotten> {
         let config = jobs::queue_config(&self.name(model), self.tuning);
-        let mut swept = Swept::default();
+        let mut forgotten = Forgotten::default();
         for (set, count) in [
-            (config.done_jobs_set(), &mut swept.done),
-            (config.dead_jobs_set(), &mut swept.dead),
+            (config.done_jobs_set(), &mut forgotten.done),
+            (config.dead_jobs_set(), &mut forgotten.dead),
         ] {
             loop {
                 let n: u64 = SWEEP
@@ -117,7 +117,7 @@ impl Queue {
                 }
             }
         }
-        Ok(swept)
+        Ok(forgotten)
     }
 
     /// For each (model, item), whether its job's data is in Redis.

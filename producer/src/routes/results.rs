@@ -154,16 +154,17 @@ async fn artefact(
         let image_key = record.blob_key.as_deref().ok_or_else(|| {
             ArtefactError::Corrupt(format!("item {item} has a result but no image"))
         })?;
-        let png = artefacts::overlay(&state.blobs, (batch, item), image_key, cam, geometry).await?;
-        // A batch deleted while this overlay was drawn must not keep it.
-        if db::items::get(&state.db, batch, item).await?.is_none() {
+        let overlay =
+            artefacts::overlay(&state.blobs, (batch, item), image_key, cam, geometry).await?;
+        // A batch deleted while this overlay was drawn must not keep the one it stored.
+        if overlay.drawn && db::items::get(&state.db, batch, item).await?.is_none() {
             state
                 .blobs
-                .delete_prefix(&format!("{}/{item}", blob::derived_prefix(batch)))
+                .delete_prefix(&blob::derived_item_prefix(batch, item))
                 .await?;
             return Err(ApiError::BatchNotFound(batch.to_string()));
         }
-        ("image/png", png)
+        ("image/png", overlay.png)
     } else {
         let npy = artefacts::map_npy(cam, geometry).await?;
         ("application/octet-stream", npy)
