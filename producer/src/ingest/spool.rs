@@ -2,7 +2,8 @@
 //! under `XCAM_UPLOAD_DIR`, holding an exclusive lock on its `.lock` file while the process
 //! lives. A spool file goes when its ingestion ends, whatever the outcome; a producer that was
 //! killed leaves its directory behind unlocked, and the next producer to start on the host
-//! removes it. Producers sharing the directory never touch each other's live spools.
+//! removes it. Producers sharing the directory never touch each other's live spools: a spool
+//! appears under its name already locked.
 
 use std::{
     fs::{self, File},
@@ -12,6 +13,8 @@ use std::{
 
 const PREFIX: &str = "xcam-spool-";
 const LOCK: &str = ".lock";
+/// A spool being made; it holds no upload yet.
+const MAKING: &str = ".xcam-spool-making-";
 
 #[derive(Debug)]
 pub struct Spool {
@@ -28,10 +31,15 @@ impl Spool {
         if removed > 0 {
             tracing::warn!(spools = removed, dir = %parent.display(), "removed uploads left by producers that stopped mid-ingestion");
         }
-        let dir = parent.join(format!("{PREFIX}{}", uuid::Uuid::now_v7()));
-        fs::create_dir(&dir)?;
-        let lock = File::create(dir.join(LOCK))?;
+        // The spool is made and locked under a name no producer sweeps, then renamed into place:
+        // another producer starting at the same moment must never see it unlocked.
+        let id = uuid::Uuid::now_v7();
+        let making = parent.join(format!("{MAKING}{id}"));
+        fs::create_dir(&making)?;
+        let lock = File::create(making.join(LOCK))?;
         lock.try_lock().map_err(io::Error::other)?;
+        let dir = parent.join(format!("{PREFIX}{id}"));
+        fs::rename(&making, &dir)?;
         Ok(Self { dir, _lock: lock })
     }
 
@@ -62,13 +70,17 @@ fn remove_abandoned(parent: &Path) -> io::Result<usize> {
         let abandoned = match File::open(dir.join(LOCK)) {
             // Locking it means its producer is gone; the lock is dropped with the file.
             Ok(lock) => lock.try_lock().is_ok(),
-            // No lock file: a producer died between making the directory and its lock.
+            // A spool is renamed into place already locked, so a missing lock means it is
+            // being removed, by its producer or by another one starting now.
             Err(e) if e.kind() == io::ErrorKind::NotFound => true,
             Err(e) => return Err(e),
         };
         if abandoned {
-            fs::remove_dir_all(&dir)?;
-            removed += 1;
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(removed)
@@ -105,5 +117,25 @@ mod tests {
             !live_dir.exists() && !second_dir.exists(),
             "a spool goes with its producer"
         );
+    }
+
+    #[test]
+    fn producers_starting_together_never_remove_each_others_spools() {
+        let parent = tempfile::tempdir().unwrap();
+        for _ in 0..20 {
+            let spools: Vec<Spool> = std::thread::scope(|s| {
+                let starts: Vec<_> = (0..8)
+                    .map(|_| s.spawn(|| Spool::open(parent.path())))
+                    .collect();
+                starts
+                    .into_iter()
+                    .map(|t| t.join().unwrap().expect("every producer gets its spool"))
+                    .collect()
+            });
+            for spool in &spools {
+                assert!(spool.dir().join(LOCK).exists(), "no live spool was removed");
+            }
+        }
+        assert_eq!(fs::read_dir(parent.path()).unwrap().count(), 0);
     }
 }
