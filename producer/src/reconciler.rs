@@ -1,57 +1,107 @@
 //! Postgres and Redis cannot be written atomically together. Items are committed as `queued`
 //! first and pushed second, so a crash in between, or a Redis that lost its data, leaves items
-//! with no job. The reconciler finds them and pushes them again; since the task id is the item
-//! id, an item whose job is still in Redis is never duplicated.
+//! with no job; and apalis moves a job it gives up on (a timeout, a panic, its attempts spent)
+//! to its dead set, which the sweeper empties. The reconciler finds open items whose job Redis
+//! does not hold and pushes them again; since the task id is the item id, an item whose job is
+//! still in Redis is never duplicated.
+//!
+//! Each pass looks at one page of open items and goes on from there the next time, so every
+//! open item is looked at within a few passes however many there are.
 
-use std::time::Duration;
+use std::{sync::Mutex, time::Duration};
 
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 use xcam_shared::{db, jobs::GradCamJobV1};
 
 use crate::queue::Queue;
 
-/// Most items looked at per pass.
-const SCAN_LIMIT: i64 = 5_000;
+/// Items looked at per pass.
+pub const PAGE: i64 = 5_000;
 
-/// Runs a pass every `every` until `stop` is cancelled.
-pub async fn run(db: PgPool, queue: Queue, every: Duration, stop: CancellationToken) {
-    crate::periodic::every(every, stop, || async {
-        match pass(&db, &queue, every).await {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!(repushed = n, "reconciler re-pushed jobs missing from Redis"),
-            Err(e) => tracing::warn!(error = %e, "reconciler pass failed"),
-        }
-    })
-    .await;
+pub struct Reconciler {
+    pub db: PgPool,
+    pub queue: Queue,
+    /// How long a new item may go without a job (it is pushed right after it is committed).
+    pub grace: Duration,
+    page: i64,
+    /// Where the next pass goes on from; `None`: from the oldest open item.
+    after: Mutex<Option<(DateTime<Utc>, Uuid)>>,
 }
 
-/// One pass: re-pushes every open item older than `grace` whose job Redis does not hold.
-pub async fn pass(db: &PgPool, queue: &Queue, grace: Duration) -> anyhow::Result<usize> {
-    let open = db::items::open_before(db, grace, SCAN_LIMIT).await?;
-    if open.is_empty() {
-        return Ok(0);
+impl Reconciler {
+    pub fn new(db: PgPool, queue: Queue, grace: Duration) -> Self {
+        Self {
+            db,
+            queue,
+            grace,
+            page: PAGE,
+            after: Mutex::new(None),
+        }
     }
-    let keys: Vec<_> = open.iter().map(|o| (o.model_name.clone(), o.id)).collect();
-    let present = queue.holds(&keys).await?;
-    let missing: Vec<GradCamJobV1> = open
-        .into_iter()
-        .zip(present)
-        .filter(|(_, present)| !present)
-        .filter_map(|(o, _)| {
-            Some(GradCamJobV1 {
-                batch_id: o.batch_id,
-                item_id: o.id,
-                blob_key: o.blob_key,
-                model: o.model_name,
-                method: o.method.parse().ok()?,
-                labels: o.labels.parse().ok()?,
-                request_id: None,
-            })
+
+    /// Looks at `page` items a pass.
+    pub fn with_page(self, page: i64) -> Self {
+        Self { page, ..self }
+    }
+
+    /// Runs a pass every `every` until `stop` is cancelled.
+    pub async fn run(self, every: Duration, stop: CancellationToken) {
+        let this = &self;
+        crate::periodic::every(every, stop, move || async move {
+            match this.pass().await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::warn!(repushed = n, "reconciler re-pushed jobs missing from Redis")
+                }
+                Err(e) => tracing::warn!(error = %e, "reconciler pass failed"),
+            }
         })
-        .collect();
-    if missing.is_empty() {
-        return Ok(0);
+        .await;
     }
-    queue.push(missing).await
+
+    /// One pass over the next page: re-pushes every open item older than the grace whose job
+    /// Redis does not hold. Returns how many it pushed.
+    pub async fn pass(&self) -> anyhow::Result<usize> {
+        let after = *self
+            .after
+            .lock()
+            .expect("the cursor's lock is never poisoned");
+        let open = db::items::open_before(&self.db, self.grace, after, self.page).await?;
+        *self
+            .after
+            .lock()
+            .expect("the cursor's lock is never poisoned") = if (open.len() as i64) < self.page {
+            None
+        } else {
+            open.last().map(|o| o.key())
+        };
+        if open.is_empty() {
+            return Ok(0);
+        }
+        let keys: Vec<_> = open.iter().map(|o| (o.model_name.clone(), o.id)).collect();
+        let present = self.queue.holds(&keys).await?;
+        let missing: Vec<GradCamJobV1> = open
+            .into_iter()
+            .zip(present)
+            .filter(|(_, present)| !present)
+            .filter_map(|(o, _)| {
+                Some(GradCamJobV1 {
+                    batch_id: o.batch_id,
+                    item_id: o.id,
+                    blob_key: o.blob_key,
+                    model: o.model_name,
+                    method: o.method.parse().ok()?,
+                    labels: o.labels.parse().ok()?,
+                    request_id: None,
+                })
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        self.queue.push(missing).await
+    }
 }

@@ -25,7 +25,8 @@ use crate::{
     config::ServeArgs,
     ingest::spool::Spool,
     queue::Queue,
-    reconciler, routes,
+    reconciler::Reconciler,
+    routes,
     state::{AppState, Settings},
     sweeper::{Retention, Sweeper},
     tls,
@@ -92,12 +93,8 @@ impl Application {
         } = self;
         let stop = CancellationToken::new();
         let tasks = state.tasks.clone();
-        tasks.spawn(reconciler::run(
-            state.db.clone(),
-            state.queue.clone(),
-            reconcile_every,
-            stop.clone(),
-        ));
+        let reconciler = Reconciler::new(state.db.clone(), state.queue.clone(), reconcile_every);
+        tasks.spawn(reconciler.run(reconcile_every, stop.clone()));
         routes::metrics::install();
         let sweeper = Sweeper {
             eraser: state.eraser(),

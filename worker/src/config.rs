@@ -42,9 +42,17 @@ pub struct RunArgs {
     /// How often an idle worker looks for new jobs.
     #[arg(long = "poll-interval", env = "XCAM_POLL_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
-    /// Attempts a job gets when it fails for a reason that may pass (blob store, engine).
+    /// Attempts an item gets when the engine fails on it for a reason that may pass (outages
+    /// of Postgres or the blob store never count).
     #[arg(long = "retry-budget", env = "XCAM_RETRY_BUDGET", default_value_t = 5)]
     pub retry_budget: u32,
+    /// Claims of one item that may end with no outcome (its worker died processing it) before
+    /// the item fails with `worker_crashed`.
+    #[arg(long = "crash-claims", env = "XCAM_CRASH_CLAIMS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub crash_claims: u32,
+    /// Longest an inference may take before the item fails with `inference_timeout`.
+    #[arg(long = "job-timeout", env = "XCAM_JOB_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub job_timeout: Duration,
     /// This worker's name (default: host-pid-random); unique per process start.
     #[arg(long = "worker-name", env = "XCAM_WORKER_NAME")]
     pub worker_name: Option<String>,

@@ -95,43 +95,31 @@ pub struct Claim {
     pub entry_name: String,
     pub queued_at: DateTime<Utc>,
     pub attempts: i32,
+    /// Claims, this one included, that no worker settled (see `0006_faults.sql`).
+    pub open_claims: i32,
 }
 
-/// Marks an item running for this attempt. Returns `None` when the item must not run: it was
-/// cancelled, or it already has its final outcome (a duplicate delivery).
-pub async fn claim(db: impl PgExecutor<'_>, id: Uuid, worker: &str) -> sqlx::Result<Option<Claim>> {
-    sqlx::query_as::<_, Claim>(
-        r#"UPDATE items SET status = 'running', attempts = attempts + 1, worker_id = $2,
-                  started_at = COALESCE(started_at, now())
-           WHERE id = $1 AND status IN ('queued', 'running')
-           RETURNING entry_name, queued_at, attempts"#,
-    )
-    .bind(id)
-    .bind(worker)
-    .fetch_optional(db)
-    .await
-}
-
-/// Records the item's final outcome (`Succeeded` or `Failed`).
-pub async fn finish(
+/// Marks an item running. A `fresh` claim is a new delivery of its job and counts as an attempt;
+/// a worker taking the item up again after waiting out an outage is not. Returns `None` when the
+/// item must not run: it was cancelled, or it already has its final outcome (a duplicate
+/// delivery).
+pub async fn claim(
     db: impl PgExecutor<'_>,
     id: Uuid,
-    status: ItemStatus,
-    error: Option<(&str, &str)>,
     worker: &str,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        r#"UPDATE items SET status = $2, error_code = $3, error_message = $4, worker_id = $5, finished_at = now()
-           WHERE id = $1 AND status IN ('queued', 'running')"#,
+    fresh: bool,
+) -> sqlx::Result<Option<Claim>> {
+    sqlx::query_as::<_, Claim>(
+        r#"UPDATE items SET status = 'running', attempts = attempts + $3, open_claims = open_claims + $3,
+                  worker_id = $2, started_at = COALESCE(started_at, now())
+           WHERE id = $1 AND status IN ('queued', 'running')
+           RETURNING entry_name, queued_at, attempts, open_claims"#,
     )
     .bind(id)
-    .bind(status)
-    .bind(error.map(|e| e.0))
-    .bind(error.map(|e| e.1))
     .bind(worker)
-    .execute(db)
-    .await?;
-    Ok(())
+    .bind(i32::from(fresh))
+    .fetch_optional(db)
+    .await
 }
 
 /// An open item with what its job needs.
@@ -140,25 +128,38 @@ pub struct OpenItem {
     pub id: Uuid,
     pub batch_id: Uuid,
     pub blob_key: String,
+    pub queued_at: DateTime<Utc>,
     pub model_name: String,
     pub method: String,
     pub labels: String,
 }
 
-/// Items that should have a job in Redis, queued before `older_than` ago, oldest first.
+impl OpenItem {
+    /// Where a page of [`open_before`] ending with this item ends.
+    pub fn key(&self) -> (DateTime<Utc>, Uuid) {
+        (self.queued_at, self.id)
+    }
+}
+
+/// Items that should have a job in Redis, queued before `older_than` ago, in (queued_at, id)
+/// order after `after`: a caller pages through all of them with the last one's [`OpenItem::key`].
 pub async fn open_before(
     db: impl PgExecutor<'_>,
     older_than: std::time::Duration,
+    after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> sqlx::Result<Vec<OpenItem>> {
     sqlx::query_as(
-        r#"SELECT i.id, i.batch_id, i.blob_key, b.model_name, b.method, b.labels
+        r#"SELECT i.id, i.batch_id, i.blob_key, i.queued_at, b.model_name, b.method, b.labels
            FROM items i JOIN batches b ON b.id = i.batch_id
            WHERE i.status IN ('queued', 'running') AND i.blob_key IS NOT NULL
              AND i.queued_at < now() - make_interval(secs => $1)
-           ORDER BY i.queued_at LIMIT $2"#,
+             AND ($2::timestamptz IS NULL OR (i.queued_at, i.id) > ($2, $3))
+           ORDER BY i.queued_at, i.id LIMIT $4"#,
     )
     .bind(older_than.as_secs_f64())
+    .bind(after.map(|a| a.0))
+    .bind(after.map(|a| a.1))
     .bind(limit)
     .fetch_all(db)
     .await

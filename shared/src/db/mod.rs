@@ -7,6 +7,7 @@ pub mod batches;
 pub mod erasure;
 pub mod items;
 pub mod logs;
+pub mod outcome;
 pub mod results;
 pub mod workers;
 
@@ -40,4 +41,27 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
         .run(pool)
         .await
         .map_err(|e| anyhow::anyhow!("applying migrations failed: {e}"))
+}
+
+/// Whether an error says Postgres is unavailable or refusing writes for now (down, restarting,
+/// failing over, read-only, out of connections), rather than anything about the statement: the
+/// caller should wait and try again, and must not hold it against the work it was doing.
+pub fn is_outage(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exceptions; 53: out of resources; 57: operator intervention
+            // (shutdown, crash recovery); 58: system errors; 25006: a read-only transaction (a
+            // standby, a failover in progress); 40001/40P01: serialization failure and deadlock.
+            let class = code.get(..2).unwrap_or_default();
+            matches!(class, "08" | "53" | "57" | "58")
+                || matches!(&*code, "25006" | "40001" | "40P01")
+        }),
+        _ => false,
+    }
 }

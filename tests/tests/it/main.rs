@@ -10,6 +10,7 @@ mod cli;
 mod contract;
 mod dashboard;
 mod engine;
+mod faults;
 mod foundation;
 mod outages;
 mod pipeline;

@@ -362,20 +362,30 @@ fn serve(model: &LoadedModel, shared: &Shared) {
 }
 
 /// Waits for a first request, then takes more until the batch is full or `max_wait` has
-/// passed; `None` once every sender is gone.
+/// passed; `None` once every sender is gone. Requests nobody awaits any more (their job timed
+/// out) are dropped, not run.
 fn gather(shared: &Shared) -> Option<Vec<Request>> {
     let options = shared.options;
     let rx = shared.rx.lock().unwrap_or_else(PoisonError::into_inner);
-    let mut batch = vec![rx.recv().ok()?];
-    let deadline = Instant::now() + options.max_wait;
-    while batch.len() < options.max_batch {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(request) => batch.push(request),
-            Err(_) => break,
+    let awaited = |r: &Request| !r.reply.is_closed();
+    loop {
+        let mut batch = vec![rx.recv().ok()?];
+        let deadline = Instant::now() + options.max_wait;
+        while batch.len() < options.max_batch {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+            if batch.len() == options.max_batch {
+                batch.retain(awaited);
+            }
+        }
+        batch.retain(awaited);
+        if !batch.is_empty() {
+            return Some(batch);
         }
     }
-    Some(batch)
 }
 
 /// Runs one batch and replies to each request; returns the time the batch took.

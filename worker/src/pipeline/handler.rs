@@ -1,27 +1,44 @@
-//! One job: claim the item, fetch its pixel plane, explain it, record the result, log the
+//! One job: claim the item, fetch its pixel plane, explain it, record the outcome, log the
 //! attempt.
 //!
-//! Failures are sorted into permanent ones (the image or the request is bad: the item fails at
-//! once with its code) and transient ones (Postgres, the blob store or the engine is unwell: the
-//! job is retried by the queue with growing delays, and past the retry budget the item fails
-//! with the last error).
+//! Failures are sorted by whose fault they are:
+//! - the image or the request is bad: the item fails at once with its code;
+//! - the engine failed in a way that may pass: the queue tries again, and past the retry budget
+//!   the item fails with the last error;
+//! - Postgres or the blob store is unavailable: not the image's fault, so it costs the item
+//!   nothing. The job waits in the worker, trying again with growing pauses, until the outage
+//!   ends; a worker whose every slot waits fetches nothing new meanwhile.
+//!
+//! An item whose processing kills its worker (out of memory, abort) is claimed again by another
+//! worker; past `--crash-claims` unsettled claims it fails with `worker_crashed` instead of
+//! killing every worker in turn. An inference that hangs fails with `inference_timeout`.
 //!
 //! Every log line of a job carries exactly its own batch, item and attempt: the handler's work
 //! runs inside its span with `.instrument`, which enters the span on each poll and leaves it at
 //! each await, so concurrent jobs never see each other's fields.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use apalis::prelude::{BoxDynError, Data};
 use chrono::Utc;
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use xcam_shared::{
     blob::{BlobError, BlobStore},
-    db::{self, items::Claim, logs::NewLogEntry, results::NewResult},
+    db::{
+        self,
+        items::Claim,
+        logs::NewLogEntry,
+        outcome::{self, Outcome, Recorded},
+        results::NewResult,
+    },
     imaging::plane,
     jobs::GradCamJobV1,
-    status::{ItemStatus, LogStatus},
+    status::LogStatus,
 };
 
 use crate::engine::{Engine, EngineError, Explanation, Inferred, Target, preprocess::Geometry};
@@ -33,18 +50,39 @@ pub struct JobContext {
     pub engine: Engine,
     pub worker_id: String,
     pub retry_budget: u32,
+    /// Unsettled claims an item may have before it fails with `worker_crashed`.
+    pub crash_claims: u32,
+    /// Longest an inference may take before the item fails with `inference_timeout`.
+    pub job_timeout: Duration,
+    /// Cancelled at shutdown: jobs waiting out an outage hand themselves back to the queue.
+    pub stopping: CancellationToken,
 }
 
 /// Why an attempt failed, and whether trying again could help.
 #[derive(Debug, thiserror::Error)]
 enum JobError {
+    /// The image or the request is bad.
     #[error("{message}")]
     Permanent { code: &'static str, message: String },
+    /// May pass; counts against the item's retry budget.
     #[error("{message}")]
     Transient { code: &'static str, message: String },
-    /// Postgres itself is unreachable: nothing can be recorded, the queue must retry.
+    /// A dependency is unavailable; costs the item nothing.
+    #[error("{0}")]
+    Outage(String),
+    /// Postgres refused a statement for a reason that is not an outage: the queue retries.
     #[error("postgres: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
+}
+
+impl From<sqlx::Error> for JobError {
+    fn from(e: sqlx::Error) -> Self {
+        if db::is_outage(&e) {
+            JobError::Outage(format!("postgres: {e}"))
+        } else {
+            JobError::Database(e)
+        }
+    }
 }
 
 impl From<BlobError> for JobError {
@@ -54,10 +92,7 @@ impl From<BlobError> for JobError {
                 code: "image_missing",
                 message: "the image is no longer in the blob store".into(),
             },
-            other => JobError::Transient {
-                code: "blob_store_unavailable",
-                message: other.to_string(),
-            },
+            other => JobError::Outage(other.to_string()),
         }
     }
 }
@@ -82,11 +117,15 @@ impl From<tokio::task::JoinError> for JobError {
     }
 }
 
-struct Outcome {
+struct Explained {
     explanation: Explanation,
     inferred: Inferred,
     geometry: Geometry,
 }
+
+/// Pauses between tries while a dependency is unavailable.
+const FIRST_PAUSE: Duration = Duration::from_millis(500);
+const LONGEST_PAUSE: Duration = Duration::from_secs(15);
 
 /// The apalis handler. `Ok` means the queue is done with the job (whatever the item's outcome,
 /// which lives in Postgres); `Err` asks the queue to retry.
@@ -98,22 +137,60 @@ pub async fn handle(job: GradCamJobV1, ctx: Data<Arc<JobContext>>) -> Result<(),
         attempt = tracing::field::Empty,
         request_id = job.request_id.as_deref().unwrap_or(""),
     );
-    run(job, &ctx).instrument(span).await
+    until_done(&job, &ctx).instrument(span).await
 }
 
-async fn run(job: GradCamJobV1, ctx: &JobContext) -> Result<(), BoxDynError> {
+async fn until_done(job: &GradCamJobV1, ctx: &JobContext) -> Result<(), BoxDynError> {
+    let (mut claimed, mut pause) = (false, FIRST_PAUSE);
+    loop {
+        let outage = match attempt(job, ctx, &mut claimed).await {
+            Ok(()) => return Ok(()),
+            Err(JobError::Outage(outage)) => outage,
+            Err(other) => return Err(other.into()),
+        };
+        if ctx.stopping.is_cancelled() {
+            return Err(outage.into());
+        }
+        if pause == FIRST_PAUSE {
+            tracing::warn!(error = %outage, "a dependency is unavailable; the job waits for it");
+        } else {
+            tracing::debug!(error = %outage, pause = ?pause, "still unavailable");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = ctx.stopping.cancelled() => return Err(outage.into()),
+        }
+        pause = (pause * 2).min(LONGEST_PAUSE);
+    }
+}
+
+/// One try at the job. Outcomes that belong to the item are recorded here; outages and
+/// database refusals are returned.
+async fn attempt(job: &GradCamJobV1, ctx: &JobContext, claimed: &mut bool) -> Result<(), JobError> {
     let started = Instant::now();
-    let Some(claim) = db::items::claim(&ctx.db, job.item_id, &ctx.worker_id).await? else {
+    let Some(claim) = db::items::claim(&ctx.db, job.item_id, &ctx.worker_id, !*claimed).await?
+    else {
         tracing::debug!("item is cancelled or already finished; skipping");
         return Ok(());
     };
+    *claimed = true;
     tracing::Span::current().record("attempt", claim.attempts);
     let queue_wait_ms = (Utc::now() - claim.queued_at).num_milliseconds().max(0) as f32;
 
-    let result = explain(ctx, &job).await;
+    let result = if claim.open_claims > ctx.crash_claims as i32 {
+        Err(JobError::Permanent {
+            code: "worker_crashed",
+            message: format!(
+                "the worker processing this image stopped without an outcome {} times",
+                claim.open_claims - 1
+            ),
+        })
+    } else {
+        explain(ctx, job).await
+    };
     let processing_ms = started.elapsed().as_secs_f64() as f32 * 1e3;
     let manifest = &ctx.engine.bundle().manifest.model;
-    let mut log = NewLogEntry {
+    let log = NewLogEntry {
         model_name: &manifest.name,
         model_version: &manifest.version,
         prediction: None,
@@ -131,108 +208,84 @@ async fn run(job: GradCamJobV1, ctx: &JobContext) -> Result<(), BoxDynError> {
         device: ctx.engine.device(),
         dynamic_batch_size: None,
     };
-    match result {
-        Ok(outcome) => {
-            let e = &outcome.explanation;
-            log.prediction = Some(&e.top_label);
-            log.probability = Some(e.top_probability);
-            log.dynamic_batch_size = Some(outcome.inferred.batch_size as i32);
-            db::results::upsert(
-                &ctx.db,
-                &NewResult {
+    let (code, message) = match result {
+        Ok(explained) => {
+            let e = &explained.explanation;
+            let outcome = Outcome {
+                result: Some(NewResult {
                     item_id: job.item_id,
                     batch_id: job.batch_id,
                     model_name: &manifest.name,
                     model_version: &manifest.version,
-                    predictions: serde_json::to_value(&e.predictions)?,
+                    predictions: serde_json::to_value(&e.predictions)
+                        .expect("label → probability maps serialise"),
                     top_label: &e.top_label,
                     top_probability: e.top_probability,
                     method: e.cams.first().map_or(job.method, |c| c.method),
                     cams: &e.cams,
-                    geometry: outcome.geometry,
+                    geometry: explained.geometry,
                     device: ctx.engine.device(),
                     worker_id: &ctx.worker_id,
                     attempt: claim.attempts,
                     processing_ms,
                     queue_wait_ms,
+                }),
+                log: NewLogEntry {
+                    prediction: Some(&e.top_label),
+                    probability: Some(e.top_probability),
+                    dynamic_batch_size: Some(explained.inferred.batch_size as i32),
+                    ..log
                 },
-            )
-            .await?;
-            db::items::finish(
-                &ctx.db,
-                job.item_id,
-                ItemStatus::Succeeded,
-                None,
-                &ctx.worker_id,
-            )
-            .await?;
-            record(ctx, &log, &job, true).await?;
-            tracing::debug!(
-                label = %e.top_label,
-                batch_size = outcome.inferred.batch_size,
-                ms = processing_ms,
-                "explained"
-            );
-            Ok(())
+            };
+            if outcome::record(&ctx.db, &outcome).await? == Recorded::Written {
+                tracing::debug!(
+                    label = %e.top_label,
+                    batch_size = explained.inferred.batch_size,
+                    ms = processing_ms,
+                    "explained"
+                );
+            }
+            return Ok(());
         }
-        Err(JobError::Database(e)) => Err(e.into()),
+        Err(e @ (JobError::Outage(_) | JobError::Database(_))) => return Err(e),
         Err(JobError::Permanent { code, message }) => {
             tracing::warn!(code, %message, "item failed");
-            fail(ctx, &mut log, &job, code, &message).await
+            (code, message)
         }
         Err(JobError::Transient { code, message }) if over_budget(&claim, ctx) => {
             tracing::warn!(code, %message, "item failed after its retry budget");
-            fail(ctx, &mut log, &job, code, &message).await
+            (code, message)
         }
         Err(JobError::Transient { code, message }) => {
             tracing::warn!(code, %message, "attempt failed; the queue will retry");
-            log.status = LogStatus::Retrying;
-            log.error_code = Some(code);
-            log.error_message = Some(&message);
-            db::logs::insert(&ctx.db, &log).await?;
-            Err(message.into())
+            let log = NewLogEntry {
+                status: LogStatus::Retrying,
+                error_code: Some(code),
+                error_message: Some(&message),
+                ..log
+            };
+            outcome::retrying(&ctx.db, &log).await?;
+            return Err(JobError::Transient { code, message });
         }
-    }
+    };
+    let outcome = Outcome {
+        result: None,
+        log: NewLogEntry {
+            status: LogStatus::Failed,
+            error_code: Some(code),
+            error_message: Some(&message),
+            ..log
+        },
+    };
+    outcome::record(&ctx.db, &outcome).await?;
+    Ok(())
 }
 
 fn over_budget(claim: &Claim, ctx: &JobContext) -> bool {
     claim.attempts >= ctx.retry_budget as i32
 }
 
-async fn fail<'a>(
-    ctx: &JobContext,
-    log: &mut NewLogEntry<'a>,
-    job: &GradCamJobV1,
-    code: &'a str,
-    message: &'a str,
-) -> Result<(), BoxDynError> {
-    db::items::finish(
-        &ctx.db,
-        job.item_id,
-        ItemStatus::Failed,
-        Some((code, message)),
-        &ctx.worker_id,
-    )
-    .await?;
-    log.status = LogStatus::Failed;
-    log.error_code = Some(code);
-    log.error_message = Some(message);
-    record(ctx, log, job, false).await?;
-    Ok(())
-}
-
-async fn record(
-    ctx: &JobContext,
-    log: &NewLogEntry<'_>,
-    job: &GradCamJobV1,
-    succeeded: bool,
-) -> sqlx::Result<()> {
-    db::logs::insert(&ctx.db, log).await?;
-    db::batches::refresh(&ctx.db, job.batch_id).await?;
-    db::workers::count_job(&ctx.db, &ctx.worker_id, succeeded).await
-}
-
-async fn explain(ctx: &JobContext, job: &GradCamJobV1) -> Result<Outcome, JobError> {
+async fn explain(ctx: &JobContext, job: &GradCamJobV1) -> Result<Explained, JobError> {
     let target = Target {
         method: job.method,
         labels: job.labels.clone(),
@@ -251,12 +304,20 @@ async fn explain(ctx: &JobContext, job: &GradCamJobV1) -> Result<Outcome, JobErr
         Ok::<_, JobError>(engine.enqueue(&image, target)?)
     })
     .await??;
-    let ran = pending.ran().await?;
+    let ran = tokio::time::timeout(ctx.job_timeout, pending.ran())
+        .await
+        .map_err(|_| JobError::Permanent {
+            code: "inference_timeout",
+            message: format!(
+                "the model gave no answer within {}",
+                humantime::format_duration(ctx.job_timeout)
+            ),
+        })??;
     let geometry = ran.geometry;
     // Upsampling and summarising are CPU work too. The overlay and the full-size map are not
     // drawn here: the producer draws them from the grid when someone first asks.
     let (explanation, inferred) = tokio::task::spawn_blocking(move || ran.finish()).await?;
-    Ok(Outcome {
+    Ok(Explained {
         explanation,
         inferred,
         geometry,

@@ -83,6 +83,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         orphan_after: args.redis.orphan_after,
         fetch_batch: options.max_batch,
     };
+    let stopping = tokio_util::sync::CancellationToken::new();
     let mut monitor = Monitor::new().shutdown_timeout(Duration::from_secs(120));
     for (model, engine) in engines {
         // Every replica's batch in flight, and one more being fetched and decoded meanwhile.
@@ -93,6 +94,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             engine,
             worker_id: worker_id.clone(),
             retry_budget: args.retry_budget,
+            crash_claims: args.crash_claims,
+            job_timeout: args.job_timeout,
+            stopping: stopping.clone(),
         });
         let queue = jobs::queue_name(&args.redis.queue_prefix, &model);
         let (conn, poll) = (redis.clone(), args.poll_interval);
@@ -120,6 +124,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             xcam_shared::shutdown_signal().await;
             tracing::info!("shutting down: finishing in-flight jobs");
             flag.store(true, Ordering::SeqCst);
+            stopping.cancel();
             Ok(())
         })
         .await;

@@ -1,0 +1,283 @@
+//! Work is never stranded or half done: an outcome is written whole or not at all, jobs apalis
+//! gave up on and jobs Redis lost are run again, a blob-store outage fails no image, an item
+//! that kills its worker fails alone, and an inference that hangs ends.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use uuid::Uuid;
+use xcam_shared::jobs;
+use xcam_tests::{Producer, Stack, eventually, png_zip};
+
+const DEADLINE: Duration = Duration::from_secs(300);
+
+/// Uploads `n` images and returns once they are ingested (their jobs pushed).
+async fn upload(api: &Producer, n: usize) -> Uuid {
+    let (status, created) = api
+        .upload(
+            png_zip(n, |i| format!("img_{i:04}.png")),
+            &[("model", "demo")],
+        )
+        .await;
+    assert_eq!(status, 202, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    eventually(DEADLINE, "the batch to be ingested", || async {
+        let (_, view) = api.get_json(&format!("/v1/batches/{id}")).await;
+        (view["status"] != "ingesting").then_some(())
+    })
+    .await;
+    id.parse().unwrap()
+}
+
+async fn redis(stack: &Stack) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(stack.redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+fn queue(stack: &Stack) -> apalis_redis::Config {
+    jobs::queue_config(
+        &jobs::queue_name(&stack.prefix, "demo"),
+        jobs::QueueTuning::default(),
+    )
+}
+
+/// Every item succeeded, with exactly one result and one succeeded log row each.
+async fn assert_each_item_done_once(stack: &Stack, batch: Uuid, n: i64) {
+    let (items, results, logged): (i64, i64, i64) = sqlx::query_as(
+        r#"SELECT (SELECT count(*) FROM items WHERE batch_id = $1 AND status = 'succeeded'),
+                  (SELECT count(DISTINCT item_id) FROM results WHERE batch_id = $1)
+                    + (SELECT count(*) - count(DISTINCT item_id) FROM results WHERE batch_id = $1) * 1000,
+                  (SELECT count(*) FROM inference_log WHERE batch_id = $1 AND status = 'succeeded')"#,
+    )
+    .bind(batch)
+    .fetch_one(&stack.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (items, results, logged),
+        (n, n, n),
+        "succeeded items, results, succeeded log rows"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_is_written_whole_or_not_at_all() {
+    let stack = Stack::new().await;
+    let api = stack.producer(&[]).await;
+    // A real fault between the outcome's writes: the first succeeded log row Postgres is asked
+    // to insert raises an error, after the result and the item's status were written in the
+    // same transaction. (A sequence, because it is not rolled back with the failed insert.)
+    sqlx::raw_sql(
+        r#"CREATE SEQUENCE log_faults;
+           CREATE FUNCTION fail_first_log() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+               IF NEW.status = 'succeeded' AND nextval('log_faults') = 1 THEN
+                   RAISE EXCEPTION 'injected fault';
+               END IF;
+               RETURN NEW;
+           END $$;
+           CREATE TRIGGER fail_first_log BEFORE INSERT ON inference_log
+               FOR EACH ROW EXECUTE FUNCTION fail_first_log();"#,
+    )
+    .execute(&stack.db.pool)
+    .await
+    .unwrap();
+    let _worker = stack.worker("a", &["--max-batch=4"]);
+    let batch = upload(&api, 12).await;
+    let view = api.wait_for_batch(&batch.to_string(), DEADLINE).await;
+    assert_eq!(view["status"], "succeeded", "{view}");
+    assert_eq!(view["progress"], 1.0, "{view}");
+    assert_each_item_done_once(&stack, batch, 12).await;
+    let faulted: i64 = sqlx::query_scalar("SELECT nextval('log_faults')")
+        .fetch_one(&stack.db.pool)
+        .await
+        .unwrap();
+    assert!(faulted > 1, "the fault fired");
+    let second_tries: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM results WHERE batch_id = $1 AND attempt = 2")
+            .bind(batch)
+            .fetch_one(&stack.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        second_tries, 1,
+        "the faulted item's second attempt wrote its outcome"
+    );
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_apalis_gave_up_on_are_run_again() {
+    let stack = Stack::new().await;
+    let api = stack.producer(&[]).await;
+    let batch = upload(&api, 20).await;
+    // What apalis-redis does to a job that timed out, panicked or spent its attempts: off the
+    // active list, into the dead set. No worker runs yet, so every job of the batch goes there.
+    let (config, mut conn) = (queue(&stack), redis(&stack).await);
+    // A pushed job waits in the active list, or in the scheduled set until it is due.
+    let (active, scheduled) = (config.active_jobs_list(), config.scheduled_jobs_set());
+    let ids: Vec<String> = eventually(DEADLINE, "the jobs to be pushed", || {
+        let (mut conn, active, scheduled) = (conn.clone(), active.clone(), scheduled.clone());
+        async move {
+            let mut ids: Vec<String> = conn.lrange(active, 0, -1).await.ok()?;
+            ids.extend(conn.zrange::<_, Vec<String>>(scheduled, 0, -1).await.ok()?);
+            (ids.len() == 20).then_some(ids)
+        }
+    })
+    .await;
+    let _: () = conn.del(&[active, scheduled]).await.unwrap();
+    for id in &ids {
+        let _: () = conn.sadd(config.dead_jobs_set(), id).await.unwrap();
+    }
+    let _worker = stack.worker("a", &[]);
+    let view = api.wait_for_batch(&batch.to_string(), DEADLINE).await;
+    assert_eq!(view["status"], "succeeded", "{view}");
+    assert_each_item_done_once(&stack, batch, 20).await;
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_emptied_mid_batch_loses_nothing_and_the_reconciler_covers_every_open_item() {
+    let stack = Stack::new().await;
+    // This producer's reconciler leaves the hand-driven one below alone.
+    let api = stack.producer(&["--reconcile-every=1h"]).await;
+    let batch = upload(&api, 250).await;
+    let (config, mut conn) = (queue(&stack), redis(&stack).await);
+    eventually(DEADLINE, "the jobs to be pushed", || {
+        let (mut conn, data) = (conn.clone(), config.job_data_hash());
+        async move { (conn.hlen::<_, usize>(data).await.ok()? == 250).then_some(()) }
+    })
+    .await;
+    // Redis loses everything of this queue (a restart without its data, a flush).
+    xcam_tests::clean_redis(&stack.redis_url, &stack.prefix).await;
+    // A reconciler that looks at 100 items a pass still finds all 250 within three passes.
+    let state = xcam_producer::build_state(&stack.serve_args(&[]))
+        .await
+        .unwrap();
+    let reconciler =
+        xcam_producer::reconciler::Reconciler::new(state.db.clone(), state.queue, Duration::ZERO)
+            .with_page(100);
+    let mut pushed = 0;
+    for _ in 0..3 {
+        pushed += reconciler.pass().await.unwrap();
+    }
+    let held: usize = conn.hlen(config.job_data_hash()).await.unwrap();
+    assert_eq!((pushed, held), (250, 250), "pushed, held by Redis");
+
+    // Mid-batch, with a worker running and a producer reconciling as usual.
+    let _reconciling = stack.producer(&[]).await;
+    let _worker = stack.worker("a", &["--max-batch=8"]);
+    eventually(DEADLINE, "the batch to be under way", || async {
+        let done: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM items WHERE batch_id = $1 AND status = 'succeeded'",
+        )
+        .bind(batch)
+        .fetch_one(&stack.db.pool)
+        .await
+        .ok()?;
+        (done >= 20).then_some(())
+    })
+    .await;
+    xcam_tests::clean_redis(&stack.redis_url, &stack.prefix).await;
+    let view = api.wait_for_batch(&batch.to_string(), DEADLINE).await;
+    assert_eq!(view["status"], "succeeded", "{view}");
+    assert_each_item_done_once(&stack, batch, 250).await;
+    stack.finish().await;
+}
+
+async fn item_state(stack: &Stack, batch: Uuid) -> (String, i32, Option<String>) {
+    sqlx::query_as("SELECT status, open_claims, error_code FROM items WHERE batch_id = $1")
+        .bind(batch)
+        .fetch_one(&stack.db.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_that_keeps_killing_its_worker_fails_with_worker_crashed() {
+    let stack = Stack::new().await;
+    let api = stack.producer(&[]).await;
+    let batch = upload(&api, 1).await;
+    // Each worker holds the image for 4 s waiting for its batch to fill, and dies in that time
+    // as a worker that runs out of memory on it would: with SIGKILL, leaving no outcome.
+    let holding = ["--max-batch=8", "--max-wait-ms=4000", "--crash-claims=2"];
+    for crash in 1..=2 {
+        let mut worker = stack.worker(&format!("crash{crash}"), &holding);
+        eventually(DEADLINE, "the worker to claim the item", || async {
+            let (status, open, _) = item_state(&stack, batch).await;
+            (status == "running" && open == crash).then_some(())
+        })
+        .await;
+        worker.kill();
+    }
+    let survivor = stack.worker("survivor", &holding);
+    let view = api.wait_for_batch(&batch.to_string(), DEADLINE).await;
+    assert_eq!(view["status"], "failed", "{view}\n{}", survivor.log_text());
+    let (status, _, code) = item_state(&stack, batch).await;
+    assert_eq!(
+        (status.as_str(), code.as_deref()),
+        ("failed", Some("worker_crashed"))
+    );
+    let (_, report) = api.get_text(&format!("/v1/batches/{batch}/report")).await;
+    assert!(report.contains("worker_crashed"), "{report}");
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inference_that_hangs_fails_with_inference_timeout_and_the_worker_goes_on() {
+    let stack = Stack::new().await;
+    let api = stack.producer(&[]).await;
+    // The engine holds a lone image 6 s for its batch to fill: past the job timeout.
+    let worker = stack.worker(
+        "a",
+        &["--max-batch=8", "--max-wait-ms=6000", "--job-timeout=1s"],
+    );
+    let batch = upload(&api, 1).await;
+    let view = api.wait_for_batch(&batch.to_string(), DEADLINE).await;
+    assert_eq!(view["status"], "failed", "{view}\n{}", worker.log_text());
+    let (_, _, code) = item_state(&stack, batch).await;
+    assert_eq!(code.as_deref(), Some("inference_timeout"));
+    // The worker is still serving: eight images fill a batch at once.
+    let next = upload(&api, 8).await;
+    let view = api.wait_for_batch(&next.to_string(), DEADLINE).await;
+    assert_eq!(view["status"], "succeeded", "{view}\n{}", worker.log_text());
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_store_outage_fails_no_image_and_costs_no_attempt() {
+    let stack = Stack::new().await;
+    let api = stack.producer(&[]).await;
+    let batch = upload(&api, 40).await;
+    // The store fails every read (the planes' directory is now a file: "not a directory", as
+    // an unreachable store answers errors rather than "no such object") for 15 s, with a worker
+    // whose retry budget is a single attempt.
+    let root = stack.blobs.path().join("planes");
+    let away = root.with_extension("away");
+    std::fs::rename(&root, &away).unwrap();
+    std::fs::write(&root, b"unavailable").unwrap();
+    let worker = stack.worker("a", &["--max-batch=4", "--retry-budget=1"]);
+    eventually(DEADLINE, "the worker to meet the outage", || async {
+        worker
+            .log_text()
+            .contains("a dependency is unavailable")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    std::fs::remove_file(&root).unwrap();
+    std::fs::rename(&away, &root).unwrap();
+    let view = api.wait_for_batch(&batch.to_string(), DEADLINE).await;
+    assert_eq!(view["status"], "succeeded", "{view}\n{}", worker.log_text());
+    assert_each_item_done_once(&stack, batch, 40).await;
+    let most: i32 = sqlx::query_scalar("SELECT max(attempts) FROM items WHERE batch_id = $1")
+        .bind(batch)
+        .fetch_one(&stack.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(most, 1, "waiting out the outage cost no item an attempt");
+    stack.finish().await;
+}
