@@ -60,6 +60,8 @@ lint: torch dashboard
 	cargo fmt --all --check
 	cargo clippy -j $(CARGO_JOBS) --all-targets -- -D warnings
 
+# The test servers' data is thrown away: they may skip fsync (see scripts/services.sh).
+test: export XCAM_SERVICES_DURABILITY := fast
 test: setup browser schemathesis lint
 	cargo build -j $(CARGO_JOBS) --workspace --bins
 	$(SERVICES_ENV); cargo test -j $(CARGO_JOBS) --workspace

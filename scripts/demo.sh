@@ -33,6 +33,7 @@ echo $! > "$run/worker.pid"
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 for _ in $(seq 100); do curl -fsS "$api/readyz" >/dev/null 2>&1 && break; alive api || { cat "$run/api.log"; exit 1; }; sleep 0.2; done
 echo "==> ready: $(curl -fsS "$api/readyz")"
+echo "==> durability: Postgres fsync=$("${XCAM_PG_BIN:-/usr/bin}/psql" "$DATABASE_URL" -tAc 'SHOW fsync'), Redis appendonly=$(redis-cli -u "$REDIS_URL" config get appendonly | tail -n 1) appendfsync=$(redis-cli -u "$REDIS_URL" config get appendfsync | tail -n 1)"
 
 # Every request answers to a token. The demo's is an admin of the project `demo`, remade on
 # each run (only its hash is stored, so the old one cannot be shown again).

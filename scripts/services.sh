@@ -3,6 +3,11 @@
 # checkout.  `up` is idempotent (it reuses running servers), `down` stops them, `env` prints the
 # URLs as shell exports.  If REDIS_URL / DATABASE_URL are already set, those servers are used and
 # nothing is started for them.
+#
+# Durable by default: Postgres keeps fsync on and Redis appends every write, fsynced each second.
+# XCAM_SERVICES_DURABILITY=fast (what `make test` sets, for servers whose data is thrown away)
+# trades that for speed. Each `up` applies the mode to running servers too, so a demo after a
+# test run is durable again.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 state="$root/.xcam"
@@ -42,7 +47,7 @@ start_redis() {
   mkdir -p "$state/redis"
   # Append-only persistence so a restarted Redis keeps its queues, as a production one would.
   redis-server --port "$XCAM_REDIS_PORT" --bind 127.0.0.1 --dir "$state/redis" \
-    --appendonly yes --save "" --daemonize yes --pidfile "$state/redis/redis.pid" \
+    --appendonly yes --appendfsync everysec --save "" --daemonize yes --pidfile "$state/redis/redis.pid" \
     --logfile "$state/redis/redis.log" >/dev/null
   for _ in $(seq 50); do redis_alive && return; sleep 0.1; done
   echo "redis did not start; see $state/redis/redis.log" >&2; exit 1
@@ -59,10 +64,26 @@ start_postgres() {
     pg "$pg_bin/initdb" -D "$data" -U xcam --auth=trust --encoding=UTF8 --no-locale >/dev/null
   fi
   pg "$pg_bin/pg_ctl" -D "$data" -l "$state/pg/postgres.log" -w -t 30 start \
-    -o "-h 127.0.0.1 -p $XCAM_PG_PORT -k $state/pg -c max_connections=400 -c fsync=off" >/dev/null
+    -o "-h 127.0.0.1 -p $XCAM_PG_PORT -k $state/pg -c max_connections=400" >/dev/null
   "$pg_bin/psql" -h 127.0.0.1 -p "$XCAM_PG_PORT" -U xcam -d postgres -tAc \
     "SELECT 1 FROM pg_database WHERE datname='xcam'" | grep -q 1 ||
     "$pg_bin/createdb" -h 127.0.0.1 -p "$XCAM_PG_PORT" -U xcam xcam
+}
+
+apply_durability() {
+  local mode="${XCAM_SERVICES_DURABILITY:-durable}" fsync appendfsync
+  case "$mode" in
+    durable) fsync=on appendfsync=everysec ;;
+    fast) fsync=off appendfsync=no ;;
+    *) echo "XCAM_SERVICES_DURABILITY must be durable or fast, not $mode" >&2; exit 2 ;;
+  esac
+  if [[ -n "${XCAM_PG_PORT:-}" ]]; then
+    "$pg_bin/psql" -h 127.0.0.1 -p "$XCAM_PG_PORT" -U xcam -d postgres -qtA \
+      -c "ALTER SYSTEM SET fsync = $fsync" -c "SELECT pg_reload_conf()" >/dev/null
+  fi
+  if [[ -n "${XCAM_REDIS_PORT:-}" ]]; then
+    redis-cli -p "$XCAM_REDIS_PORT" config set appendfsync "$appendfsync" >/dev/null
+  fi
 }
 
 write_env() {
@@ -95,6 +116,7 @@ case "$cmd" in
     else
       start_postgres
     fi
+    apply_durability
     write_env
     ;;
   down)

@@ -65,8 +65,27 @@ async fn a_redis_restart_mid_batch_loses_nothing() {
     stack.db.drop_db().await;
 }
 
+/// Every Postgres session refuses writes from now on (as a primary being failed over does), or
+/// accepts them again.
+async fn read_only(admin: &sqlx::PgPool, on: bool) {
+    let mut conn = admin.acquire().await.unwrap();
+    // One statement per call: ALTER SYSTEM refuses to run in the implicit transaction a
+    // multi-statement query gets.
+    let statements: &[&'static str] = if on {
+        &["ALTER SYSTEM SET default_transaction_read_only = on"]
+    } else {
+        &[
+            "SET default_transaction_read_only = off",
+            "ALTER SYSTEM RESET default_transaction_read_only",
+        ]
+    };
+    for sql in statements.iter().chain(&["SELECT pg_reload_conf()"]) {
+        sqlx::raw_sql(*sql).execute(&mut *conn).await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_postgres_outage_under_a_running_worker_loses_nothing() {
+async fn a_postgres_outage_and_a_read_only_spell_cost_no_item_anything() {
     let pg = PrivatePostgres::start();
     let stack = Stack::on(
         TestDb::create_on(pg.url()).await,
@@ -81,10 +100,32 @@ async fn a_postgres_outage_under_a_running_worker_loses_nothing() {
     // claims and writes, and for the queue to re-schedule those jobs.
     tokio::time::sleep(Duration::from_secs(4)).await;
     pg.up();
+    // Then read-only, with errors at once rather than timeouts: 10 s of those.
+    let admin = sqlx::PgPool::connect(&pg.url()).await.unwrap();
+    read_only(&admin, true).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    read_only(&admin, false).await;
     let view = api
         .wait_for_batch(&batch.to_string(), Duration::from_secs(300))
         .await;
     assert_eq!(view["status"], "succeeded", "{view}\n{}", worker.log_text());
     assert_one_result_per_item(&stack, batch, 150).await;
+    let (most, logged): (i32, i64) = sqlx::query_as(
+        "SELECT max(attempts), (SELECT count(*) FROM inference_log WHERE batch_id = $1) FROM items WHERE batch_id = $1",
+    )
+    .bind(batch)
+    .fetch_one(&stack.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (most, logged),
+        (1, 150),
+        "no item lost an attempt to the outages"
+    );
+    let log = worker.log_text();
+    assert!(
+        log.contains("a dependency is unavailable") && log.contains("read-only transaction"),
+        "the worker met both outages: {log}"
+    );
     xcam_tests::clean_redis(&stack.redis_url, &stack.prefix).await;
 }
