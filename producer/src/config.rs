@@ -81,6 +81,10 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub allowed_hosts: Vec<String>,
+    /// Uploads this server ingests at once; beyond them uploads are answered 503 `busy` with
+    /// `Retry-After`.
+    #[arg(long = "max-ingestions", env = "XCAM_MAX_INGESTIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_ingestions: u32,
     /// How long shutdown waits for running ingestions before it gives up on them.
     #[arg(long = "shutdown-grace", env = "XCAM_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,

@@ -92,6 +92,17 @@ impl Eraser {
     }
 }
 
+/// Ends an ingestion that will not finish: releases its claims on planes and removes those
+/// planes nothing else references. Returns how many were removed.
+pub async fn drop_ingestion(
+    db: &PgPool,
+    blobs: &BlobStore,
+    batch: Uuid,
+) -> Result<usize, EraseError> {
+    let claimed = db::erasure::release_claims(db, batch).await?;
+    remove_planes(db, blobs, &claimed).await
+}
+
 /// Removes the planes among `keys` that no item and no ingestion references any more.
 pub async fn remove_planes(
     db: &PgPool,

@@ -64,6 +64,9 @@ pub enum ApiError {
     /// 422 with the field's own code (`invalid_method`, `unknown_label`).
     #[error("{message}")]
     Unprocessable { code: &'static str, message: String },
+    /// 503 `busy`: as many uploads are being ingested as the server allows.
+    #[error("the server is ingesting as many uploads as it may; try again in {retry_after} s")]
+    Busy { retry_after: u64 },
     /// 503 `unavailable`: Redis or Postgres is unreachable.
     #[error("a backing service is unavailable")]
     Unavailable(#[source] anyhow::Error),
@@ -110,7 +113,7 @@ impl ApiError {
             ApiError::InvalidFilter(_)
             | ApiError::UnknownModel { .. }
             | ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -133,6 +136,7 @@ impl ApiError {
             ApiError::FieldTooLarge { .. } => "field_too_large",
             ApiError::Unprocessable { code, .. } => code,
             ApiError::UnknownModel { .. } => "unknown_model",
+            ApiError::Busy { .. } => "busy",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -142,6 +146,20 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        if let ApiError::Busy { retry_after } = self {
+            let body = ErrorBody {
+                code: self.code().to_owned(),
+                message: self.to_string(),
+            };
+            let mut response = (
+                status,
+                [(header::RETRY_AFTER, retry_after.to_string())],
+                Json(body),
+            )
+                .into_response();
+            response.extensions_mut().insert(ErrorCode(self.code()));
+            return response;
+        }
         if status.is_server_error() {
             let cause = match &self {
                 ApiError::Unavailable(e) | ApiError::Internal(e) => format!("{e:#}"),
@@ -175,11 +193,10 @@ impl IntoResponse for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                ApiError::Unavailable(e.into())
-            }
-            other => ApiError::Internal(other.into()),
+        if xcam_shared::db::is_outage(&e) {
+            ApiError::Unavailable(e.into())
+        } else {
+            ApiError::Internal(e.into())
         }
     }
 }

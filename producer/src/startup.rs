@@ -100,8 +100,16 @@ impl Application {
             eraser: state.eraser(),
             models: state.models.keys().cloned().collect(),
             retention,
+            producers_silent_after: state.queue.tuning.orphan_after,
         };
         tasks.spawn(sweeper.run(sweep_every, stop.clone()));
+        tasks.spawn(heartbeat(
+            state.db.clone(),
+            state.settings.producer_id.clone(),
+            state.queue.tuning.orphan_after / 3,
+            stop.clone(),
+        ));
+        let (eraser, me) = (state.eraser(), state.settings.producer_id.clone());
         tracing::info!(
             addr = %listener.local_addr()?,
             tls = tls.is_some(),
@@ -143,9 +151,26 @@ impl Application {
                 grace = ?grace,
                 "shutdown grace period over with background work still running"
             );
+            let own = db::producers::Interrupted::Own(&me);
+            if let Err(e) = crate::sweeper::interrupt_ingestions(&eraser, own).await {
+                tracing::warn!(error = %e, "could not end this server's unfinished ingestions; another producer will");
+            }
+        }
+        if let Err(e) = db::producers::stopped(&eraser.db, &me).await {
+            tracing::warn!(error = %e, "could not record this server's stop");
         }
         served.context("serving HTTP")
     }
+}
+
+/// Tells the other producers this one is alive, so they leave its ingestions alone.
+async fn heartbeat(db: sqlx::PgPool, me: String, every: Duration, stop: CancellationToken) {
+    crate::periodic::every(every, stop, || async {
+        if let Err(e) = db::producers::heartbeat(&db, &me).await {
+            tracing::warn!(error = %e, "heartbeat to Postgres failed");
+        }
+    })
+    .await;
 }
 
 /// Connects to everything, applies migrations, loads the model catalogue.
@@ -162,6 +187,8 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
             args.models_dir.display()
         );
     }
+    let producer_id = xcam_shared::instance_name();
+    db::producers::register(&db, &producer_id, &xcam_shared::hostname()).await?;
     let upload_dir = args.upload_dir.clone().unwrap_or_else(std::env::temp_dir);
     let spool = Spool::open(&upload_dir)
         .with_context(|| format!("XCAM_UPLOAD_DIR={}", upload_dir.display()))?;
@@ -185,6 +212,8 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
             allowed_hosts: args.allowed_hosts(),
             tls: args.tls().is_some(),
             pseudonym_key: args.pseudonym_key()?,
+            producer_id,
+            ingestions: Arc::new(tokio::sync::Semaphore::new(args.max_ingestions as usize)),
         }),
         tasks: TaskTracker::new(),
     })

@@ -38,6 +38,10 @@ pub struct Settings {
     pub pseudonym_key: Option<PseudonymKey>,
     /// Whether the server speaks TLS itself (session cookies are then `Secure`).
     pub tls: bool,
+    /// This process, as `producers` and the batches it ingests name it.
+    pub producer_id: String,
+    /// One permit per ingestion this server may run at once.
+    pub ingestions: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {

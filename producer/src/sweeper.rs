@@ -4,6 +4,8 @@
 //!   jobs apalis gave up on leave its dead set the same way, and the reconciler pushes their
 //!   still-open items again;
 //! - finishes deletes an outage interrupted after their rows were gone;
+//! - fails, with `ingestion_interrupted`, batches whose ingesting producer stopped heartbeating
+//!   (killed mid-ingestion), and removes the planes their ingestion had stored;
 //! - deletes finished batches past their retention (`XCAM_RETENTION`, or the project's own)
 //!   through the same path as `DELETE /v1/batches/{id}`, one batch per transaction;
 //! - deletes inference-log rows past `XCAM_LOG_RETENTION`, a few thousand per transaction.
@@ -45,6 +47,7 @@ pub struct Swept {
     pub finished_jobs: u64,
     pub dead_jobs: u64,
     pub resumed_erasures: u64,
+    pub interrupted_ingestions: u64,
     pub expired_batches: u64,
     pub log_rows: u64,
 }
@@ -54,6 +57,8 @@ pub struct Sweeper {
     pub eraser: Eraser,
     pub models: Vec<String>,
     pub retention: Retention,
+    /// A producer silent this long is presumed dead, and its ingestions with it.
+    pub producers_silent_after: Duration,
 }
 
 impl Sweeper {
@@ -61,7 +66,12 @@ impl Sweeper {
     pub async fn run(self, every: Duration, stop: CancellationToken) {
         crate::periodic::every(every, stop, || async {
             let swept = self.pass().await;
-            if swept.expired_batches + swept.log_rows + swept.resumed_erasures > 0 {
+            if swept.expired_batches
+                + swept.log_rows
+                + swept.resumed_erasures
+                + swept.interrupted_ingestions
+                > 0
+            {
                 tracing::info!(?swept, "sweep removed expired data");
             }
         })
@@ -94,6 +104,12 @@ impl Sweeper {
         match self.eraser.resume(INTERRUPTED_AFTER).await {
             Ok(n) => swept.resumed_erasures = n as u64,
             Err(e) => tracing::warn!(error = %e, "finishing interrupted deletes failed"),
+        }
+
+        let silent = db::producers::Interrupted::Silent(self.producers_silent_after);
+        match interrupt_ingestions(&self.eraser, silent).await {
+            Ok(n) => swept.interrupted_ingestions = n,
+            Err(e) => tracing::warn!(error = %e, "ending interrupted ingestions failed"),
         }
 
         match self.expire_batches().await {
@@ -152,4 +168,18 @@ impl Sweeper {
             }
         }
     }
+}
+
+/// Fails the ingestions `whose` names with `ingestion_interrupted` and removes the planes they
+/// had stored that nothing else references. Returns how many batches it ended.
+pub async fn interrupt_ingestions(
+    eraser: &Eraser,
+    whose: db::producers::Interrupted<'_>,
+) -> anyhow::Result<u64> {
+    let batches = db::producers::interrupt(&eraser.db, whose).await?;
+    for &batch in &batches {
+        let planes = crate::erase::drop_ingestion(&eraser.db, &eraser.blobs, batch).await?;
+        tracing::warn!(%batch, planes, "an ingestion was interrupted: its producer stopped before it finished");
+    }
+    Ok(batches.len() as u64)
 }

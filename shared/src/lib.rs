@@ -38,3 +38,22 @@ pub async fn shutdown_signal() {
         () = term => {}
     }
 }
+
+/// This machine's name, as workers and producers report it.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// A name for this process start, unique across hosts and restarts: `host-pid-random`.
+pub fn instance_name() -> String {
+    format!(
+        "{}-{}-{}",
+        hostname(),
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}

@@ -746,6 +746,11 @@ pub async fn empty_batch(pool: &PgPool) -> Uuid {
         .await
         .expect("project lookup")
         .expect("the project `test`");
+    // Its producer never stops heartbeating, so no sweeper declares the ingestion interrupted.
+    sqlx::query("INSERT INTO producers (id, host, last_seen) VALUES ('xcam-tests', 'tests', 'infinity') ON CONFLICT DO NOTHING")
+        .execute(pool)
+        .await
+        .expect("producer insert");
     let id = Uuid::now_v7();
     xcam_shared::db::batches::insert(
         pool,
@@ -758,6 +763,7 @@ pub async fn empty_batch(pool: &PgPool) -> Uuid {
             labels: &xcam_shared::targets::LabelSelection::Top1,
             archive_bytes: 0,
             pseudonymize_names: false,
+            ingested_by: "xcam-tests",
         },
     )
     .await

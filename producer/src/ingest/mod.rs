@@ -23,7 +23,7 @@ use xcam_shared::{
     db::{self, items::NewItem},
     imaging::{ImageLimits, Warning},
     jobs::GradCamJobV1,
-    status::ItemStatus,
+    status::{BatchStatus, ItemStatus},
     targets::{LabelSelection, Method},
 };
 
@@ -43,6 +43,16 @@ pub struct BatchRequest {
     pub request_id: Option<String>,
 }
 
+/// How an ingestion ended, short of an error.
+enum Ingested {
+    Done,
+    /// The batch was cancelled, deleted or declared interrupted meanwhile (its status now).
+    Stopped(String),
+}
+
+/// Entries between two looks at the batch's status (a cancel stops ingestion within as many).
+const STATUS_EVERY: usize = 64;
+
 /// What ingestion needs: where items, images and jobs go, and the caps.
 #[derive(Clone)]
 pub struct Ingestor {
@@ -58,7 +68,7 @@ type Stored = Result<(String, String, i64, Vec<Warning>), archive::Rejection>;
 
 impl Ingestor {
     /// Runs the background half of an upload; on failure the batch is marked failed, never
-    /// left half-written.
+    /// left half-written. A batch cancelled (or declared interrupted) meanwhile stops it.
     pub async fn ingest(
         self,
         request: BatchRequest,
@@ -66,10 +76,17 @@ impl Ingestor {
         scan: ScanResult,
     ) {
         let batch_id = request.batch_id;
-        let mut claimed = Vec::new();
-        if let Err(e) = self.ingest_inner(&request, spool, scan, &mut claimed).await {
+        let outcome = self.ingest_inner(&request, spool, scan).await;
+        if !matches!(outcome, Ok(Ingested::Done))
+            && let Err(e) = crate::erase::drop_ingestion(&self.db, &self.blobs, batch_id).await
+        {
+            tracing::warn!(%batch_id, error = %e, "could not remove the planes of an ingestion that did not finish");
+        }
+        if let Ok(Ingested::Stopped(status)) = &outcome {
+            tracing::info!(%batch_id, %status, "ingestion stopped: the batch was ended meanwhile");
+        }
+        if let Err(e) = outcome {
             tracing::error!(%batch_id, error.cause_chain = %format!("{e:#}"), "ingestion failed");
-            self.drop_planes(batch_id, &claimed).await;
             if let Err(e) = db::batches::mark_failed(
                 &self.db,
                 batch_id,
@@ -88,8 +105,7 @@ impl Ingestor {
         request: &BatchRequest,
         spool: Arc<tempfile::TempPath>,
         scan: ScanResult,
-        claimed: &mut Vec<String>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Ingested> {
         let (tx, mut rx) = mpsc::channel(4);
         let (limits, image_limits) = (self.limits, self.image_limits);
         let entries = scan.entries.clone();
@@ -108,6 +124,17 @@ impl Ingestor {
             }
         }
         while let Some((entry, read)) = rx.recv().await {
+            if entry.index % STATUS_EVERY == 0 {
+                let status = db::batches::status_of(&self.db, request.batch_id).await?;
+                if status != Some(BatchStatus::Ingesting) {
+                    // Dropping the receiver stops the reader at its next entry.
+                    drop(rx);
+                    reader.await.ok();
+                    return Ok(Ingested::Stopped(
+                        status.map_or("deleted".into(), |s| s.to_string()),
+                    ));
+                }
+            }
             let stored = match read {
                 Ok((plane, warnings)) => {
                     let (sha, size) = (sha256_hex(&plane), plane.len() as i64);
@@ -115,7 +142,6 @@ impl Ingestor {
                     // Claimed before it is written, so a delete of another batch with the same
                     // pixels cannot remove it before this batch's items reference it.
                     db::erasure::claim_plane(&self.db, request.batch_id, &key).await?;
-                    claimed.push(key.clone());
                     if !self.blobs.exists(&key).await? {
                         self.blobs.put(&key, plane.into()).await?;
                     }
@@ -129,6 +155,18 @@ impl Ingestor {
         items.sort_by_key(|i| i.entry_index);
 
         let mut tx = self.db.begin().await?;
+        // Locked first: a cancel or an interruption either waits for this commit, or has
+        // already ended the batch, and then nothing is written.
+        let status: Option<BatchStatus> =
+            sqlx::query_scalar("SELECT status FROM batches WHERE id = $1 FOR UPDATE")
+                .bind(request.batch_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if status != Some(BatchStatus::Ingesting) {
+            return Ok(Ingested::Stopped(
+                status.map_or("deleted".into(), |s| s.to_string()),
+            ));
+        }
         db::items::insert_all(&mut tx, request.batch_id, &items).await?;
         db::batches::mark_ingested(
             &mut *tx,
@@ -139,7 +177,6 @@ impl Ingestor {
         .await?;
         db::erasure::release_claims(&mut *tx, request.batch_id).await?;
         tx.commit().await?;
-        claimed.clear();
         db::batches::refresh(&self.db, request.batch_id).await?;
 
         let jobs: Vec<GradCamJobV1> = items
@@ -162,18 +199,7 @@ impl Ingestor {
             tracing::warn!(batch_id = %request.batch_id, error = %e, "pushing jobs failed; the reconciler will retry");
         }
         tracing::info!(batch_id = %request.batch_id, items = items.len(), skipped = scan.skipped, "batch ingested");
-        Ok(())
-    }
-
-    /// A failed ingestion leaves no plane behind that nothing else references.
-    async fn drop_planes(&self, batch_id: Uuid, claimed: &[String]) {
-        let dropped = async {
-            db::erasure::release_claims(&self.db, batch_id).await?;
-            crate::erase::remove_planes(&self.db, &self.blobs, claimed).await
-        };
-        if let Err(e) = dropped.await {
-            tracing::warn!(%batch_id, error = %e, "could not remove the planes of a failed ingestion");
-        }
+        Ok(Ingested::Done)
     }
 }
 

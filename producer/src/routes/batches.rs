@@ -42,6 +42,9 @@ pub(super) fn router(max_upload: u64) -> OpenApiRouter<AppState> {
         .layer(DefaultBodyLimit::max(body_limit))
 }
 
+/// What a `busy` answer asks the client to wait, in seconds.
+const BUSY_RETRY_AFTER_S: u64 = 5;
+
 /// Upload a ZIP of radiographs as a batch.
 ///
 /// Answers once the archive is stored and its directory checked; its images are then ingested
@@ -58,6 +61,8 @@ pub(super) fn router(max_upload: u64) -> OpenApiRouter<AppState> {
         (status = 404, body = ErrorBody, description = "`project_not_found`: no such project, or one the token does not cover"),
         (status = 413, body = ErrorBody, description = "`upload_too_large`, `field_too_large`, `too_many_entries`, `archive_too_large`, `entry_too_large`, `zip_bomb`"),
         (status = 422, body = ErrorBody, description = "`no_images`, `duplicate_names`, `unknown_model`, `invalid_method`, `invalid_labels`, `unknown_label`, `pseudonym_key_missing`"),
+        (status = 503, body = ErrorBody, description = "`busy`: the server is ingesting as many uploads as it may; try again after `Retry-After` seconds",
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     )
 )]
 async fn create_batch(
@@ -73,6 +78,15 @@ async fn create_batch(
         ))
     })?;
     let settings = state.settings.clone();
+    // Taken before the body is read and held until ingestion ends: past the bound, an upload
+    // costs the server neither disk nor CPU.
+    let permit = settings
+        .ingestions
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Busy {
+            retry_after: BUSY_RETRY_AFTER_S,
+        })?;
     let form =
         upload::read_form(multipart, settings.spool.dir(), settings.max_upload_bytes).await?;
     let bundle = match &form.model {
@@ -119,6 +133,7 @@ async fn create_batch(
             labels: &form.labels,
             archive_bytes: form.bytes as i64,
             pseudonymize_names: pseudonymize,
+            ingested_by: &settings.producer_id,
         },
     )
     .await?;
@@ -143,9 +158,10 @@ async fn create_batch(
     };
     caller.note(&project.name, batch_id);
     let ingestor = state.ingestor();
-    state
-        .tasks
-        .spawn(async move { ingestor.ingest(request, spool, scan).await });
+    state.tasks.spawn(async move {
+        ingestor.ingest(request, spool, scan).await;
+        drop(permit);
+    });
     Ok((StatusCode::ACCEPTED, Json(created)))
 }
 

@@ -20,6 +20,8 @@ pub struct NewBatch<'a> {
     pub labels: &'a LabelSelection,
     pub archive_bytes: i64,
     pub pseudonymize_names: bool,
+    /// The producer that ingests it.
+    pub ingested_by: &'a str,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -76,8 +78,9 @@ macro_rules! select_batches {
 
 pub async fn insert(db: impl PgExecutor<'_>, b: &NewBatch<'_>) -> sqlx::Result<()> {
     sqlx::query(
-        r#"INSERT INTO batches (id, project_id, model_name, model_version, method, labels, archive_bytes, pseudonymize_names)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"#,
+        r#"INSERT INTO batches (id, project_id, model_name, model_version, method, labels, archive_bytes,
+                                pseudonymize_names, ingested_by)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"#,
     )
     .bind(b.id)
     .bind(b.project_id)
@@ -87,6 +90,7 @@ pub async fn insert(db: impl PgExecutor<'_>, b: &NewBatch<'_>) -> sqlx::Result<(
     .bind(b.labels.to_string())
     .bind(b.archive_bytes)
     .bind(b.pseudonymize_names)
+    .bind(b.ingested_by)
     .execute(db)
     .await?;
     Ok(())
@@ -94,6 +98,14 @@ pub async fn insert(db: impl PgExecutor<'_>, b: &NewBatch<'_>) -> sqlx::Result<(
 
 pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<BatchRecord>> {
     sqlx::query_as::<_, BatchRecord>(select_batches!("WHERE b.id = $1"))
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+/// A batch's status; `None` once it is deleted.
+pub async fn status_of(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<BatchStatus>> {
+    sqlx::query_scalar("SELECT status FROM batches WHERE id = $1")
         .bind(id)
         .fetch_optional(db)
         .await

@@ -162,12 +162,11 @@ pub async fn claim_plane(db: impl PgExecutor<'_>, batch: Uuid, key: &str) -> sql
 }
 
 /// Drops a batch's claims: its items now reference the planes, or its ingestion failed.
-pub async fn release_claims(db: impl PgExecutor<'_>, batch: Uuid) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM plane_claims WHERE batch_id = $1")
+pub async fn release_claims(db: impl PgExecutor<'_>, batch: Uuid) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("DELETE FROM plane_claims WHERE batch_id = $1 RETURNING blob_key")
         .bind(batch)
-        .execute(db)
-        .await?;
-    Ok(())
+        .fetch_all(db)
+        .await
 }
 
 /// Inside a transaction: locks the planes `keys` against new claims until the transaction ends,

@@ -8,6 +8,7 @@ pub mod erasure;
 pub mod items;
 pub mod logs;
 pub mod outcome;
+pub mod producers;
 pub mod results;
 pub mod workers;
 

@@ -281,3 +281,148 @@ async fn a_blob_store_outage_fails_no_image_and_costs_no_attempt() {
     assert_eq!(most, 1, "waiting out the outage cost no item an attempt");
     stack.finish().await;
 }
+
+/// Many distinct images: an archive whose ingestion takes a few seconds.
+fn slow_archive() -> Vec<u8> {
+    png_zip(3000, |i| format!("scan_{i:05}.png"))
+}
+
+async fn count(stack: &Stack, sql: &'static str, batch: Uuid) -> i64 {
+    sqlx::query_scalar(sql)
+        .bind(batch)
+        .fetch_one(&stack.db.pool)
+        .await
+        .unwrap()
+}
+
+fn planes_stored(stack: &Stack) -> usize {
+    xcam_tests::files_under(stack.blobs.path()).len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_killed_mid_ingestion_leaves_its_batch_failed_and_nothing_behind() {
+    let stack = Stack::new().await;
+    let uploads = tempfile::tempdir().unwrap();
+    let upload_dir = format!("--upload-dir={}", uploads.path().display());
+    let doomed = stack.producer_process(&[&upload_dir]).await;
+    let (status, created) = doomed.upload(slow_archive(), &[("model", "demo")]).await;
+    assert_eq!(status, 202, "{created}");
+    let batch: Uuid = created["id"].as_str().unwrap().parse().unwrap();
+    eventually(DEADLINE, "ingestion to be under way", || async {
+        let claims = count(
+            &stack,
+            "SELECT count(*) FROM plane_claims WHERE batch_id = $1",
+            batch,
+        )
+        .await;
+        (claims > 20).then_some(())
+    })
+    .await;
+    drop(doomed); // SIGKILL, mid-ingestion
+    assert!(planes_stored(&stack) > 0);
+
+    // Another producer on the host: it removes the dead one's spool as it starts, and its
+    // sweeper ends the ingestion once the dead producer has been silent for --orphan-after.
+    let _live = stack.producer(&[&upload_dir]).await;
+    let spools = std::fs::read_dir(uploads.path()).unwrap().count();
+    assert_eq!(spools, 1, "only the live producer's own spool is left");
+    let api = &_live;
+    let view = api.wait_for_batch(&batch.to_string(), DEADLINE).await;
+    assert_eq!(
+        (view["status"].as_str(), view["error_code"].as_str()),
+        (Some("failed"), Some("ingestion_interrupted")),
+        "{view}"
+    );
+    assert_eq!(
+        count(
+            &stack,
+            "SELECT count(*) FROM plane_claims WHERE batch_id = $1",
+            batch
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &stack,
+            "SELECT count(*) FROM items WHERE batch_id = $1",
+            batch
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        planes_stored(&stack),
+        0,
+        "the planes it had stored are removed"
+    );
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_past_the_ingestion_bound_are_told_to_come_back_and_a_cancel_stops_ingestion() {
+    let stack = Stack::new().await;
+    let api = stack.producer(&["--max-ingestions=1"]).await;
+    let (status, created) = api.upload(slow_archive(), &[("model", "demo")]).await;
+    assert_eq!(status, 202, "{created}");
+    let batch: Uuid = created["id"].as_str().unwrap().parse().unwrap();
+
+    let response = api
+        .client
+        .post(api.url("/v1/batches"))
+        .multipart(
+            reqwest::multipart::Form::new()
+                .part(
+                    "file",
+                    reqwest::multipart::Part::bytes(png_zip(1, |i| format!("{i}.png")))
+                        .file_name("a.zip"),
+                )
+                .text("model", "demo"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "5");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "busy", "{body}");
+
+    // A cancel while the archive is still being read stops it: no item is written or run.
+    let (code, view) = api.get_json(&format!("/v1/batches/{batch}")).await;
+    assert_eq!(
+        (code, view["status"].as_str()),
+        (200, Some("ingesting")),
+        "{view}"
+    );
+    let cancelled = api
+        .client
+        .post(api.url(&format!("/v1/batches/{batch}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status(), 200);
+    let _worker = stack.worker("a", &[]);
+    eventually(
+        DEADLINE,
+        "the ingestion to stop and its planes to go",
+        || async { (planes_stored(&stack) == 0).then_some(()) },
+    )
+    .await;
+    let view = api.wait_for_batch(&batch.to_string(), DEADLINE).await;
+    assert_eq!(view["status"], "cancelled", "{view}");
+    assert_eq!(
+        count(
+            &stack,
+            "SELECT count(*) FROM items WHERE batch_id = $1",
+            batch
+        )
+        .await,
+        0
+    );
+
+    // The slot is free again.
+    let next = upload(&api, 2).await;
+    let view = api.wait_for_batch(&next.to_string(), DEADLINE).await;
+    assert_eq!(view["status"], "succeeded", "{view}");
+    stack.finish().await;
+}

@@ -333,6 +333,7 @@ async fn retention_deletes_finished_batches_keeps_running_ones_and_bounds_the_lo
             batches: Some(Duration::from_secs(2)),
             log: Some(Duration::from_secs(2)),
         },
+        producers_silent_after: Duration::from_secs(60),
     };
     let swept = sweeper.pass().await;
     assert_eq!(swept.expired_batches, 1, "{swept:?}");

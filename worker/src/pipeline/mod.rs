@@ -58,14 +58,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .next()
         .map(|e| e.device().to_owned())
         .unwrap_or_default();
-    let host = hostname();
-    let worker_id = args.worker_name.clone().unwrap_or_else(|| {
-        format!(
-            "{host}-{}-{}",
-            std::process::id(),
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        )
-    });
+    let host = xcam_shared::hostname();
+    let worker_id = args
+        .worker_name
+        .clone()
+        .unwrap_or_else(xcam_shared::instance_name);
     let model_names: Vec<String> = engines.keys().cloned().collect();
     db::workers::register(
         &db,
@@ -147,12 +144,4 @@ async fn heartbeat(db: sqlx::PgPool, worker: String) {
             tracing::warn!(error = %e, "heartbeat to Postgres failed");
         }
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".into())
 }
