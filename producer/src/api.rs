@@ -249,6 +249,69 @@ pub struct BatchCancelled {
     pub cancelled_items: u64,
 }
 
+/// Which failed items to retry. Every field is optional: `{}` retries every failed item.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryRequest {
+    /// Only items that failed with one of these codes (at most 32; the request body is at
+    /// most 2 MiB in all).
+    #[serde(default)]
+    #[schema(max_items = 32, example = json!(["inference_timeout"]))]
+    pub codes: Option<Vec<String>>,
+    /// Only these items (at most 10 000).
+    #[serde(default)]
+    #[schema(max_items = 10000)]
+    pub items: Option<Vec<Uuid>>,
+    /// Say what would be retried; change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+impl RetryRequest {
+    pub const MAX_CODES: usize = 32;
+    pub const MAX_ITEMS: usize = 10_000;
+
+    /// The filters' bounds.
+    pub fn check(&self) -> Result<(), String> {
+        if self
+            .codes
+            .as_ref()
+            .is_some_and(|c| c.len() > Self::MAX_CODES)
+        {
+            return Err(format!("codes: at most {}", Self::MAX_CODES));
+        }
+        if self
+            .items
+            .as_ref()
+            .is_some_and(|i| i.len() > Self::MAX_ITEMS)
+        {
+            return Err(format!("items: at most {}", Self::MAX_ITEMS));
+        }
+        Ok(())
+    }
+}
+
+/// What a retry queued again (or, in a dry run, would).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRetried {
+    pub id: Uuid,
+    pub dry_run: bool,
+    /// How many items.
+    pub retried: u64,
+    /// The first 1 000 of them, in entry order.
+    pub items: Vec<RetriedItem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetriedItem {
+    pub id: Uuid,
+    pub entry_name: String,
+    /// Why it had failed.
+    pub error_code: Option<String>,
+}
+
 /// An entry refused at ingestion or failed by a worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

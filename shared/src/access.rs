@@ -34,6 +34,8 @@ text_enum! {
         Upload = "upload",
         /// `POST /v1/batches/{id}/cancel`.
         Cancel = "cancel",
+        /// `POST /v1/batches/{id}/retry` (a dry run included).
+        Retry = "retry",
         /// `DELETE /v1/batches/{id}`, or retention expiring a batch.
         Delete = "delete",
         /// Listing batches.

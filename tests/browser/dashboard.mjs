@@ -99,6 +99,10 @@ try {
   // Delete the batch from its page, through the confirmation.
   await page.goto(`${base}/#/batches/${batch}`);
   await page.waitForSelector("#delete");
+  // Retrying is offered to whoever may delete, and only once something has failed.
+  if (!(await page.isVisible("#retry"))) fail("the retry button is not offered");
+  await page.waitForSelector("#batch-status");
+  if (!(await page.isDisabled("#retry"))) fail("retry is offered for a batch with no failed items");
   if (await page.isVisible("#delete-confirm")) fail("the delete confirmation shows before it is asked for");
   await page.click("#delete");
   await page.click("#delete-no");

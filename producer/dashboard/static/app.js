@@ -13,6 +13,7 @@ const may = {
   upload: () => ["submitter", "admin"].includes(me?.role),
   cancel: () => ["submitter", "operator", "admin"].includes(me?.role),
   remove: () => ["submitter", "admin"].includes(me?.role),
+  retry: () => ["submitter", "admin"].includes(me?.role),
   pixels: () => ["viewer", "submitter", "admin"].includes(me?.role),
   fleet: () => ["operator", "admin"].includes(me?.role),
 };
@@ -174,7 +175,9 @@ async function batchPage(id) {
   view.innerHTML = `<h1>Batch <code>${esc(id)}</code></h1><div id="summary"></div>
     <div class="row"><a class="button" id="csv" href="/v1/batches/${id}/results.csv" download>Download CSV</a>
     <button class="secondary" id="cancel" ${may.cancel() ? "" : "hidden"}>Cancel queued items</button>
+    <button class="secondary" id="retry" ${may.retry() ? "" : "hidden"}>Retry failed items</button>
     <button class="danger" id="delete" ${may.remove() ? "" : "hidden"}>Delete batch…</button></div>
+    <p class="muted" id="retry-note"></p>
     <div class="card" id="delete-confirm" hidden>
       <p><b>Delete this batch and everything xcam holds of it?</b> Its results, overlays and stored
       images go, and its entry names are blanked in the inference log. This cannot be undone.</p>
@@ -185,6 +188,15 @@ async function batchPage(id) {
     <h2>Results</h2><table id="results"><thead><tr><th>#</th><th>entry</th><th>status</th><th>overlay</th><th>top label</th><th class="num">p</th><th>peak</th><th>box</th><th class="num">ms</th><th>worker</th></tr></thead><tbody></tbody></table>`;
   document.getElementById("cancel").onclick = async () => {
     await api(`/v1/batches/${id}/cancel`, { method: "POST" }).catch((e) => alert(e.message));
+  };
+  document.getElementById("retry").onclick = async () => {
+    const note = document.getElementById("retry-note");
+    try {
+      const r = await api(`/v1/batches/${id}/retry`, { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
+      note.textContent = `retrying ${r.retried} failed item${r.retried === 1 ? "" : "s"}`;
+    } catch (e) {
+      note.textContent = e.message;
+    }
   };
   const confirmDelete = document.getElementById("delete-confirm");
   document.getElementById("delete").onclick = () => (confirmDelete.hidden = false);
@@ -211,6 +223,7 @@ async function batchPage(id) {
       </div>
       <p class="muted">${esc(b.model_name)} ${esc(b.model_version)} · ${esc(b.method)} · labels ${esc(b.labels)} · ${b.total_entries} entries, ${b.skipped_entries} skipped · created ${when(b.created_at)}</p>`;
     document.getElementById("cancel").disabled = !["ingesting", "queued", "running"].includes(b.status);
+    document.getElementById("retry").disabled = c.failed === 0 || ["ingesting", "cancelled"].includes(b.status);
     const report = await api(`/v1/batches/${id}/report`);
     const codes = Object.entries(report.errors_by_code).map(([k, v]) => `<code>${esc(k)}</code> ${v}`).join(" · ") || "no errors";
     const warns = Object.entries(report.warnings_by_code).map(([k, v]) => `<code>${esc(k)}</code> ${v}`).join(" · ") || "no warnings";

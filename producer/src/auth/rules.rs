@@ -72,6 +72,7 @@ pub fn rule(method: &Method, route: &str) -> Option<Rule> {
         ("GET", "/v1/batches/{id}") => Rule::Roles(ReadBatch, ANYONE),
         ("DELETE", "/v1/batches/{id}") => Rule::Roles(Delete, SUBMITTERS),
         ("POST", "/v1/batches/{id}/cancel") => Rule::Roles(Cancel, CANCELLERS),
+        ("POST", "/v1/batches/{id}/retry") => Rule::Roles(Retry, SUBMITTERS),
         ("GET", "/v1/batches/{id}/report") => Rule::Roles(ReadReport, ANYONE),
         ("GET", "/v1/batches/{id}/results") => Rule::Roles(ReadResults, ANYONE),
         ("GET", "/v1/batches/{id}/results.csv") => Rule::Roles(ReadCsv, ANYONE),

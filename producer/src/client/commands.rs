@@ -1,4 +1,4 @@
-//! `xcam submit | status | export | logs | stats | workers | cancel | delete | audit`.
+//! `xcam submit | status | export | logs | stats | workers | cancel | retry | delete | audit`.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -13,8 +13,8 @@ use xcam_shared::{
 
 use super::{Api, ClientError, exit, progress::Progress};
 use crate::api::{
-    AuditPage, Batch, BatchCancelled, BatchCreated, BatchPage, LogPage, Stats, StatsBucket, When,
-    Worker,
+    AuditPage, Batch, BatchCancelled, BatchCreated, BatchPage, BatchRetried, LogPage, RetryRequest,
+    Stats, StatsBucket, When, Worker,
 };
 
 /// Where the API is, and who is asking.
@@ -63,6 +63,16 @@ pub enum ClientCommand {
     Workers,
     /// Cancel a batch's queued items.
     Cancel { batch: String },
+    /// Queue a batch's failed items again (all of them, or those failed with a code).
+    Retry {
+        batch: String,
+        /// Only items that failed with this code; repeat for several.
+        #[arg(long = "code")]
+        codes: Vec<String>,
+        /// Say what would be retried; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Delete a batch and everything xcam holds of it: items, results, overlays, images, the
     /// entry names in the inference log. Cannot be undone.
     Delete { batch: String },
@@ -194,6 +204,35 @@ pub async fn run(target: &Target, command: ClientCommand) -> u8 {
                 );
                 exit::OK
             }),
+        ClientCommand::Retry {
+            batch,
+            codes,
+            dry_run,
+        } => {
+            let request = RetryRequest {
+                codes: (!codes.is_empty()).then_some(codes),
+                items: None,
+                dry_run,
+            };
+            api.post_json::<BatchRetried>(
+                &format!("/v1/batches/{}/retry", encode(&batch)),
+                &request,
+            )
+            .await
+            .map(|r| {
+                let verb = if r.dry_run { "would retry" } else { "retrying" };
+                println!("batch {}: {verb} {} failed items", r.id, r.retried);
+                for item in &r.items {
+                    println!(
+                        "  {}  {}  {}",
+                        item.id,
+                        item.error_code.as_deref().unwrap_or("-"),
+                        item.entry_name
+                    );
+                }
+                exit::OK
+            })
+        }
         ClientCommand::Delete { batch } => api
             .delete(&format!("/v1/batches/{}", encode(&batch)))
             .await

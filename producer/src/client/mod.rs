@@ -149,6 +149,14 @@ impl Api {
         self.json(self.http.post(self.url(path))).await
     }
 
+    pub async fn post_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<T, ClientError> {
+        self.json(self.http.post(self.url(path)).json(body)).await
+    }
+
     /// Sends a DELETE; success is any 2xx.
     pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
         self.send(self.http.delete(self.url(path))).await.map(drop)

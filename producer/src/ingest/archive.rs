@@ -242,6 +242,16 @@ pub fn scan(path: &Path, limits: ArchiveLimits) -> Result<ScanResult, ArchiveErr
                 size,
                 rejection: None,
             });
+        } else if imaging::dicom::is_headless_dicom(&name, head) {
+            entries.push(Entry {
+                index,
+                name,
+                size,
+                rejection: Some(Rejection::new(
+                    "dicom_no_meta",
+                    "a DICOM data set without its part-10 header (preamble, DICM, file meta); export it as a DICOM file",
+                )),
+            });
         } else {
             skipped += 1;
         }

@@ -14,6 +14,7 @@ mod logs;
 pub mod metrics;
 mod models;
 mod results;
+mod retry;
 mod session;
 mod workers;
 
@@ -54,6 +55,7 @@ fn api_router(max_upload: u64) -> OpenApiRouter<AppState> {
         .merge(models::router())
         .merge(batches::router(max_upload))
         .merge(results::router())
+        .merge(retry::router())
         .merge(images::router())
         .merge(logs::router())
         .merge(workers::router())

@@ -10,6 +10,7 @@ pub mod logs;
 pub mod outcome;
 pub mod producers;
 pub mod results;
+pub mod retry;
 pub mod workers;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};

@@ -19,6 +19,17 @@ pub fn is_dicom(bytes: &[u8]) -> bool {
     bytes.get(128..132) == Some(b"DICM") || bytes.get(0..4) == Some(b"DICM")
 }
 
+/// Whether an entry is a DICOM data set stored without its part-10 header (no preamble and
+/// `DICM`): named like one, or starting with an element of the file meta (group 0002) or
+/// identifying (group 0008) groups in little-endian order. Such files are refused with
+/// `dicom_no_meta` rather than skipped as non-images.
+pub fn is_headless_dicom(name: &str, head: &[u8]) -> bool {
+    let lower = name.to_ascii_lowercase();
+    let named = lower.ends_with(".dcm") || lower.ends_with(".dicom");
+    let tagged = matches!(head, [0x02 | 0x08, 0x00, _, 0x00, _, _, _, _, ..]);
+    !is_dicom(head) && (named || tagged)
+}
+
 /// SOP classes that hold radiographs.
 const CR: &str = uids::COMPUTED_RADIOGRAPHY_IMAGE_STORAGE;
 const DX_PRESENTATION: &str = uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION;

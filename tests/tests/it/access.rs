@@ -22,7 +22,7 @@ fn expected_roles(operation: &str) -> Option<&'static [&'static str]> {
         "healthz" | "readyz" | "sign_in" => &[],
         "who_am_i" | "sign_out" | "list_models" | "list_batches" | "get_batch" | "get_report"
         | "list_results" | "export_results_csv" | "query_logs" | "get_stats" => ANYONE,
-        "create_batch" | "delete_batch" => &["submitter", "admin"],
+        "create_batch" | "delete_batch" | "retry_batch" => &["submitter", "admin"],
         "cancel_batch" => &["submitter", "operator", "admin"],
         "get_image" | "get_overlay" | "get_cam" => &["viewer", "submitter", "admin"],
         "list_workers" | "get_metrics" => &["operator", "admin"],
@@ -97,6 +97,8 @@ async fn call(
                         .unwrap(),
                 ),
         ),
+        // A dry run: the fixture stays as it is.
+        "retry_batch" => request.json(&serde_json::json!({ "dry_run": true })),
         "sign_in" => {
             request.json(&serde_json::json!({ "token": secret_for_sign_in.unwrap_or("") }))
         }
@@ -317,6 +319,8 @@ async fn every_operation_answers_each_credential_by_the_rules_and_leaks_nothing_
         (Action::Upload, "o", Outcome::Denied),
         (Action::Upload, "s-other", Outcome::NotFound),
         (Action::Delete, "s", Outcome::Ok),
+        (Action::Retry, "s", Outcome::Ok),
+        (Action::Retry, "o", Outcome::Denied),
         (Action::Delete, "v", Outcome::Denied),
         (Action::Delete, "o", Outcome::Denied),
         (Action::Delete, "s-other", Outcome::NotFound),

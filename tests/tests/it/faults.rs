@@ -282,9 +282,13 @@ async fn a_blob_store_outage_fails_no_image_and_costs_no_attempt() {
     stack.finish().await;
 }
 
-/// Many distinct images: an archive whose ingestion takes a few seconds.
-fn slow_archive() -> Vec<u8> {
-    png_zip(3000, |i| format!("scan_{i:05}.png"))
+/// Uploads many distinct images, an archive whose ingestion takes a few seconds, and returns
+/// as soon as the upload is answered.
+async fn upload_slow(api: &Producer) -> Uuid {
+    let archive = png_zip(3000, |i| format!("scan_{i:05}.png"));
+    let (status, created) = api.upload(archive, &[("model", "demo")]).await;
+    assert_eq!(status, 202, "{created}");
+    created["id"].as_str().unwrap().parse().unwrap()
 }
 
 async fn count(stack: &Stack, sql: &'static str, batch: Uuid) -> i64 {
@@ -305,9 +309,7 @@ async fn a_producer_killed_mid_ingestion_leaves_its_batch_failed_and_nothing_beh
     let uploads = tempfile::tempdir().unwrap();
     let upload_dir = format!("--upload-dir={}", uploads.path().display());
     let doomed = stack.producer_process(&[&upload_dir]).await;
-    let (status, created) = doomed.upload(slow_archive(), &[("model", "demo")]).await;
-    assert_eq!(status, 202, "{created}");
-    let batch: Uuid = created["id"].as_str().unwrap().parse().unwrap();
+    let batch = upload_slow(&doomed).await;
     eventually(DEADLINE, "ingestion to be under way", || async {
         let claims = count(
             &stack,
@@ -363,9 +365,7 @@ async fn a_producer_killed_mid_ingestion_leaves_its_batch_failed_and_nothing_beh
 async fn uploads_past_the_ingestion_bound_are_told_to_come_back_and_a_cancel_stops_ingestion() {
     let stack = Stack::new().await;
     let api = stack.producer(&["--max-ingestions=1"]).await;
-    let (status, created) = api.upload(slow_archive(), &[("model", "demo")]).await;
-    assert_eq!(status, 202, "{created}");
-    let batch: Uuid = created["id"].as_str().unwrap().parse().unwrap();
+    let batch = upload_slow(&api).await;
 
     let response = api
         .client
@@ -424,5 +424,71 @@ async fn uploads_past_the_ingestion_bound_are_told_to_come_back_and_a_cancel_sto
     let next = upload(&api, 2).await;
     let view = api.wait_for_batch(&next.to_string(), DEADLINE).await;
     assert_eq!(view["status"], "succeeded", "{view}");
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_items_are_retried_by_hand_as_new_attempts() {
+    let stack = Stack::new().await;
+    let api = stack.producer(&[]).await;
+    let cli = crate::cli::Xcam::of(&api);
+    // A worker whose every lone image times out fails the item.
+    let mut hasty = stack.worker(
+        "hasty",
+        &["--max-batch=8", "--max-wait-ms=6000", "--job-timeout=1s"],
+    );
+    let batch = upload(&api, 1).await;
+    let view = api.wait_for_batch(&batch.to_string(), DEADLINE).await;
+    assert_eq!(view["status"], "failed", "{view}");
+    hasty.kill();
+
+    let id = batch.to_string();
+    let (code, out, err) = cli.run(&["retry", &id, "--code", "inference_timeout", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("would retry 1 failed items") && out.contains("inference_timeout"),
+        "{out}"
+    );
+    let (code, out, err) = cli.run(&["retry", &id, "--code", "worker_crashed"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("retrying 0 failed items"), "{out}");
+    let (_, view) = api.get_json(&format!("/v1/batches/{id}")).await;
+    assert_eq!(
+        view["status"], "failed",
+        "a dry run and an empty retry change nothing"
+    );
+
+    let response = api
+        .client
+        .post(api.url(&format!("/v1/batches/{id}/retry")))
+        .json(&serde_json::json!({ "codes": ["x"], "bogus": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400, "unknown fields are refused");
+
+    let (code, out, err) = cli.run(&["retry", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("retrying 1 failed items"), "{out}");
+    let (_, view) = api.get_json(&format!("/v1/batches/{id}")).await;
+    assert!(
+        matches!(view["status"].as_str(), Some("queued" | "running")),
+        "{view}"
+    );
+    let _worker = stack.worker("patient", &[]);
+    let view = api.wait_for_batch(&id, DEADLINE).await;
+    assert_eq!(view["status"], "succeeded", "{view}");
+    let attempts: Vec<(i32, String)> = sqlx::query_as(
+        "SELECT attempt, status FROM inference_log WHERE batch_id = $1 ORDER BY attempt",
+    )
+    .bind(batch)
+    .fetch_all(&stack.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        attempts,
+        vec![(1, "failed".to_owned()), (2, "succeeded".to_owned())],
+        "each retry is a new attempt in the log"
+    );
     stack.finish().await;
 }

@@ -25,6 +25,7 @@ async fn migrations_apply_on_a_fresh_database_and_again_as_a_no_op() {
             "items",
             "pending_erasures",
             "plane_claims",
+            "producers",
             "projects",
             "results",
             "sessions",

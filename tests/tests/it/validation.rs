@@ -245,6 +245,22 @@ async fn hostile_archives_end_in_clear_codes_and_write_nothing_outside_the_blob_
             ("inner.zip", inner),
             ("secret.png", png(64, 64, 5)),
             ("Röntgen_ünïcode_名前.png", png(64, 64, 8)),
+            // DICOM without its part-10 header: named like one, and a raw implicit-VR data set
+            // (SOP Class UID, then Modality) with no telling name. Refused, never skipped.
+            (
+                "study/IM0001.DCM",
+                b"\x10\x00\x10\x00\x08\x00\x00\x00DOE^JANE".to_vec(),
+            ),
+            (
+                "export/0001",
+                [
+                    &[0x08, 0x00, 0x16, 0x00, 0x1a, 0x00, 0x00, 0x00][..],
+                    b"1.2.840.10008.5.1.4.1.1.1\0",
+                    &[0x08, 0x00, 0x60, 0x00, 0x02, 0x00, 0x00, 0x00],
+                    b"CR",
+                ]
+                .concat(),
+            ),
         ],
         "link.png",
     );
@@ -266,6 +282,7 @@ async fn hostile_archives_end_in_clear_codes_and_write_nothing_outside_the_blob_
         ("nested_archive", 1),
         ("encrypted_entry", 1),
         ("symlink_entry", 1),
+        ("dicom_no_meta", 2),
     ]
     .map(|(c, n)| (c.to_owned(), n))
     .into();
