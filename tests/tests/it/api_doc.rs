@@ -41,6 +41,7 @@ async fn every_documented_operation_is_served_and_the_docs_page_is_self_containe
         ("GET", "/v1/workers"),
         ("POST", "/v1/batches"),
         ("POST", "/v1/batches/{id}/cancel"),
+        ("POST", "/v1/batches/{id}/retry"),
         ("POST", "/v1/session"),
     ];
     let expected: Vec<(String, String)> = expected
