@@ -325,39 +325,28 @@ async fn a_producer_killed_mid_ingestion_leaves_its_batch_failed_and_nothing_beh
 
     // Another producer on the host: it removes the dead one's spool as it starts, and its
     // sweeper ends the ingestion once the dead producer has been silent for --orphan-after.
-    let _live = stack.producer(&[&upload_dir]).await;
+    let live = stack.producer(&[&upload_dir]).await;
     let spools = std::fs::read_dir(uploads.path()).unwrap().count();
     assert_eq!(spools, 1, "only the live producer's own spool is left");
-    let api = &_live;
-    let view = api.wait_for_batch(&batch.to_string(), DEADLINE).await;
+    let view = live.wait_for_batch(&batch.to_string(), DEADLINE).await;
     assert_eq!(
         (view["status"].as_str(), view["error_code"].as_str()),
         (Some("failed"), Some("ingestion_interrupted")),
         "{view}"
     );
-    assert_eq!(
-        count(
-            &stack,
-            "SELECT count(*) FROM plane_claims WHERE batch_id = $1",
-            batch
-        )
-        .await,
-        0
-    );
-    assert_eq!(
-        count(
-            &stack,
-            "SELECT count(*) FROM items WHERE batch_id = $1",
-            batch
-        )
-        .await,
-        0
-    );
-    assert_eq!(
-        planes_stored(&stack),
-        0,
-        "the planes it had stored are removed"
-    );
+    // The sweeper fails the batch first, then releases its claims and removes its planes.
+    eventually(
+        DEADLINE,
+        "the interrupted ingestion's planes to go",
+        || async { (planes_stored(&stack) == 0).then_some(()) },
+    )
+    .await;
+    for table in [
+        "SELECT count(*) FROM plane_claims WHERE batch_id = $1",
+        "SELECT count(*) FROM items WHERE batch_id = $1",
+    ] {
+        assert_eq!(count(&stack, table, batch).await, 0, "{table}");
+    }
     stack.finish().await;
 }
 
