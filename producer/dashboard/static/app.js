@@ -211,7 +211,11 @@ async function batchPage(id) {
     }
   };
   const refresh = async () => {
+    // The batch first, its report and results after, then all drawn at once: an item's result
+    // commits with the batch's status, so the page never shows a batch's end beside results
+    // from before it.
     const b = await api(`/v1/batches/${id}`);
+    const [report, page] = await Promise.all([api(`/v1/batches/${id}/report`), api(`/v1/batches/${id}/results?limit=200`)]);
     const c = b.counts;
     document.getElementById("summary").innerHTML = `
       <div class="stats">
@@ -224,11 +228,9 @@ async function batchPage(id) {
       <p class="muted">${esc(b.model_name)} ${esc(b.model_version)} · ${esc(b.method)} · labels ${esc(b.labels)} · ${b.total_entries} entries, ${b.skipped_entries} skipped · created ${when(b.created_at)}</p>`;
     document.getElementById("cancel").disabled = !["ingesting", "queued", "running"].includes(b.status);
     document.getElementById("retry").disabled = c.failed === 0 || ["ingesting", "cancelled"].includes(b.status);
-    const report = await api(`/v1/batches/${id}/report`);
     const codes = Object.entries(report.errors_by_code).map(([k, v]) => `<code>${esc(k)}</code> ${v}`).join(" · ") || "no errors";
     const warns = Object.entries(report.warnings_by_code).map(([k, v]) => `<code>${esc(k)}</code> ${v}`).join(" · ") || "no warnings";
     document.getElementById("report").innerHTML = `<p>${codes}<br>${warns}</p>` + (report.errors.length ? `<table><thead><tr><th>#</th><th>entry</th><th>code</th><th>message</th></tr></thead><tbody>${report.errors.map((e) => `<tr><td>${e.entry_index}</td><td>${esc(e.entry_name)}</td><td><code>${esc(e.code)}</code></td><td>${esc(e.message)}</td></tr>`).join("")}</tbody></table>` : "");
-    const page = await api(`/v1/batches/${id}/results?limit=200`);
     document.querySelector("#results tbody").innerHTML = page.items.map((r) => {
       const cam = r.cams?.[0];
       return `<tr><td>${r.entry_index}</td><td>${esc(r.entry_name)}</td><td class="status ${r.status}">${r.status}</td>
