@@ -146,28 +146,16 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if let ApiError::Busy { retry_after } = self {
-            let body = ErrorBody {
-                code: self.code().to_owned(),
-                message: self.to_string(),
-            };
-            let mut response = (
-                status,
-                [(header::RETRY_AFTER, retry_after.to_string())],
-                Json(body),
-            )
-                .into_response();
-            response.extensions_mut().insert(ErrorCode(self.code()));
-            return response;
-        }
-        if status.is_server_error() {
+        // A busy server has nothing to hide or to log: it is working as configured.
+        let failed = status.is_server_error() && !matches!(self, ApiError::Busy { .. });
+        if failed {
             let cause = match &self {
                 ApiError::Unavailable(e) | ApiError::Internal(e) => format!("{e:#}"),
                 other => cause_chain(other),
             };
             tracing::error!(code = self.code(), error.cause_chain = %cause, "request failed");
         }
-        let message = if status.is_server_error() {
+        let message = if failed {
             match status {
                 StatusCode::SERVICE_UNAVAILABLE => "a backing service is unavailable".to_owned(),
                 _ => "internal error".to_owned(),
@@ -185,6 +173,11 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"xcam\""),
             );
+        }
+        if let ApiError::Busy { retry_after } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         }
         response.extensions_mut().insert(ErrorCode(self.code()));
         response

@@ -87,17 +87,7 @@ impl Reconciler {
             .into_iter()
             .zip(present)
             .filter(|(_, present)| !present)
-            .filter_map(|(o, _)| {
-                Some(GradCamJobV1 {
-                    batch_id: o.batch_id,
-                    item_id: o.id,
-                    blob_key: o.blob_key,
-                    model: o.model_name,
-                    method: o.method.parse().ok()?,
-                    labels: o.labels.parse().ok()?,
-                    request_id: None,
-                })
-            })
+            .filter_map(|(o, _)| o.job())
             .collect();
         if missing.is_empty() {
             return Ok(0);

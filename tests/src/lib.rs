@@ -404,6 +404,26 @@ impl Stack {
         }
     }
 
+    /// Every one of the batch's `n` items succeeded, with exactly one result and one succeeded
+    /// log row each.
+    pub async fn assert_each_item_done_once(&self, batch: Uuid, n: i64) {
+        let counts: (i64, i64, i64, i64) = sqlx::query_as(
+            r#"SELECT (SELECT count(*) FROM items WHERE batch_id = $1 AND status = 'succeeded'),
+                      (SELECT count(*) FROM results WHERE batch_id = $1),
+                      (SELECT count(DISTINCT item_id) FROM results WHERE batch_id = $1),
+                      (SELECT count(*) FROM inference_log WHERE batch_id = $1 AND status = 'succeeded')"#,
+        )
+        .bind(batch)
+        .fetch_one(&self.db.pool)
+        .await
+        .expect("counting a batch's outcomes");
+        assert_eq!(
+            counts,
+            (n, n, n, n),
+            "succeeded items, results, items with a result, succeeded log rows"
+        );
+    }
+
     pub async fn finish(self) {
         clean_redis(&self.redis_url, &self.prefix).await;
         self.db.drop_db().await;

@@ -46,8 +46,9 @@ pub struct BatchRequest {
 /// How an ingestion ended, short of an error.
 enum Ingested {
     Done,
-    /// The batch was cancelled, deleted or declared interrupted meanwhile (its status now).
-    Stopped(String),
+    /// The batch was cancelled or declared interrupted (its status now), or deleted (`None`),
+    /// meanwhile.
+    Stopped(Option<BatchStatus>),
 }
 
 /// Entries between two looks at the batch's status (a cancel stops ingestion within as many).
@@ -83,7 +84,7 @@ impl Ingestor {
             tracing::warn!(%batch_id, error = %e, "could not remove the planes of an ingestion that did not finish");
         }
         if let Ok(Ingested::Stopped(status)) = &outcome {
-            tracing::info!(%batch_id, %status, "ingestion stopped: the batch was ended meanwhile");
+            tracing::info!(%batch_id, ?status, "ingestion stopped: the batch was ended meanwhile");
         }
         if let Err(e) = outcome {
             tracing::error!(%batch_id, error.cause_chain = %format!("{e:#}"), "ingestion failed");
@@ -130,9 +131,7 @@ impl Ingestor {
                     // Dropping the receiver stops the reader at its next entry.
                     drop(rx);
                     reader.await.ok();
-                    return Ok(Ingested::Stopped(
-                        status.map_or("deleted".into(), |s| s.to_string()),
-                    ));
+                    return Ok(Ingested::Stopped(status));
                 }
             }
             let stored = match read {
@@ -157,15 +156,9 @@ impl Ingestor {
         let mut tx = self.db.begin().await?;
         // Locked first: a cancel or an interruption either waits for this commit, or has
         // already ended the batch, and then nothing is written.
-        let status: Option<BatchStatus> =
-            sqlx::query_scalar("SELECT status FROM batches WHERE id = $1 FOR UPDATE")
-                .bind(request.batch_id)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let status = db::batches::lock(&mut tx, request.batch_id).await?;
         if status != Some(BatchStatus::Ingesting) {
-            return Ok(Ingested::Stopped(
-                status.map_or("deleted".into(), |s| s.to_string()),
-            ));
+            return Ok(Ingested::Stopped(status));
         }
         db::items::insert_all(&mut tx, request.batch_id, &items).await?;
         db::batches::mark_ingested(

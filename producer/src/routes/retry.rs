@@ -5,13 +5,9 @@ use axum::{
     extract::{State, rejection::JsonRejection},
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
-use xcam_shared::{
-    db::{
-        self,
-        retry::{Retry, RetryFilter},
-    },
-    jobs::GradCamJobV1,
-    targets::{LabelSelection, Method},
+use xcam_shared::db::{
+    self,
+    retry::{Retry, RetryFilter},
 };
 
 use super::{extract::BatchPath, find_batch};
@@ -64,7 +60,7 @@ async fn retry_batch(
     let request: RetryRequest = serde_json::from_value(body)
         .map_err(|e| ApiError::InvalidRequest(format!("{shape}: {e}")))?;
     request.check().map_err(ApiError::InvalidRequest)?;
-    let batch = find_batch(&state, &caller, id).await?;
+    find_batch(&state, &caller, id).await?;
     let filter = RetryFilter {
         codes: request.codes.as_deref(),
         items: request.items.as_deref(),
@@ -79,25 +75,15 @@ async fn retry_batch(
         }
     };
     if !request.dry_run && !retried.is_empty() {
-        let method = batch.method.parse::<Method>();
-        let labels = batch.labels.parse::<LabelSelection>();
-        let (Ok(method), Ok(labels)) = (method, labels) else {
-            return Err(ApiError::Internal(anyhow::anyhow!(
-                "batch {id} stores a method or labels it cannot parse"
-            )));
-        };
         let jobs = retried
             .iter()
-            .map(|r| GradCamJobV1 {
-                batch_id: id,
-                item_id: r.id,
-                blob_key: r.blob_key.clone(),
-                model: batch.model_name.clone(),
-                method,
-                labels: labels.clone(),
-                request_id: None,
-            })
-            .collect();
+            .map(|r| r.item.clone().job())
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                ApiError::Internal(anyhow::anyhow!(
+                    "batch {id} stores a method or labels it cannot parse"
+                ))
+            })?;
         // Their earlier jobs finished long ago and were swept; a job still held (a worker not
         // yet acknowledging) is pushed again by the reconciler once it goes.
         if let Err(e) = state.queue.push(jobs).await {
@@ -112,7 +98,7 @@ async fn retry_batch(
             .into_iter()
             .take(LISTED)
             .map(|r| RetriedItem {
-                id: r.id,
+                id: r.item.id,
                 entry_name: r.entry_name,
                 error_code: r.error_code,
             })

@@ -103,6 +103,16 @@ pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<Batch
         .await
 }
 
+/// Inside a transaction: locks the batch row against every other change of its status (a
+/// cancel, a delete, an outcome, an interruption) until the transaction ends, and returns the
+/// status; `None` once it is deleted. Writers of a batch's rows take this lock first.
+pub async fn lock(conn: &mut sqlx::PgConnection, id: Uuid) -> sqlx::Result<Option<BatchStatus>> {
+    sqlx::query_scalar("SELECT status FROM batches WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
 /// A batch's status; `None` once it is deleted.
 pub async fn status_of(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<BatchStatus>> {
     sqlx::query_scalar("SELECT status FROM batches WHERE id = $1")

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use crate::status::ItemStatus;
+use crate::{jobs::GradCamJobV1, status::ItemStatus};
 
 /// An item as ingestion writes it.
 #[derive(Debug, Clone)]
@@ -138,6 +138,20 @@ impl OpenItem {
     /// Where a page of [`open_before`] ending with this item ends.
     pub fn key(&self) -> (DateTime<Utc>, Uuid) {
         (self.queued_at, self.id)
+    }
+
+    /// Its job, as ingestion pushed it (less the request's id); `None` if its batch's stored
+    /// method or labels do not parse.
+    pub fn job(self) -> Option<GradCamJobV1> {
+        Some(GradCamJobV1 {
+            batch_id: self.batch_id,
+            item_id: self.id,
+            blob_key: self.blob_key,
+            model: self.model_name,
+            method: self.method.parse().ok()?,
+            labels: self.labels.parse().ok()?,
+            request_id: None,
+        })
     }
 }
 

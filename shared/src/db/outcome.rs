@@ -38,12 +38,7 @@ pub async fn record(db: &PgPool, outcome: &Outcome<'_>) -> sqlx::Result<Recorded
         _ => ItemStatus::Failed,
     };
     let mut tx = db.begin().await?;
-    let batch: Option<(uuid::Uuid,)> =
-        sqlx::query_as("SELECT id FROM batches WHERE id = $1 FOR NO KEY UPDATE")
-            .bind(log.batch_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    if batch.is_none() {
+    if batches::lock(&mut tx, log.batch_id).await?.is_none() {
         return Ok(Recorded::Nothing);
     }
     let error = log.error_code.zip(log.error_message);

@@ -4,7 +4,10 @@
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{db::batches, status::BatchStatus};
+use crate::{
+    db::{batches, items::OpenItem},
+    status::BatchStatus,
+};
 
 /// Which failed items to retry; `None` for either: no restriction.
 #[derive(Debug, Clone, Default)]
@@ -16,9 +19,10 @@ pub struct RetryFilter<'a> {
 /// A failed item that is (or, in a dry run, would be) queued again.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Retried {
-    pub id: Uuid,
+    /// What its job needs.
+    #[sqlx(flatten)]
+    pub item: OpenItem,
     pub entry_name: String,
-    pub blob_key: String,
     /// Why it had failed.
     pub error_code: Option<String>,
 }
@@ -40,24 +44,21 @@ pub async fn retry(
     dry_run: bool,
 ) -> sqlx::Result<Retry> {
     let mut tx = db.begin().await?;
-    let status: Option<BatchStatus> =
-        sqlx::query_scalar("SELECT status FROM batches WHERE id = $1 FOR NO KEY UPDATE")
-            .bind(batch)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some(status) = status else {
+    let Some(status) = batches::lock(&mut tx, batch).await? else {
         return Ok(Retry::NotFound);
     };
     if matches!(status, BatchStatus::Ingesting | BatchStatus::Cancelled) {
         return Ok(Retry::Refused(status));
     }
     let found: Vec<Retried> = sqlx::query_as(
-        r#"SELECT id, entry_name, blob_key, error_code FROM items
-           WHERE batch_id = $1 AND status = 'failed' AND blob_key IS NOT NULL
-             AND ($2::text[] IS NULL OR error_code = ANY($2))
-             AND ($3::uuid[] IS NULL OR id = ANY($3))
-           ORDER BY entry_index
-           FOR UPDATE"#,
+        r#"SELECT i.id, i.batch_id, i.blob_key, i.queued_at, b.model_name, b.method, b.labels,
+                  i.entry_name, i.error_code
+           FROM items i JOIN batches b ON b.id = i.batch_id
+           WHERE i.batch_id = $1 AND i.status = 'failed' AND i.blob_key IS NOT NULL
+             AND ($2::text[] IS NULL OR i.error_code = ANY($2))
+             AND ($3::uuid[] IS NULL OR i.id = ANY($3))
+           ORDER BY i.entry_index
+           FOR UPDATE OF i"#,
     )
     .bind(batch)
     .bind(filter.codes)
@@ -67,7 +68,7 @@ pub async fn retry(
     if dry_run || found.is_empty() {
         return Ok(Retry::Done(found));
     }
-    let ids: Vec<Uuid> = found.iter().map(|r| r.id).collect();
+    let ids: Vec<Uuid> = found.iter().map(|r| r.item.id).collect();
     sqlx::query(
         r#"UPDATE items SET status = 'queued', error_code = NULL, error_message = NULL,
                   finished_at = NULL, open_claims = 0, queued_at = now()

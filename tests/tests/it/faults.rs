@@ -44,25 +44,6 @@ fn queue(stack: &Stack) -> apalis_redis::Config {
     )
 }
 
-/// Every item succeeded, with exactly one result and one succeeded log row each.
-async fn assert_each_item_done_once(stack: &Stack, batch: Uuid, n: i64) {
-    let (items, results, logged): (i64, i64, i64) = sqlx::query_as(
-        r#"SELECT (SELECT count(*) FROM items WHERE batch_id = $1 AND status = 'succeeded'),
-                  (SELECT count(DISTINCT item_id) FROM results WHERE batch_id = $1)
-                    + (SELECT count(*) - count(DISTINCT item_id) FROM results WHERE batch_id = $1) * 1000,
-                  (SELECT count(*) FROM inference_log WHERE batch_id = $1 AND status = 'succeeded')"#,
-    )
-    .bind(batch)
-    .fetch_one(&stack.db.pool)
-    .await
-    .unwrap();
-    assert_eq!(
-        (items, results, logged),
-        (n, n, n),
-        "succeeded items, results, succeeded log rows"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outcome_is_written_whole_or_not_at_all() {
     let stack = Stack::new().await;
@@ -90,7 +71,7 @@ async fn an_outcome_is_written_whole_or_not_at_all() {
     let view = api.wait_for_batch(&batch.to_string(), DEADLINE).await;
     assert_eq!(view["status"], "succeeded", "{view}");
     assert_eq!(view["progress"], 1.0, "{view}");
-    assert_each_item_done_once(&stack, batch, 12).await;
+    stack.assert_each_item_done_once(batch, 12).await;
     let faulted: i64 = sqlx::query_scalar("SELECT nextval('log_faults')")
         .fetch_one(&stack.db.pool)
         .await
@@ -135,7 +116,7 @@ async fn jobs_apalis_gave_up_on_are_run_again() {
     let _worker = stack.worker("a", &[]);
     let view = api.wait_for_batch(&batch.to_string(), DEADLINE).await;
     assert_eq!(view["status"], "succeeded", "{view}");
-    assert_each_item_done_once(&stack, batch, 20).await;
+    stack.assert_each_item_done_once(batch, 20).await;
     stack.finish().await;
 }
 
@@ -184,7 +165,7 @@ async fn redis_emptied_mid_batch_loses_nothing_and_the_reconciler_covers_every_o
     xcam_tests::clean_redis(&stack.redis_url, &stack.prefix).await;
     let view = api.wait_for_batch(&batch.to_string(), DEADLINE).await;
     assert_eq!(view["status"], "succeeded", "{view}");
-    assert_each_item_done_once(&stack, batch, 250).await;
+    stack.assert_each_item_done_once(batch, 250).await;
     stack.finish().await;
 }
 
@@ -272,7 +253,7 @@ async fn a_blob_store_outage_fails_no_image_and_costs_no_attempt() {
     std::fs::rename(&away, &root).unwrap();
     let view = api.wait_for_batch(&batch.to_string(), DEADLINE).await;
     assert_eq!(view["status"], "succeeded", "{view}\n{}", worker.log_text());
-    assert_each_item_done_once(&stack, batch, 40).await;
+    stack.assert_each_item_done_once(batch, 40).await;
     let most: i32 = sqlx::query_scalar("SELECT max(attempts) FROM items WHERE batch_id = $1")
         .bind(batch)
         .fetch_one(&stack.db.pool)

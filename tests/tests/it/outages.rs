@@ -35,16 +35,6 @@ async fn start_batch(stack: &Stack, api: &xcam_tests::Producer) -> uuid::Uuid {
     batch
 }
 
-async fn assert_one_result_per_item(stack: &Stack, batch: uuid::Uuid, n: i64) {
-    let (results, distinct): (i64, i64) =
-        sqlx::query_as("SELECT count(*), count(DISTINCT item_id) FROM results WHERE batch_id = $1")
-            .bind(batch)
-            .fetch_one(&stack.db.pool)
-            .await
-            .unwrap();
-    assert_eq!((results, distinct), (n, n));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_mid_batch_loses_nothing() {
     let mut redis = PrivateRedis::start();
@@ -61,7 +51,7 @@ async fn a_redis_restart_mid_batch_loses_nothing() {
         .wait_for_batch(&batch.to_string(), Duration::from_secs(300))
         .await;
     assert_eq!(view["status"], "succeeded", "{view}");
-    assert_one_result_per_item(&stack, batch, 150).await;
+    stack.assert_each_item_done_once(batch, 150).await;
     stack.db.drop_db().await;
 }
 
@@ -109,7 +99,7 @@ async fn a_postgres_outage_and_a_read_only_spell_cost_no_item_anything() {
         .wait_for_batch(&batch.to_string(), Duration::from_secs(300))
         .await;
     assert_eq!(view["status"], "succeeded", "{view}\n{}", worker.log_text());
-    assert_one_result_per_item(&stack, batch, 150).await;
+    stack.assert_each_item_done_once(batch, 150).await;
     let (most, logged): (i32, i64) = sqlx::query_as(
         "SELECT max(attempts), (SELECT count(*) FROM inference_log WHERE batch_id = $1) FROM items WHERE batch_id = $1",
     )
