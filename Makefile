@@ -16,7 +16,7 @@ export CARGO_TERM_COLOR ?= never
 SERVICES_ENV = eval "$$(scripts/services.sh env)"
 CARGO_JOBS ?= 2
 
-.PHONY: help setup torch services down build test lint demo bench bench-pipeline bench-redis fuzz dashboard browser schemathesis
+.PHONY: help setup torch services down build test lint demo chaos bench bench-pipeline bench-redis fuzz dashboard browser schemathesis
 
 help:
 	@echo "make demo    run the whole job end to end on local Redis and Postgres"
@@ -24,6 +24,7 @@ help:
 	@echo "make bench   Grad-CAM vs forward-only vs pytorch-grad-cam, one run, side by side"
 	@echo "make bench-pipeline  the whole pipeline vs the engine alone; producer memory on a 1 GiB ZIP"
 	@echo "make bench-redis     Redis keys and memory before, during and after a 10 000-image batch"
+	@echo "make chaos   1 000 images through killed workers and Postgres, Redis, blob-store and producer faults (~20 min)"
 	@echo "make fuzz    the ZIP and DICOM property tests with 20000 cases each"
 	@echo "make down    stop the private Redis and Postgres"
 
@@ -68,6 +69,13 @@ test: setup browser schemathesis lint
 
 demo: setup build
 	$(SERVICES_ENV); scripts/demo.sh
+
+# The fault campaign (tests/tests/it/chaos.rs): about 20 minutes, on its own Postgres and Redis.
+# XCAM_CHAOS_OUTAGE=30s XCAM_CHAOS_BLOB_OUTAGE=10s make chaos gives a quick look.
+chaos: export XCAM_SERVICES_DURABILITY := fast
+chaos: setup
+	cargo build -j $(CARGO_JOBS) --workspace --bins
+	$(SERVICES_ENV); cargo test -j $(CARGO_JOBS) -p xcam-tests --test it -- --ignored --nocapture chaos
 
 # The property tests of the ZIP and DICOM ingestion paths, with many more cases than `make test`.
 fuzz: torch dashboard

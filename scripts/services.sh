@@ -20,6 +20,8 @@ ensure_packages() {
   local missing=()
   command -v redis-server >/dev/null || missing+=(redis-server)
   [[ -n "$pg_bin" && -x "$pg_bin/postgres" ]] || missing+=(postgresql)
+  # The clock-skew test runs a worker under libfaketime.
+  compgen -G '/usr/lib/*/faketime/libfaketime.so.1' >/dev/null || missing+=(libfaketime)
   if ((${#missing[@]})); then
     echo "==> installing ${missing[*]} from Debian"
     as_root apt-get update -qq

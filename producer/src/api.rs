@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 use xcam_shared::{
     access::{Action, Outcome, Role},
-    db::{self, results::StoredCam},
+    db::{self, results::StoredCam, skipped::SkipReason},
     imaging::Warning,
     status::{BatchStatus, ItemStatus, LogStatus},
     targets::Method,
@@ -91,13 +91,13 @@ impl ItemCounts {
 impl From<&db::batches::ItemCounts> for ItemCounts {
     fn from(c: &db::batches::ItemCounts) -> Self {
         Self {
-            total: c.total,
-            rejected: c.rejected,
-            queued: c.queued,
-            running: c.running,
-            succeeded: c.succeeded,
-            failed: c.failed,
-            cancelled: c.cancelled,
+            total: c.total.into(),
+            rejected: c.rejected.into(),
+            queued: c.queued.into(),
+            running: c.running.into(),
+            succeeded: c.succeeded.into(),
+            failed: c.failed.into(),
+            cancelled: c.cancelled.into(),
         }
     }
 }
@@ -180,12 +180,12 @@ impl Pace {
 }
 
 impl Batch {
-    pub fn new(b: db::batches::BatchRecord, counts: &db::batches::ItemCounts) -> Self {
-        let api_counts = ItemCounts::from(counts);
+    pub fn new(b: db::batches::BatchRecord) -> Self {
+        let api_counts = ItemCounts::from(&b.counts);
         let pace = Pace::at(
             &api_counts,
-            counts.first_started,
-            counts.last_finished,
+            b.counts.first_started,
+            b.counts.last_finished,
             Utc::now(),
         );
         Self {
@@ -334,7 +334,17 @@ pub struct ReportWarning {
     pub warnings: Vec<Warning>,
 }
 
-/// A batch's validation report: why entries were refused or failed, and what was flagged.
+/// An entry that is no image and was passed over.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReportSkipped {
+    pub entry_index: i32,
+    pub entry_name: String,
+    pub reason: SkipReason,
+}
+
+/// A batch's validation report: every entry that was refused, failed, flagged or skipped, in
+/// archive order, a page at a time; the tallies by code and reason cover the whole batch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchReport {
@@ -345,31 +355,67 @@ pub struct BatchReport {
     pub counts: ItemCounts,
     pub errors_by_code: BTreeMap<String, i64>,
     pub warnings_by_code: BTreeMap<String, i64>,
+    pub skipped_by_reason: BTreeMap<String, i64>,
+    /// This page's refused and failed entries.
     pub errors: Vec<ReportError>,
+    /// This page's flagged entries.
     pub warnings: Vec<ReportWarning>,
+    /// This page's skipped entries.
+    pub skipped: Vec<ReportSkipped>,
+    /// Pass as `after` for the next page; `null` on the last.
+    pub next_after: Option<i32>,
+}
+
+/// The whole batch's tallies, for every page of its report.
+#[derive(Debug, Clone, Default)]
+pub struct ReportTallies {
+    pub errors_by_code: BTreeMap<String, i64>,
+    pub warnings_by_code: BTreeMap<String, i64>,
+    pub skipped_by_reason: BTreeMap<String, i64>,
 }
 
 impl BatchReport {
-    /// Groups a batch's problem items by code, in entry order.
+    /// One page: the entries of `problems` and `skipped` (each fetched `limit + 1` past the
+    /// previous page, in entry order) up to `limit` entries in all.
     pub fn build(
         batch: &db::batches::BatchRecord,
-        counts: ItemCounts,
+        tallies: ReportTallies,
         problems: Vec<db::items::Problem>,
+        skipped: Vec<db::skipped::SkippedRecord>,
+        limit: usize,
     ) -> Self {
+        let mut indices: Vec<i32> = problems
+            .iter()
+            .map(|p| p.entry_index)
+            .chain(skipped.iter().map(|s| s.entry_index))
+            .collect();
+        indices.sort_unstable();
+        let next_after = (indices.len() > limit).then(|| indices[limit - 1]);
+        let last = next_after.unwrap_or(i32::MAX);
         let mut report = Self {
             batch_id: batch.id,
             status: batch.status,
             entries: batch.total_entries,
             skipped_entries: batch.skipped_entries,
-            counts,
-            errors_by_code: BTreeMap::new(),
-            warnings_by_code: BTreeMap::new(),
+            counts: ItemCounts::from(&batch.counts),
+            errors_by_code: tallies.errors_by_code,
+            warnings_by_code: tallies.warnings_by_code,
+            skipped_by_reason: tallies.skipped_by_reason,
             errors: Vec::new(),
             warnings: Vec::new(),
+            skipped: skipped
+                .into_iter()
+                .filter(|s| s.entry_index <= last)
+                .map(|s| ReportSkipped {
+                    entry_index: s.entry_index,
+                    entry_name: s.entry_name,
+                    reason: s.reason,
+                })
+                .collect(),
+            next_after,
         };
-        for p in problems {
+        for p in problems.into_iter().filter(|p| p.entry_index <= last) {
             if let Some(code) = &p.error_code {
-                *report.errors_by_code.entry(code.clone()).or_default() += 1;
                 report.errors.push(ReportError {
                     item_id: p.id,
                     entry_index: p.entry_index,
@@ -381,9 +427,6 @@ impl BatchReport {
             }
             let warnings: Vec<Warning> = serde_json::from_value(p.warnings).unwrap_or_default();
             if !warnings.is_empty() {
-                for w in &warnings {
-                    *report.warnings_by_code.entry(w.code.clone()).or_default() += 1;
-                }
                 report.warnings.push(ReportWarning {
                     item_id: p.id,
                     entry_index: p.entry_index,
@@ -484,6 +527,18 @@ pub struct ResultPageQuery {
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// Entry index of the last item of the previous page.
+    #[param(minimum = 0)]
+    pub after: Option<i32>,
+}
+
+/// `GET /v1/batches/{id}/report` parameters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReportQuery {
+    /// Entries per page (default 1000).
+    #[param(minimum = 1, maximum = 10000)]
+    pub limit: Option<i64>,
+    /// Entry index of the last entry of the previous page.
     #[param(minimum = 0)]
     pub after: Option<i32>,
 }
@@ -817,7 +872,9 @@ pub enum StatsBucket {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct StatsQuery {
-    /// From this time (default `7d`), as for `/v1/logs`.
+    /// From this time (default `7d`), as for `/v1/logs`; at most 31 days back with `hour`
+    /// buckets and 366 with `day` buckets (an earlier time is taken as that far back, and the
+    /// answer's `since` says so).
     pub since: Option<When>,
     pub bucket: Option<StatsBucket>,
 }
@@ -875,6 +932,9 @@ pub struct Worker {
     pub stopped_at: Option<DateTime<Utc>>,
     pub jobs_done: i64,
     pub jobs_failed: i64,
+    /// Its clock minus Postgres's at its last heartbeat, in milliseconds. Past a third of
+    /// `XCAM_ORPHAN_AFTER` the queue may take its jobs for orphans; the worker logs an error.
+    pub clock_skew_ms: Option<f64>,
 }
 
 impl From<db::workers::WorkerRecord> for Worker {
@@ -890,6 +950,7 @@ impl From<db::workers::WorkerRecord> for Worker {
             stopped_at: w.stopped_at,
             jobs_done: w.jobs_done,
             jobs_failed: w.jobs_failed,
+            clock_skew_ms: w.clock_skew_ms,
         }
     }
 }
@@ -967,6 +1028,13 @@ impl Bounded for ResultPageQuery {
     }
 }
 
+impl Bounded for ReportQuery {
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        within("limit", self.limit, 1, 10_000)?;
+        within("after", self.after, 0, i32::MAX)
+    }
+}
+
 impl Bounded for ArtefactQuery {
     fn check(&self) -> Result<(), (&'static str, String)> {
         short("label", &self.label)
@@ -982,6 +1050,16 @@ impl Bounded for LogQuery {
         short("model", &self.model)?;
         short("worker", &self.worker)?;
         short("label", &self.label)
+    }
+}
+
+impl StatsBucket {
+    /// The longest range one answer covers: a bounded number of buckets, however old the log.
+    pub fn longest_range(self) -> chrono::Duration {
+        match self {
+            Self::Hour => chrono::Duration::days(31),
+            Self::Day => chrono::Duration::days(366),
+        }
     }
 }
 
@@ -1127,7 +1205,7 @@ mod tests {
     }
 
     #[test]
-    fn report_groups_errors_and_warnings_by_code_in_entry_order() {
+    fn a_report_page_holds_whole_entries_in_archive_order_up_to_its_limit() {
         let batch = db::batches::BatchRecord {
             project_id: Uuid::nil(),
             project: "test".into(),
@@ -1148,6 +1226,7 @@ mod tests {
             ingested_at: None,
             started_at: None,
             finished_at: None,
+            counts: Default::default(),
         };
         let problem =
             |i: i32, code: Option<&str>, warnings: serde_json::Value| db::items::Problem {
@@ -1163,26 +1242,39 @@ mod tests {
                 error_message: code.map(|c| format!("because {c}")),
                 warnings,
             };
+        let skipped = |i: i32| db::skipped::SkippedRecord {
+            entry_index: i,
+            entry_name: format!("notes{i}.txt"),
+            reason: SkipReason::NotAnImage,
+        };
         let w = serde_json::json!([{"code": "view_missing", "message": "no view"}]);
-        let report = BatchReport::build(
-            &batch,
-            ItemCounts::default(),
-            vec![
-                problem(0, Some("corrupt_image"), serde_json::json!([])),
-                problem(1, None, w.clone()),
-                problem(2, Some("corrupt_image"), w),
-            ],
-        );
-        assert_eq!(report.errors_by_code["corrupt_image"], 2);
-        assert_eq!(report.warnings_by_code["view_missing"], 2);
+        let page = |limit: usize| {
+            BatchReport::build(
+                &batch,
+                ReportTallies::default(),
+                vec![
+                    problem(0, Some("corrupt_image"), serde_json::json!([])),
+                    problem(2, None, w.clone()),
+                    problem(4, Some("corrupt_image"), w.clone()),
+                ],
+                vec![skipped(1), skipped(3)],
+                limit,
+            )
+        };
+        let all = page(5);
+        assert_eq!(all.next_after, None);
+        let errors: Vec<i32> = all.errors.iter().map(|e| e.entry_index).collect();
+        assert_eq!(errors, [0, 4]);
+        let skips: Vec<i32> = all.skipped.iter().map(|e| e.entry_index).collect();
+        assert_eq!(skips, [1, 3]);
+        assert_eq!(all.warnings[0].warnings[0].code, "view_missing");
+        // Entries 0..=2 on the first page, whatever kind each is; the next starts after 2.
+        let first = page(3);
+        assert_eq!(first.next_after, Some(2));
         assert_eq!(
-            report
-                .errors
-                .iter()
-                .map(|e| e.entry_index)
-                .collect::<Vec<_>>(),
-            [0, 2]
+            first.errors.len() + first.warnings.len() + first.skipped.len(),
+            3
         );
-        assert_eq!(report.warnings[0].warnings[0].code, "view_missing");
+        assert!(first.skipped.iter().all(|s| s.entry_index <= 2));
     }
 }

@@ -85,6 +85,14 @@ pub struct ServeArgs {
     /// `Retry-After`.
     #[arg(long = "max-ingestions", env = "XCAM_MAX_INGESTIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_ingestions: u32,
+    /// How long a client may take to send a request's headers; also how long an idle
+    /// keep-alive connection stays open.
+    #[arg(long = "header-timeout", env = "XCAM_HEADER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+    /// Longest pause while a request body arrives (408 `body_timeout` after it): an upload
+    /// may take hours, but never stall for longer than this.
+    #[arg(long = "body-idle-timeout", env = "XCAM_BODY_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub body_idle_timeout: Duration,
     /// How long shutdown waits for running ingestions before it gives up on them.
     #[arg(long = "shutdown-grace", env = "XCAM_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,

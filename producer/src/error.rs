@@ -55,6 +55,9 @@ pub enum ApiError {
     /// 413 `upload_too_large`.
     #[error("the upload exceeds the limit of {limit} bytes")]
     UploadTooLarge { limit: u64 },
+    /// 408 `body_timeout`: the request body stopped arriving for longer than the server waits.
+    #[error("the request body stopped arriving for more than {idle:?}")]
+    BodyTimeout { idle: std::time::Duration },
     /// 413 `field_too_large`: a text field of the upload form is over its cap.
     #[error("the form field {field:?} is longer than {limit} bytes")]
     FieldTooLarge { field: String, limit: usize },
@@ -107,6 +110,7 @@ impl ApiError {
                 StatusCode::NOT_FOUND
             }
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::UploadTooLarge { .. } | ApiError::FieldTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -134,6 +138,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::UploadTooLarge { .. } => "upload_too_large",
             ApiError::FieldTooLarge { .. } => "field_too_large",
+            ApiError::BodyTimeout { .. } => "body_timeout",
             ApiError::Unprocessable { code, .. } => code,
             ApiError::UnknownModel { .. } => "unknown_model",
             ApiError::Busy { .. } => "busy",

@@ -27,7 +27,7 @@ use crate::{
     queue::Queue,
     reconciler::Reconciler,
     routes,
-    state::{AppState, Settings},
+    state::{AppState, Pools, Settings},
     sweeper::{Retention, Sweeper},
     tls,
 };
@@ -43,6 +43,7 @@ pub struct Application {
     sweep_every: Duration,
     retention: Retention,
     grace: Duration,
+    header_timeout: Duration,
 }
 
 impl Application {
@@ -68,6 +69,7 @@ impl Application {
                 log: args.log_retention,
             },
             grace: args.shutdown_grace,
+            header_timeout: args.header_timeout,
         })
     }
 
@@ -90,26 +92,32 @@ impl Application {
             sweep_every,
             retention,
             grace,
+            header_timeout,
         } = self;
         let stop = CancellationToken::new();
         let tasks = state.tasks.clone();
-        let reconciler = Reconciler::new(state.db.clone(), state.queue.clone(), reconcile_every);
+        let background = state.pools.background.clone();
+        let reconciler = Reconciler::new(background.clone(), state.queue.clone(), reconcile_every);
         tasks.spawn(reconciler.run(reconcile_every, stop.clone()));
         routes::metrics::install();
+        let eraser = crate::erase::Eraser {
+            db: background.clone(),
+            ..state.eraser()
+        };
         let sweeper = Sweeper {
-            eraser: state.eraser(),
+            eraser: eraser.clone(),
             models: state.models.keys().cloned().collect(),
             retention,
             producers_silent_after: state.queue.tuning.orphan_after,
         };
         tasks.spawn(sweeper.run(sweep_every, stop.clone()));
         tasks.spawn(heartbeat(
-            state.db.clone(),
+            background,
             state.settings.producer_id.clone(),
             state.queue.tuning.orphan_after / 3,
             stop.clone(),
         ));
-        let (eraser, me) = (state.eraser(), state.settings.producer_id.clone());
+        let me = state.settings.producer_id.clone();
         tracing::info!(
             addr = %listener.local_addr()?,
             tls = tls.is_some(),
@@ -124,23 +132,23 @@ impl Application {
         };
         // The client's address goes into the audit trail.
         let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
+        let handle = axum_server::Handle::new();
+        let stopping = handle.clone();
+        tokio::spawn(async move {
+            stopped.await;
+            stopping.graceful_shutdown(Some(grace));
+        });
+        let listener = listener.into_std()?;
         let served = match tls {
             None => {
-                axum::serve(listener, service)
-                    .with_graceful_shutdown(stopped)
-                    .await
+                let mut server = axum_server::from_tcp(listener)?.http1_only();
+                slow_clients_time_out(server.http_builder(), header_timeout);
+                server.handle(handle).serve(service).await
             }
             Some(config) => {
-                let handle = axum_server::Handle::new();
-                let stopping = handle.clone();
-                tokio::spawn(async move {
-                    stopped.await;
-                    stopping.graceful_shutdown(Some(grace));
-                });
-                axum_server::from_tcp_rustls(listener.into_std()?, config)?
-                    .handle(handle)
-                    .serve(service)
-                    .await
+                let mut server = axum_server::from_tcp_rustls(listener, config)?.http1_only();
+                slow_clients_time_out(server.http_builder(), header_timeout);
+                server.handle(handle).serve(service).await
             }
         };
         stop.cancel();
@@ -163,6 +171,19 @@ impl Application {
     }
 }
 
+/// A client that sends its headers too slowly, or holds a connection idle, is cut off after
+/// `timeout`, so no number of such clients ties up the server. (Bodies have their own idle
+/// timeout: [`body_idle`].)
+fn slow_clients_time_out(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    timeout: Duration,
+) {
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(timeout);
+}
+
 /// Tells the other producers this one is alive, so they leave its ingestions alone.
 async fn heartbeat(db: sqlx::PgPool, me: String, every: Duration, stop: CancellationToken) {
     crate::periodic::every(every, stop, || async {
@@ -175,7 +196,14 @@ async fn heartbeat(db: sqlx::PgPool, me: String, every: Duration, stop: Cancella
 
 /// Connects to everything, applies migrations, loads the model catalogue.
 pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
-    let db = db::connect(&args.db).await?;
+    let [api, uploads, metrics, background] = Pools::sizes(args.db.max_connections);
+    let pools = Pools {
+        api: db::connect_sized(&args.db, api).await?,
+        uploads: db::connect_sized(&args.db, uploads).await?,
+        metrics: db::connect_sized(&args.db, metrics).await?,
+        background: db::connect_sized(&args.db, background).await?,
+    };
+    let db = pools.api.clone();
     db::migrate(&db).await?;
     let redis = jobs::connect(&args.redis).await?;
     let blobs = BlobStore::from_args(&args.blob)?;
@@ -194,6 +222,7 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
         .with_context(|| format!("XCAM_UPLOAD_DIR={}", upload_dir.display()))?;
     Ok(AppState {
         db,
+        pools,
         queue: Queue {
             redis,
             prefix: args.redis.queue_prefix.clone(),
@@ -214,6 +243,7 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
             pseudonym_key: args.pseudonym_key()?,
             producer_id,
             ingestions: Arc::new(tokio::sync::Semaphore::new(args.max_ingestions as usize)),
+            body_idle: args.body_idle_timeout,
         }),
         tasks: TaskTracker::new(),
     })
@@ -223,6 +253,7 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
 /// and plain), a span that carries it, and the id back on the response.
 pub fn app(state: AppState) -> Router {
     let allowed: Arc<[String]> = state.settings.allowed_hosts.clone().into();
+    let idle = state.settings.body_idle;
     routes::router(state)
         .layer(axum::middleware::from_fn(move |request, next| {
             allowed_host(allowed.clone(), request, next)
@@ -238,6 +269,15 @@ pub fn app(state: AppState) -> Router {
             tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id = %id)
         }))
         .layer(axum::middleware::from_fn(request_id))
+        .layer(axum::middleware::map_request(move |request: Request| {
+            body_idle(idle, request)
+        }))
+}
+
+/// Wraps the body so that it fails once nothing arrives for `idle` (the upload route answers
+/// 408 `body_timeout`): a client trickling a body cannot hold a connection and a spool file.
+async fn body_idle(idle: Duration, request: Request) -> Request {
+    request.map(|body| axum::body::Body::new(tower_http::timeout::TimeoutBody::new(idle, body)))
 }
 
 /// What a browser may do with any answer of this API: run scripts and load styles, images and

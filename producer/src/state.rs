@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use sqlx::PgPool;
 use tokio_util::task::TaskTracker;
-use xcam_shared::{blob::BlobStore, bundle::Bundle, imaging::ImageLimits};
+use xcam_shared::{access::Action, blob::BlobStore, bundle::Bundle, imaging::ImageLimits};
 
 use crate::{
     erase::Eraser,
@@ -15,13 +15,52 @@ use crate::{
 
 #[derive(Clone)]
 pub struct AppState {
+    /// The API routes' connections (`pools.api`), which nearly every handler uses.
     pub db: PgPool,
+    pub pools: Pools,
     pub queue: Queue,
     pub blobs: BlobStore,
     pub models: Arc<BTreeMap<String, Bundle>>,
     pub settings: Arc<Settings>,
     /// Background work started by requests (ingestions): drained on shutdown, never detached.
     pub tasks: TaskTracker,
+}
+
+/// Postgres connections, divided by who uses them, so that none can starve the others: a
+/// burst of slow operator queries or scrapes leaves uploads and the API their connections, and
+/// a flood of requests leaves the reconciler and sweeper theirs. (Workers are processes of
+/// their own, each with its own pool.)
+#[derive(Clone)]
+pub struct Pools {
+    /// Every route but these below.
+    pub api: PgPool,
+    /// Uploads and their ingestion.
+    pub uploads: PgPool,
+    /// Prometheus scrapes of `/metrics`.
+    pub metrics: PgPool,
+    /// The reconciler, the sweeper and the heartbeat.
+    pub background: PgPool,
+}
+
+impl Pools {
+    /// Divides `total` connections: an eighth each (at least one) to metrics and background
+    /// work, a quarter (at least one) to uploads, the rest (at least one) to the API.
+    pub fn sizes(total: u32) -> [u32; 4] {
+        let metrics = (total / 8).max(1);
+        let background = (total / 8).max(1);
+        let uploads = (total / 4).max(1);
+        let api = total.saturating_sub(metrics + background + uploads).max(1);
+        [api, uploads, metrics, background]
+    }
+
+    /// The connections a route with this action uses.
+    pub fn of(&self, action: Action) -> &PgPool {
+        match action {
+            Action::Upload => &self.uploads,
+            Action::ReadMetrics => &self.metrics,
+            _ => &self.api,
+        }
+    }
 }
 
 /// The parts of the configuration handlers read.
@@ -42,6 +81,8 @@ pub struct Settings {
     pub producer_id: String,
     /// One permit per ingestion this server may run at once.
     pub ingestions: Arc<tokio::sync::Semaphore>,
+    /// Longest pause while a request body arrives.
+    pub body_idle: std::time::Duration,
 }
 
 impl AppState {
@@ -63,7 +104,7 @@ impl AppState {
         }
     }
 
-    /// What a delete needs.
+    /// What a delete needs (a request's; background deletes use the background pool).
     pub fn eraser(&self) -> Eraser {
         Eraser {
             db: self.db.clone(),
@@ -75,7 +116,7 @@ impl AppState {
     /// What an ingestion needs, and nothing else.
     pub fn ingestor(&self) -> Ingestor {
         Ingestor {
-            db: self.db.clone(),
+            db: self.pools.uploads.clone(),
             blobs: self.blobs.clone(),
             queue: self.queue.clone(),
             limits: self.settings.limits,

@@ -377,6 +377,16 @@ impl Stack {
 
     /// Starts a real `xcam-worker run` process for the demo model.
     pub fn worker(&self, name: &str, extra: &[&str]) -> WorkerProcess {
+        self.worker_with_env(name, extra, &[])
+    }
+
+    /// [`Stack::worker`] with more environment variables.
+    pub fn worker_with_env(
+        &self,
+        name: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> WorkerProcess {
         let log = std::env::temp_dir().join(format!("xcam-test-{}-{name}.log", self.prefix));
         let file = std::fs::File::create(&log).expect("worker log file");
         let child = Command::new(bin("xcam-worker"))
@@ -393,6 +403,7 @@ impl Stack {
             .env("XCAM_BLOB_URL", self.blob_url())
             .env("RUST_LOG", "info,xcam_worker=debug")
             .env("XCAM_LOG_FORMAT", "text")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -421,6 +432,32 @@ impl Stack {
             counts,
             (n, n, n, n),
             "succeeded items, results, items with a result, succeeded log rows"
+        );
+        self.assert_counts_kept(batch).await;
+    }
+
+    /// The counts a batch row keeps (`0007_counts_and_skips.sql`) are its items' real counts.
+    pub async fn assert_counts_kept(&self, batch: Uuid) {
+        let (kept, real): (String, String) = sqlx::query_as(
+            r#"SELECT format('%s %s %s %s %s %s %s', items_total, items_rejected, items_queued,
+                             items_running, items_succeeded, items_failed, items_cancelled),
+                      (SELECT format('%s %s %s %s %s %s %s', count(*),
+                              count(*) FILTER (WHERE status = 'rejected'),
+                              count(*) FILTER (WHERE status = 'queued'),
+                              count(*) FILTER (WHERE status = 'running'),
+                              count(*) FILTER (WHERE status = 'succeeded'),
+                              count(*) FILTER (WHERE status = 'failed'),
+                              count(*) FILTER (WHERE status = 'cancelled'))
+                       FROM items WHERE batch_id = $1)
+               FROM batches WHERE id = $1"#,
+        )
+        .bind(batch)
+        .fetch_one(&self.db.pool)
+        .await
+        .expect("reading a batch's counts");
+        assert_eq!(
+            kept, real,
+            "the batch's kept counts (total rejected queued running succeeded failed cancelled) against its items'"
         );
     }
 
@@ -462,6 +499,15 @@ impl Producer {
             process: None,
             log: None,
         }
+    }
+
+    /// A process-backed producer's peak resident memory so far (VmHWM), in bytes.
+    pub fn peak_memory(&self) -> Option<u64> {
+        let pid = self.process.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
     }
 
     /// What a process-backed producer wrote to its log.

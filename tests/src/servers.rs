@@ -84,6 +84,29 @@ impl PrivateRedis {
     }
 }
 
+impl PrivateRedis {
+    /// Stops without saving and starts again with nothing: every key is gone, as after a
+    /// failover to an empty replica or a lost volume.
+    pub fn restart_empty(&mut self) {
+        let _ = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "shutdown", "nosave"])
+            .status();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for entry in std::fs::read_dir(self.dir.path()).expect("redis dir") {
+            let path = entry.expect("redis file").path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).expect("remove redis data");
+            } else {
+                std::fs::remove_file(&path).expect("remove redis data");
+            }
+        }
+        self.spawn();
+    }
+}
+
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -220,6 +243,30 @@ impl PrivatePostgres {
             "pg_ctl stop: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+}
+
+impl PrivatePostgres {
+    /// Every session refuses writes from now on (as a primary being failed over does), or
+    /// accepts them again.
+    pub async fn read_only(&self, on: bool) {
+        let admin = sqlx::PgPool::connect(&self.url())
+            .await
+            .expect("admin connection");
+        let mut conn = admin.acquire().await.expect("admin connection");
+        // One statement per call: ALTER SYSTEM refuses to run in the implicit transaction a
+        // multi-statement query gets.
+        let statements: &[&'static str] = if on {
+            &["ALTER SYSTEM SET default_transaction_read_only = on"]
+        } else {
+            &[
+                "SET default_transaction_read_only = off",
+                "ALTER SYSTEM RESET default_transaction_read_only",
+            ]
+        };
+        for sql in statements.iter().chain(&["SELECT pg_reload_conf()"]) {
+            sqlx::raw_sql(*sql).execute(&mut *conn).await.expect(sql);
+        }
     }
 }
 

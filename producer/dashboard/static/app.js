@@ -272,7 +272,7 @@ async function opsPage() {
       <div class="chart-box"><canvas id="chart-latency"></canvas></div>
       <div class="chart-box"><canvas id="chart-predictions"></canvas></div>
     </div>
-    <h2 ${may.fleet() ? "" : "hidden"}>Workers</h2><table id="workers" ${may.fleet() ? "" : "hidden"}><thead><tr><th>worker</th><th>host</th><th>device</th><th>models</th><th class="num">done</th><th class="num">failed</th><th>last seen</th></tr></thead><tbody></tbody></table>
+    <h2 ${may.fleet() ? "" : "hidden"}>Workers</h2><table id="workers" ${may.fleet() ? "" : "hidden"}><thead><tr><th>worker</th><th>host</th><th>device</th><th>models</th><th class="num">done</th><th class="num">failed</th><th class="num">clock ms</th><th>last seen</th></tr></thead><tbody></tbody></table>
     <h2>Inference log</h2>
     <form id="log-filters" class="row card">
       ${["since", "until", "model", "status", "batch", "worker", "label", "min_ms"].map((f) => `<label>${f}<input name="${f}" size="10" ${f === "since" ? 'value="24h"' : ""}></label>`).join("")}
@@ -345,5 +345,5 @@ async function loadWorkers() {
   const workers = await api("/v1/workers");
   document.querySelector("#workers tbody").innerHTML = workers.map((w) => `
     <tr><td><code>${esc(w.id)}</code></td><td>${esc(w.host)}</td><td>${esc(w.device)}</td><td>${esc(w.models.join(", "))}</td>
-    <td class="num">${w.jobs_done}</td><td class="num">${w.jobs_failed}</td><td>${when(w.last_seen)}</td></tr>`).join("") || `<tr><td colspan="7" class="muted">No live workers.</td></tr>`;
+    <td class="num">${w.jobs_done}</td><td class="num">${w.jobs_failed}</td><td class="num" title="this worker's clock minus Postgres's">${fmt(w.clock_skew_ms, 0)}</td><td>${when(w.last_seen)}</td></tr>`).join("") || `<tr><td colspan="8" class="muted">No live workers.</td></tr>`;
 }

@@ -22,6 +22,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
+use sqlx::PgPool;
 use uuid::Uuid;
 use xcam_shared::{
     access::{Action, Outcome, Role},
@@ -128,7 +129,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 /// Looks up who presented what. `Err` is the refusal to answer with, and, when the token was
 /// known (revoked, expired), the principal the audit row names.
 pub async fn authenticate(
-    state: &AppState,
+    db: &PgPool,
     credential: Option<Credential>,
 ) -> Result<Caller, (ApiError, Option<Principal>)> {
     let Some(credential) = credential else {
@@ -136,11 +137,11 @@ pub async fn authenticate(
     };
     let (found, via) = match &credential {
         Credential::Bearer(secret) => (
-            db::access::principal_of_token(&state.db, secret).await,
+            db::access::principal_of_token(db, secret).await,
             Via::Bearer,
         ),
         Credential::Session(secret) => (
-            db::access::principal_of_session(&state.db, secret).await,
+            db::access::principal_of_session(db, secret).await,
             Via::Session,
         ),
     };
@@ -187,13 +188,13 @@ pub async fn guard(
     let (action, roles) = match rule {
         Some(Rule::Open) => return next.run(request).await,
         Some(Rule::OpenAudited(action)) => {
-            let mut audit = AuditContext::of(&request, params.ok(), action);
+            let mut audit = AuditContext::of(&request, params.ok(), action, &state);
             let response = next.run(request).await;
             audit.who = response
                 .extensions()
                 .get::<Who>()
                 .map(|w| (w.0.clone(), w.1));
-            return audit.finish(&state, response).await;
+            return audit.finish(response).await;
         }
         Some(Rule::Roles(action, roles)) => (action, roles),
         None if route.as_deref().is_some_and(rules::known_route) => {
@@ -204,16 +205,16 @@ pub async fn guard(
             return ApiError::Forbidden("this route has no access rule".into()).into_response();
         }
     };
-    let mut audit = AuditContext::of(&request, params.ok(), action);
+    let mut audit = AuditContext::of(&request, params.ok(), action, &state);
 
     let credential = origin::credential(request.headers());
-    let caller = match authenticate(&state, credential).await {
+    let caller = match authenticate(state.pools.of(action), credential).await {
         Ok(caller) => caller,
         Err((refusal, principal)) => {
             if let Some(p) = &principal {
                 audit.who = Some((p.name.clone(), p.role));
             }
-            return audit.finish(&state, refusal.into_response()).await;
+            return audit.finish(refusal.into_response()).await;
         }
     };
     audit.who = Some((caller.name.clone(), caller.role));
@@ -223,15 +224,13 @@ pub async fn guard(
             caller.role,
             action.as_str().replace('_', " ")
         ));
-        return audit.finish(&state, refusal.into_response()).await;
+        return audit.finish(refusal.into_response()).await;
     }
     if caller.via == Via::Session
         && !request.method().is_safe()
         && !origin::same_origin(request.headers())
     {
-        return audit
-            .finish(&state, ApiError::CrossOrigin.into_response())
-            .await;
+        return audit.finish(ApiError::CrossOrigin.into_response()).await;
     }
     let mut request = request;
     request.extensions_mut().insert(caller.clone());
@@ -239,11 +238,13 @@ pub async fn guard(
     let noted = caller.noted();
     audit.project = noted.project;
     audit.batch = audit.batch.or(noted.batch);
-    audit.finish(&state, response).await
+    audit.finish(response).await
 }
 
 /// What an audit row of this request will say, gathered as the request goes.
 struct AuditContext {
+    /// The connections of the route's class, which the row is written with.
+    db: PgPool,
     action: Action,
     who: Option<(String, Role)>,
     project: Option<String>,
@@ -253,7 +254,12 @@ struct AuditContext {
 }
 
 impl AuditContext {
-    fn of(request: &Request, params: Option<RawPathParams>, action: Action) -> Self {
+    fn of(
+        request: &Request,
+        params: Option<RawPathParams>,
+        action: Action,
+        state: &AppState,
+    ) -> Self {
         let client = client_of(request.extensions());
         let (mut batch, mut item) = (None, None);
         if let Some(params) = &params {
@@ -266,6 +272,7 @@ impl AuditContext {
             }
         }
         Self {
+            db: state.pools.of(action).clone(),
             action,
             who: None,
             project: None,
@@ -277,7 +284,7 @@ impl AuditContext {
 
     /// Writes the row when the action is audited or the request did not succeed, then hands
     /// the response back. A failed write is logged, never turned into a failed request.
-    async fn finish(self, state: &AppState, response: Response) -> Response {
+    async fn finish(self, response: Response) -> Response {
         let status = response.status();
         if status.is_success() && !self.action.audited_when_ok() {
             return response;
@@ -294,7 +301,7 @@ impl AuditContext {
             status: i16::try_from(status.as_u16()).ok(),
             detail: response.extensions().get::<ErrorCode>().map(|c| c.0),
         };
-        record(state, &entry).await;
+        record(&self.db, &entry).await;
         response
     }
 }
@@ -308,8 +315,8 @@ pub struct Who(pub String, pub Role);
 pub struct ErrorCode(pub &'static str);
 
 /// Appends an audit row; a failure to do so is logged loudly but does not fail the request.
-async fn record(state: &AppState, entry: &NewAuditEntry<'_>) {
-    if let Err(e) = audit::append(&state.db, entry).await {
+async fn record(db: &PgPool, entry: &NewAuditEntry<'_>) {
+    if let Err(e) = audit::append(db, entry).await {
         tracing::error!(error = %e, action = %entry.action, "could not write the audit row");
     }
 }

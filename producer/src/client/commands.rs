@@ -518,17 +518,19 @@ async fn stats(api: &Api, since: When, bucket: StatsBucket) -> Result<u8, Client
 async fn workers(api: &Api) -> Result<u8, ClientError> {
     let list: Vec<Worker> = api.get("/v1/workers").await?;
     println!(
-        "{:<36} {:<8} {:<16} {:>6} {:>6}  last seen",
-        "worker", "device", "models", "done", "failed"
+        "{:<36} {:<8} {:<16} {:>6} {:>6} {:>9}  last seen",
+        "worker", "device", "models", "done", "failed", "clock ms"
     );
     for w in &list {
         println!(
-            "{:<36} {:<8} {:<16} {:>6} {:>6}  {}",
+            "{:<36} {:<8} {:<16} {:>6} {:>6} {:>9}  {}",
             w.id,
             w.device,
             w.models.join(","),
             w.jobs_done,
             w.jobs_failed,
+            w.clock_skew_ms
+                .map_or_else(|| "-".to_owned(), |ms| format!("{ms:+.0}")),
             w.last_seen.to_rfc3339()
         );
     }

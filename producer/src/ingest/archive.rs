@@ -69,9 +69,19 @@ pub struct Entry {
 pub struct ScanResult {
     pub entries: Vec<Entry>,
     /// Entries that are not images, or are system clutter (`__MACOSX/`, dot-files).
-    pub skipped: usize,
+    pub skipped: Vec<Skipped>,
     pub total_entries: usize,
 }
+
+/// An entry passed over, by position and name, and why.
+#[derive(Debug, Clone)]
+pub struct Skipped {
+    pub index: usize,
+    pub name: String,
+    pub reason: SkipReason,
+}
+
+pub use xcam_shared::db::skipped::SkipReason;
 
 impl ScanResult {
     pub fn images(&self) -> usize {
@@ -129,7 +139,7 @@ pub fn scan(path: &Path, limits: ArchiveLimits) -> Result<ScanResult, ArchiveErr
         return Err(ArchiveError::DuplicateNames { extra });
     }
     let mut entries = Vec::new();
-    let (mut skipped, mut total, mut declared) = (0usize, 0usize, 0u64);
+    let (mut skipped, mut total, mut declared) = (Vec::new(), 0usize, 0u64);
     for index in 0..zip.len() {
         let raw = zip
             .by_index_raw(index)
@@ -176,7 +186,11 @@ pub fn scan(path: &Path, limits: ArchiveLimits) -> Result<ScanResult, ArchiveErr
             || name.starts_with(['/', '\\'])
             || name.get(1..2) == Some(":");
         if !unsafe_path && is_clutter(&name) {
-            skipped += 1;
+            skipped.push(Skipped {
+                index,
+                name,
+                reason: SkipReason::SystemFile,
+            });
             continue;
         }
         let rejection = if unsafe_path {
@@ -253,13 +267,17 @@ pub fn scan(path: &Path, limits: ArchiveLimits) -> Result<ScanResult, ArchiveErr
                 )),
             });
         } else {
-            skipped += 1;
+            skipped.push(Skipped {
+                index,
+                name,
+                reason: SkipReason::NotAnImage,
+            });
         }
     }
     let candidates = entries.iter().filter(|e| e.rejection.is_none()).count();
     if candidates == 0 {
         return Err(ArchiveError::NoImages {
-            skipped,
+            skipped: skipped.len(),
             rejected: entries.len(),
         });
     }

@@ -43,6 +43,16 @@ pub struct BatchRequest {
     pub request_id: Option<String>,
 }
 
+impl BatchRequest {
+    /// An entry's name as it is stored: its pseudonym when the batch asks for them.
+    fn entry_name(&self, name: &str) -> String {
+        match &self.pseudonyms {
+            Some(key) => key.pseudonym(self.batch_id, name),
+            None => name.to_owned(),
+        }
+    }
+}
+
 /// How an ingestion ended, short of an error.
 enum Ingested {
     Done,
@@ -161,11 +171,21 @@ impl Ingestor {
             return Ok(Ingested::Stopped(status));
         }
         db::items::insert_all(&mut tx, request.batch_id, &items).await?;
+        let skipped: Vec<db::skipped::NewSkipped> = scan
+            .skipped
+            .iter()
+            .map(|s| db::skipped::NewSkipped {
+                entry_index: s.index as i32,
+                entry_name: request.entry_name(&s.name),
+                reason: s.reason,
+            })
+            .collect();
+        db::skipped::insert_all(&mut tx, request.batch_id, &skipped).await?;
         db::batches::mark_ingested(
             &mut *tx,
             request.batch_id,
             scan.total_entries as i32,
-            scan.skipped as i32,
+            skipped.len() as i32,
         )
         .await?;
         db::erasure::release_claims(&mut *tx, request.batch_id).await?;
@@ -191,20 +211,16 @@ impl Ingestor {
         if let Err(e) = self.queue.push(jobs).await {
             tracing::warn!(batch_id = %request.batch_id, error = %e, "pushing jobs failed; the reconciler will retry");
         }
-        tracing::info!(batch_id = %request.batch_id, items = items.len(), skipped = scan.skipped, "batch ingested");
+        tracing::info!(batch_id = %request.batch_id, items = items.len(), skipped = skipped.len(), "batch ingested");
         Ok(Ingested::Done)
     }
 }
 
 fn new_item(request: &BatchRequest, entry: &archive::Entry, stored: Stored) -> NewItem {
-    let entry_name = match &request.pseudonyms {
-        Some(key) => key.pseudonym(request.batch_id, &entry.name),
-        None => entry.name.clone(),
-    };
     let mut item = NewItem {
         id: Uuid::now_v7(),
         entry_index: entry.index as i32,
-        entry_name,
+        entry_name: request.entry_name(&entry.name),
         sha256: None,
         blob_key: None,
         byte_size: None,

@@ -48,15 +48,30 @@ pub struct Upload {
     pub pseudonymize_names: Option<bool>,
 }
 
+/// Whether the body stopped arriving (the server's body idle timeout, `startup::body_idle`).
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// Reads the form; the `file` field goes to disk in `dir`, chunk by chunk.
 pub async fn read_form(
     mut multipart: Multipart,
     dir: &Path,
     limit: u64,
+    body_idle: std::time::Duration,
 ) -> Result<Upload, ApiError> {
     let bad = |e: axum::extract::multipart::MultipartError| {
         if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::UploadTooLarge { limit }
+        } else if timed_out(&e) {
+            ApiError::BodyTimeout { idle: body_idle }
         } else {
             ApiError::InvalidRequest(format!("malformed multipart body: {}", e.body_text()))
         }

@@ -21,7 +21,7 @@ use super::{
 use crate::{
     api::{
         Batch, BatchCancelled, BatchCreated, BatchLinks, BatchListQuery, BatchPage, BatchReport,
-        ErrorBody, ItemCounts,
+        ErrorBody, ReportQuery, ReportTallies,
     },
     auth::Caller,
     error::{ApiError, ApiResult},
@@ -59,6 +59,7 @@ const BUSY_RETRY_AFTER_S: u64 = 5;
         (status = 202, body = BatchCreated, description = "Stored and checked; ingesting"),
         (status = 400, body = ErrorBody, description = "`invalid_zip`, `invalid_request`"),
         (status = 404, body = ErrorBody, description = "`project_not_found`: no such project, or one the token does not cover"),
+        (status = 408, body = ErrorBody, description = "`body_timeout`: the upload stopped arriving for longer than `XCAM_BODY_IDLE_TIMEOUT`"),
         (status = 413, body = ErrorBody, description = "`upload_too_large`, `field_too_large`, `too_many_entries`, `archive_too_large`, `entry_too_large`, `zip_bomb`"),
         (status = 422, body = ErrorBody, description = "`no_images`, `duplicate_names`, `unknown_model`, `invalid_method`, `invalid_labels`, `unknown_label`, `pseudonym_key_missing`"),
         (status = 503, body = ErrorBody, description = "`busy`: the server is ingesting as many uploads as it may; try again after `Retry-After` seconds",
@@ -87,8 +88,13 @@ async fn create_batch(
         .map_err(|_| ApiError::Busy {
             retry_after: BUSY_RETRY_AFTER_S,
         })?;
-    let form =
-        upload::read_form(multipart, settings.spool.dir(), settings.max_upload_bytes).await?;
+    let form = upload::read_form(
+        multipart,
+        settings.spool.dir(),
+        settings.max_upload_bytes,
+        settings.body_idle,
+    )
+    .await?;
     let bundle = match &form.model {
         Some(name) => state.model(name)?,
         None => state.sole_model()?,
@@ -123,7 +129,7 @@ async fn create_batch(
 
     let batch_id = Uuid::now_v7();
     db::batches::insert(
-        &state.db,
+        &state.pools.uploads,
         &NewBatch {
             id: batch_id,
             project_id: project.id,
@@ -152,7 +158,7 @@ async fn create_batch(
         id: batch_id,
         status: BatchStatus::Ingesting,
         images: scan.images() as u64,
-        skipped: scan.skipped as u64,
+        skipped: scan.skipped.len() as u64,
         refused: (scan.entries.len() - scan.images()) as u64,
         links: BatchLinks::of(batch_id),
     };
@@ -177,15 +183,10 @@ async fn upload_project(
             "the form has no `project` field, and this token covers more than one project".into(),
         )
     })?;
-    db::access::project_by_name(&state.db, name)
+    db::access::project_by_name(&state.pools.uploads, name)
         .await?
         .filter(|p| caller.covers(p.id))
         .ok_or_else(|| ApiError::ProjectNotFound(name.to_owned()))
-}
-
-async fn view(state: &AppState, batch: db::batches::BatchRecord) -> ApiResult<Batch> {
-    let counts = db::batches::counts(&state.db, batch.id).await?;
-    Ok(Batch::new(batch, &counts))
 }
 
 /// A batch: status, counts per item status, progress, throughput, ETA.
@@ -206,7 +207,7 @@ async fn get_batch(
     BatchPath(id): BatchPath,
 ) -> ApiResult<Json<Batch>> {
     let batch = find_batch(&state, &caller, id).await?;
-    Ok(Json(view(&state, batch).await?))
+    Ok(Json(Batch::new(batch)))
 }
 
 /// Recent batches, newest first.
@@ -231,12 +232,8 @@ async fn list_batches(
     let next_before = (records.len() as i64 == limit)
         .then(|| records.last().map(|b| b.created_at))
         .flatten();
-    let mut batches = Vec::with_capacity(records.len());
-    for b in records {
-        batches.push(view(&state, b).await?);
-    }
     Ok(Json(BatchPage {
-        batches,
+        batches: records.into_iter().map(Batch::new).collect(),
         next_before,
     }))
 }
@@ -310,15 +307,18 @@ async fn delete_batch(
     }
 }
 
-/// The validation report: why entries were refused or failed, and what was flagged, by code.
+/// The validation report, a page at a time: every entry refused, failed, flagged or skipped
+///
+/// Entries come in archive order; the tallies by code and reason cover the whole batch.
 #[utoipa::path(
     get,
     path = "/v1/batches/{id}/report",
     tag = "batches",
     operation_id = "get_report",
-    params(("id" = Uuid, Path, description = "batch id")),
+    params(("id" = Uuid, Path, description = "batch id"), ReportQuery),
     responses(
         (status = 200, body = BatchReport),
+        (status = 400, body = ErrorBody, description = "`invalid_request`: `limit` or `after` out of bounds"),
         (status = 404, body = ErrorBody, description = "`batch_not_found`"),
     )
 )]
@@ -326,13 +326,33 @@ async fn get_report(
     State(state): State<AppState>,
     caller: Caller,
     BatchPath(id): BatchPath,
+    ApiQuery(q): ApiQuery<ReportQuery>,
 ) -> ApiResult<Json<BatchReport>> {
     let batch = find_batch(&state, &caller, id).await?;
-    let counts = db::batches::counts(&state.db, id).await?;
-    let problems = db::items::problems(&state.db, id).await?;
+    let limit = q.limit.unwrap_or(1000);
+    let after = q.after.unwrap_or(-1);
+    let tallies = ReportTallies {
+        errors_by_code: db::items::errors_by_code(&state.db, id)
+            .await?
+            .into_iter()
+            .collect(),
+        warnings_by_code: db::items::warnings_by_code(&state.db, id)
+            .await?
+            .into_iter()
+            .collect(),
+        skipped_by_reason: db::skipped::by_reason(&state.db, id)
+            .await?
+            .into_iter()
+            .collect(),
+    };
+    // One past the page from each source tells whether another page follows.
+    let problems = db::items::problems(&state.db, id, after, limit + 1).await?;
+    let skipped = db::skipped::page(&state.db, id, after, limit + 1).await?;
     Ok(Json(BatchReport::build(
         &batch,
-        ItemCounts::from(&counts),
+        tallies,
         problems,
+        skipped,
+        limit as usize,
     )))
 }

@@ -104,11 +104,14 @@ async fn get_stats(
     caller: Caller,
     ApiQuery(q): ApiQuery<StatsQuery>,
 ) -> ApiResult<Json<Stats>> {
+    let bucket = q.bucket.unwrap_or_default();
+    let now = Utc::now();
+    // However far back it is asked, one answer covers a bounded number of buckets.
     let since = q
         .since
         .unwrap_or(When::Ago(chrono::Duration::days(7)))
-        .resolve(Utc::now());
-    let bucket = q.bucket.unwrap_or_default();
+        .resolve(now)
+        .max(now - bucket.longest_range());
     let buckets: Vec<StatsRow> =
         logs::buckets(&state.db, caller.scope(), since, bucket == StatsBucket::Day)
             .await?

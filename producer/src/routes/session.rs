@@ -67,7 +67,7 @@ async fn sign_in(
     };
     // The guard audits the attempt under whichever token this turns out to be.
     let (mut response, who) =
-        match auth::authenticate(&state, Some(Credential::Bearer(token))).await {
+        match auth::authenticate(&state.db, Some(Credential::Bearer(token))).await {
             Err((refusal, principal)) => (
                 refusal.into_response(),
                 principal.map(|p| Who(p.name, p.role)),

@@ -46,18 +46,28 @@ pub struct BatchRecord {
     pub ingested_at: Option<DateTime<Utc>>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Kept by the database as items change (`0007_counts_and_skips.sql`).
+    #[sqlx(flatten)]
+    pub counts: ItemCounts,
 }
 
 /// Items of a batch by status, plus the figures progress and ETA are computed from.
 #[derive(Debug, Clone, Default, sqlx::FromRow)]
 pub struct ItemCounts {
-    pub total: i64,
-    pub rejected: i64,
-    pub queued: i64,
-    pub running: i64,
-    pub succeeded: i64,
-    pub failed: i64,
-    pub cancelled: i64,
+    #[sqlx(rename = "items_total")]
+    pub total: i32,
+    #[sqlx(rename = "items_rejected")]
+    pub rejected: i32,
+    #[sqlx(rename = "items_queued")]
+    pub queued: i32,
+    #[sqlx(rename = "items_running")]
+    pub running: i32,
+    #[sqlx(rename = "items_succeeded")]
+    pub succeeded: i32,
+    #[sqlx(rename = "items_failed")]
+    pub failed: i32,
+    #[sqlx(rename = "items_cancelled")]
+    pub cancelled: i32,
     /// When the first item started and the last finished.
     pub first_started: Option<DateTime<Utc>>,
     pub last_finished: Option<DateTime<Utc>>,
@@ -69,7 +79,9 @@ macro_rules! select_batches {
         concat!(
             "SELECT b.id, b.project_id, p.name AS project, b.model_name, b.model_version, b.method, b.labels, ",
             "b.status, b.archive_bytes, b.total_entries, b.skipped_entries, b.error_code, b.error_message, ",
-            "b.pseudonymize_names, b.created_at, b.updated_at, b.ingested_at, b.started_at, b.finished_at ",
+            "b.pseudonymize_names, b.created_at, b.updated_at, b.ingested_at, b.started_at, b.finished_at, ",
+            "b.items_total, b.items_rejected, b.items_queued, b.items_running, b.items_succeeded, ",
+            "b.items_failed, b.items_cancelled, b.first_started, b.last_finished ",
             "FROM batches b JOIN projects p ON p.id = b.project_id ",
             $rest
         )
@@ -137,24 +149,6 @@ pub async fn list(
     .bind(before)
     .bind(limit)
     .fetch_all(db)
-    .await
-}
-
-pub async fn counts(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<ItemCounts> {
-    sqlx::query_as::<_, ItemCounts>(
-        r#"SELECT count(*) AS total,
-                  count(*) FILTER (WHERE status = 'rejected') AS rejected,
-                  count(*) FILTER (WHERE status = 'queued') AS queued,
-                  count(*) FILTER (WHERE status = 'running') AS running,
-                  count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
-                  count(*) FILTER (WHERE status = 'failed') AS failed,
-                  count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
-                  min(started_at) AS first_started,
-                  max(finished_at) AS last_finished
-           FROM items WHERE batch_id = $1"#,
-    )
-    .bind(id)
-    .fetch_one(db)
     .await
 }
 
@@ -230,12 +224,6 @@ fn texts(statuses: &[BatchStatus]) -> Vec<&'static str> {
     statuses.iter().map(|s| s.as_str()).collect()
 }
 
-/// Derives the batch's status from its items' and stamps its start and end.
-///
-/// ingesting and cancelled are left alone (but a cancelled batch still gets its end time);
-/// otherwise: queued until an item starts, running while any is open, then succeeded (all
-/// succeeded), failed (none did) or completed_with_errors. Workers call this after every item,
-/// so it only asks index probes (EXISTS on `(batch_id, status)`), never counts a whole batch.
 /// Finished batches older than their retention: the project's own, else `default` (none: kept).
 /// Returns (batch, project name), oldest first.
 pub async fn expired(
@@ -256,13 +244,20 @@ pub async fn expired(
     .await
 }
 
+/// Derives the batch's status from its items' and stamps its start and end.
+///
+/// ingesting and cancelled are left alone (but a cancelled batch still gets its end time);
+/// otherwise: queued until an item starts, running while any is open, then succeeded (all
+/// succeeded), failed (none did) or completed_with_errors. Workers call this after every item;
+/// it reads the batch's own counts, never its items.
 pub async fn refresh(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<()> {
     sqlx::query(
         r#"WITH c AS (
-               SELECT EXISTS (SELECT 1 FROM items WHERE batch_id = $1 AND status IN ('queued', 'running')) AS open,
-                      EXISTS (SELECT 1 FROM items WHERE batch_id = $1 AND status <> 'queued') AS touched,
-                      EXISTS (SELECT 1 FROM items WHERE batch_id = $1 AND status = 'succeeded') AS any_ok,
-                      EXISTS (SELECT 1 FROM items WHERE batch_id = $1 AND status <> 'succeeded') AS any_not_ok)
+               SELECT items_queued + items_running > 0 AS open,
+                      items_total > items_queued AS touched,
+                      items_succeeded > 0 AS any_ok,
+                      items_total > items_succeeded AS any_not_ok
+               FROM batches WHERE id = $1)
            UPDATE batches b SET
                status = CASE
                    WHEN b.status IN ('ingesting', 'cancelled') THEN b.status

@@ -2,7 +2,7 @@
 //! queued → running → succeeded | failed, queued → cancelled, or rejected at ingestion.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgExecutor, Postgres, QueryBuilder};
+use sqlx::{PgExecutor, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use crate::{jobs::GradCamJobV1, status::ItemStatus};
@@ -102,24 +102,32 @@ pub struct Claim {
 /// Marks an item running. A `fresh` claim is a new delivery of its job and counts as an attempt;
 /// a worker taking the item up again after waiting out an outage is not. Returns `None` when the
 /// item must not run: it was cancelled, or it already has its final outcome (a duplicate
-/// delivery).
+/// delivery). Locks the item's batch first, as every writer of items does (its counts change).
 pub async fn claim(
-    db: impl PgExecutor<'_>,
+    db: &PgPool,
+    batch: Uuid,
     id: Uuid,
     worker: &str,
     fresh: bool,
 ) -> sqlx::Result<Option<Claim>> {
-    sqlx::query_as::<_, Claim>(
+    let mut tx = db.begin().await?;
+    if super::batches::lock(&mut tx, batch).await?.is_none() {
+        return Ok(None);
+    }
+    let claim = sqlx::query_as::<_, Claim>(
         r#"UPDATE items SET status = 'running', attempts = attempts + $3, open_claims = open_claims + $3,
                   worker_id = $2, started_at = COALESCE(started_at, now())
-           WHERE id = $1 AND status IN ('queued', 'running')
+           WHERE id = $1 AND batch_id = $4 AND status IN ('queued', 'running')
            RETURNING entry_name, queued_at, attempts, open_claims"#,
     )
     .bind(id)
     .bind(worker)
     .bind(i32::from(fresh))
-    .fetch_optional(db)
-    .await
+    .bind(batch)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(claim)
 }
 
 /// An open item with what its job needs.
@@ -191,13 +199,52 @@ pub struct Problem {
     pub warnings: serde_json::Value,
 }
 
-/// A batch's refused, failed and flagged items, in entry order.
-pub async fn problems(db: impl PgExecutor<'_>, batch_id: Uuid) -> sqlx::Result<Vec<Problem>> {
+/// Up to `limit` of a batch's refused, failed and flagged items after entry `after`, in entry
+/// order.
+pub async fn problems(
+    db: impl PgExecutor<'_>,
+    batch_id: Uuid,
+    after: i32,
+    limit: i64,
+) -> sqlx::Result<Vec<Problem>> {
     sqlx::query_as::<_, Problem>(
         r#"SELECT id, entry_index, entry_name, status, error_code, error_message, warnings
            FROM items
-           WHERE batch_id = $1 AND (status IN ('rejected', 'failed') OR warnings <> '[]'::jsonb)
-           ORDER BY entry_index"#,
+           WHERE batch_id = $1 AND entry_index > $2
+             AND (status IN ('rejected', 'failed') OR warnings <> '[]'::jsonb)
+           ORDER BY entry_index LIMIT $3"#,
+    )
+    .bind(batch_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// A batch's refused and failed items by error code.
+pub async fn errors_by_code(
+    db: impl PgExecutor<'_>,
+    batch_id: Uuid,
+) -> sqlx::Result<Vec<(String, i64)>> {
+    sqlx::query_as(
+        r#"SELECT error_code, count(*) FROM items
+           WHERE batch_id = $1 AND status IN ('rejected', 'failed') AND error_code IS NOT NULL
+           GROUP BY error_code"#,
+    )
+    .bind(batch_id)
+    .fetch_all(db)
+    .await
+}
+
+/// A batch's warnings by code (an item flagged twice for one code counts twice).
+pub async fn warnings_by_code(
+    db: impl PgExecutor<'_>,
+    batch_id: Uuid,
+) -> sqlx::Result<Vec<(String, i64)>> {
+    sqlx::query_as(
+        r#"SELECT w->>'code', count(*) FROM items, jsonb_array_elements(warnings) w
+           WHERE batch_id = $1 AND warnings <> '[]'::jsonb
+           GROUP BY 1"#,
     )
     .bind(batch_id)
     .fetch_all(db)

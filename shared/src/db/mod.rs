@@ -11,6 +11,7 @@ pub mod outcome;
 pub mod producers;
 pub mod results;
 pub mod retry;
+pub mod skipped;
 pub mod workers;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -22,9 +23,14 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Opens the pool, failing with one line that names DATABASE_URL and how to start Postgres.
 pub async fn connect(args: &DatabaseArgs) -> anyhow::Result<PgPool> {
+    connect_sized(args, args.max_connections).await
+}
+
+/// [`connect`] with `max_connections` of this process's total.
+pub async fn connect_sized(args: &DatabaseArgs, max_connections: u32) -> anyhow::Result<PgPool> {
     let url = required(&args.database_url, "DATABASE_URL", SERVICES_HINT)?;
     let pool = PgPoolOptions::new()
-        .max_connections(args.max_connections)
+        .max_connections(max_connections)
         .acquire_timeout(args.acquire_timeout)
         .connect(url)
         .await

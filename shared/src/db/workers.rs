@@ -16,6 +16,7 @@ pub struct WorkerRecord {
     pub stopped_at: Option<DateTime<Utc>>,
     pub jobs_done: i64,
     pub jobs_failed: i64,
+    pub clock_skew_ms: Option<f64>,
 }
 
 /// Records a worker's start (or refreshes it, should the same id register again).
@@ -44,13 +45,44 @@ pub async fn register(
     Ok(())
 }
 
-/// Marks the worker alive now.
-pub async fn heartbeat(db: impl PgExecutor<'_>, id: &str) -> sqlx::Result<()> {
-    sqlx::query("UPDATE workers SET last_seen = now() WHERE id = $1")
+/// Marks the worker alive now, with how far its clock is off Postgres's.
+pub async fn heartbeat(db: impl PgExecutor<'_>, id: &str, skew: ClockSkew) -> sqlx::Result<()> {
+    sqlx::query("UPDATE workers SET last_seen = now(), clock_skew_ms = $2 WHERE id = $1")
         .bind(id)
+        .bind(skew.millis())
         .execute(db)
         .await?;
     Ok(())
+}
+
+/// A local clock minus Postgres's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClockSkew(pub chrono::Duration);
+
+impl ClockSkew {
+    /// Asks Postgres for its clock and sets it against the local clock at the middle of the
+    /// round trip (off by at most half of it).
+    pub async fn measure(db: impl PgExecutor<'_>) -> sqlx::Result<Self> {
+        let before = Utc::now();
+        let theirs: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+            .fetch_one(db)
+            .await?;
+        let after = Utc::now();
+        Ok(Self::between(before, theirs, after))
+    }
+
+    fn between(before: DateTime<Utc>, theirs: DateTime<Utc>, after: DateTime<Utc>) -> Self {
+        Self(before + (after - before) / 2 - theirs)
+    }
+
+    pub fn millis(self) -> f64 {
+        self.0.num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0
+    }
+
+    /// Whether it is past `limit` either way.
+    pub fn beyond(self, limit: std::time::Duration) -> bool {
+        self.0.abs().to_std().is_ok_and(|skew| skew > limit)
+    }
 }
 
 /// Counts one finished job against the worker.
@@ -82,7 +114,8 @@ pub async fn live(
     within: std::time::Duration,
 ) -> sqlx::Result<Vec<WorkerRecord>> {
     sqlx::query_as::<_, WorkerRecord>(
-        r#"SELECT id, host, pid, device, models, started_at, last_seen, stopped_at, jobs_done, jobs_failed
+        r#"SELECT id, host, pid, device, models, started_at, last_seen, stopped_at, jobs_done, jobs_failed,
+                  clock_skew_ms
            FROM workers
            WHERE stopped_at IS NULL AND last_seen > now() - make_interval(secs => $1)
            ORDER BY last_seen DESC"#,
@@ -90,4 +123,21 @@ pub async fn live(
     .bind(within.as_secs_f64())
     .fetch_all(db)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skew_is_read_at_the_middle_of_the_round_trip() {
+        let t = |ms: i64| DateTime::<Utc>::from_timestamp_millis(1_700_000_000_000 + ms).unwrap();
+        // Asked at 0, answered at 100: Postgres said 20 s later than our 50.
+        let skew = ClockSkew::between(t(0), t(20_050), t(100));
+        assert_eq!(skew.millis(), -20_000.0);
+        assert!(skew.beyond(std::time::Duration::from_secs(5)));
+        assert!(
+            !ClockSkew::between(t(0), t(1_050), t(100)).beyond(std::time::Duration::from_secs(5))
+        );
+    }
 }

@@ -82,6 +82,7 @@ pub(super) fn decode(
     bytes: &[u8],
     limits: &ImageLimits,
 ) -> Result<(GrayImage, Vec<Warning>), DecodeError> {
+    super::dicom_lengths::check(bytes, limits.max_bytes)?;
     let obj = OpenFileOptions::new()
         .from_reader(Cursor::new(bytes))
         .map_err(|e| {

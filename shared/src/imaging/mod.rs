@@ -11,6 +11,7 @@
 //! identify a patient.
 
 pub mod dicom;
+mod dicom_lengths;
 pub mod plane;
 pub mod raster;
 
@@ -81,6 +82,14 @@ pub enum DecodeError {
     UnsupportedPhotometric(String),
     #[error("the DICOM file has no file meta information (part 10 header)")]
     NoMeta,
+    #[error(
+        "the DICOM data is corrupt or truncated: element {tag} declares {declared} bytes; only {available} follow"
+    )]
+    DicomBadLength {
+        tag: String,
+        declared: u64,
+        available: u64,
+    },
 }
 
 impl DecodeError {
@@ -98,6 +107,8 @@ impl DecodeError {
             DecodeError::UnsupportedTransferSyntax(_) => "dicom_unsupported_transfer_syntax",
             DecodeError::UnsupportedPhotometric(_) => "dicom_unsupported_photometric",
             DecodeError::NoMeta => "dicom_no_meta",
+            // A truncated file is the common case of it, and that has always been corrupt_image.
+            DecodeError::DicomBadLength { .. } => "corrupt_image",
         }
     }
 }

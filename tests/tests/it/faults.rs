@@ -390,10 +390,13 @@ async fn uploads_past_the_ingestion_bound_are_told_to_come_back_and_a_cancel_sto
         0
     );
 
+    stack.assert_counts_kept(batch).await;
+
     // The slot is free again.
     let next = upload(&api, 2).await;
     let view = api.wait_for_batch(&next.to_string(), DEADLINE).await;
     assert_eq!(view["status"], "succeeded", "{view}");
+    stack.assert_counts_kept(next).await;
     stack.finish().await;
 }
 
@@ -460,5 +463,55 @@ async fn failed_items_are_retried_by_hand_as_new_attempts() {
         vec![(1, "failed".to_owned()), (2, "succeeded".to_owned())],
         "each retry is a new attempt in the log"
     );
+    stack.assert_counts_kept(batch).await;
+    stack.finish().await;
+}
+
+/// libfaketime, which `scripts/services.sh` installs from Debian.
+fn libfaketime() -> String {
+    ["x86_64-linux-gnu", "aarch64-linux-gnu"]
+        .iter()
+        .map(|arch| format!("/usr/lib/{arch}/faketime/libfaketime.so.1"))
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("libfaketime (scripts/services.sh installs it)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_clock_is_off_says_so_and_the_fleet_view_shows_by_how_much() {
+    let stack = Stack::new().await;
+    let api = stack.producer(&[]).await;
+    let on_time = stack.worker("on-time", &[]);
+    // 90 s fast, against the harness's 6 s orphan window (limit: 2 s).
+    let fast = stack.worker_with_env(
+        "fast",
+        &[],
+        &[
+            ("LD_PRELOAD", &libfaketime()),
+            ("FAKETIME", "+90s"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
+    let workers = eventually(
+        DEADLINE,
+        "both workers' clocks in the fleet view",
+        || async {
+            let (_, workers) = api.get_json("/v1/workers").await;
+            let skew = |name: &str| {
+                workers
+                    .as_array()?
+                    .iter()
+                    .find(|w| w["id"].as_str() == Some(name))?["clock_skew_ms"]
+                    .as_f64()
+            };
+            Some((skew(&on_time.name)?, skew(&fast.name)?))
+        },
+    )
+    .await;
+    let (on_time_ms, fast_ms) = workers;
+    assert!(on_time_ms.abs() < 1_000.0, "{on_time_ms}");
+    assert!((fast_ms - 90_000.0).abs() < 5_000.0, "{fast_ms}");
+    let log = fast.log_text();
+    assert!(log.contains("clock is off Postgres's"), "{log}");
+    assert!(!on_time.log_text().contains("clock is off"));
     stack.finish().await;
 }

@@ -29,6 +29,7 @@ async fn migrations_apply_on_a_fresh_database_and_again_as_a_no_op() {
             "projects",
             "results",
             "sessions",
+            "skipped_entries",
             "token_projects",
             "tokens",
             "workers"

@@ -6,6 +6,8 @@
 
 mod access;
 mod api_doc;
+mod bounds;
+mod chaos;
 mod cli;
 mod contract;
 mod dashboard;

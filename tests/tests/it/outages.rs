@@ -55,25 +55,6 @@ async fn a_redis_restart_mid_batch_loses_nothing() {
     stack.db.drop_db().await;
 }
 
-/// Every Postgres session refuses writes from now on (as a primary being failed over does), or
-/// accepts them again.
-async fn read_only(admin: &sqlx::PgPool, on: bool) {
-    let mut conn = admin.acquire().await.unwrap();
-    // One statement per call: ALTER SYSTEM refuses to run in the implicit transaction a
-    // multi-statement query gets.
-    let statements: &[&'static str] = if on {
-        &["ALTER SYSTEM SET default_transaction_read_only = on"]
-    } else {
-        &[
-            "SET default_transaction_read_only = off",
-            "ALTER SYSTEM RESET default_transaction_read_only",
-        ]
-    };
-    for sql in statements.iter().chain(&["SELECT pg_reload_conf()"]) {
-        sqlx::raw_sql(*sql).execute(&mut *conn).await.unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_outage_and_a_read_only_spell_cost_no_item_anything() {
     let pg = PrivatePostgres::start();
@@ -91,10 +72,9 @@ async fn a_postgres_outage_and_a_read_only_spell_cost_no_item_anything() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     pg.up();
     // Then read-only, with errors at once rather than timeouts: 10 s of those.
-    let admin = sqlx::PgPool::connect(&pg.url()).await.unwrap();
-    read_only(&admin, true).await;
+    pg.read_only(true).await;
     tokio::time::sleep(Duration::from_secs(10)).await;
-    read_only(&admin, false).await;
+    pg.read_only(false).await;
     let view = api
         .wait_for_batch(&batch.to_string(), Duration::from_secs(300))
         .await;

@@ -384,6 +384,7 @@ async fn invalid_images_are_rejected_with_codes_in_counts_csv_and_report() {
         "{batch}"
     );
     assert_eq!(batch["skipped_entries"], 1);
+    stack.assert_counts_kept(id.parse().unwrap()).await;
     let report = fetch_report(&api, &id).await;
     assert_eq!(
         report["errors_by_code"],
@@ -391,6 +392,11 @@ async fn invalid_images_are_rejected_with_codes_in_counts_csv_and_report() {
         "{report}"
     );
     assert_eq!(report["warnings_by_code"]["view_not_frontal"], 1);
+    assert_eq!(
+        report["skipped"],
+        serde_json::json!([{"entry_index": 3, "entry_name": "notes.txt", "reason": "not_an_image"}]),
+        "{report}"
+    );
     let (_, csv_text) = api.get_text(&format!("/v1/batches/{id}/results.csv")).await;
     let mut reader = csv::Reader::from_reader(csv_text.as_bytes());
     let header = reader.headers().unwrap().clone();

@@ -168,7 +168,14 @@ async fn until_done(job: &GradCamJobV1, ctx: &JobContext) -> Result<(), BoxDynEr
 /// database refusals are returned.
 async fn attempt(job: &GradCamJobV1, ctx: &JobContext, claimed: &mut bool) -> Result<(), JobError> {
     let started = Instant::now();
-    let Some(claim) = db::items::claim(&ctx.db, job.item_id, &ctx.worker_id, !*claimed).await?
+    let Some(claim) = db::items::claim(
+        &ctx.db,
+        job.batch_id,
+        job.item_id,
+        &ctx.worker_id,
+        !*claimed,
+    )
+    .await?
     else {
         tracing::debug!("item is cancelled or already finished; skipping");
         return Ok(());

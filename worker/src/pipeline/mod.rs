@@ -21,7 +21,8 @@ use anyhow::Context;
 use apalis::prelude::*;
 use xcam_shared::{
     blob::BlobStore,
-    bundle, db,
+    bundle,
+    db::{self, workers::ClockSkew},
     jobs::{self, QueueTuning},
 };
 
@@ -75,7 +76,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     .await?;
     tracing::info!(worker = %worker_id, %device, models = ?model_names, max_batch = options.max_batch, max_wait_ms = args.max_wait_ms, "worker ready");
 
-    let heartbeat = tokio::spawn(heartbeat(db.clone(), worker_id.clone()));
+    let heartbeat = tokio::spawn(heartbeat(
+        db.clone(),
+        worker_id.clone(),
+        args.redis.orphan_after / 3,
+    ));
     let tuning = QueueTuning {
         orphan_after: args.redis.orphan_after,
         fetch_batch: options.max_batch,
@@ -136,11 +141,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn heartbeat(db: sqlx::PgPool, worker: String) {
+/// Keeps the worker's row fresh, and checks its clock against Postgres's each time (the first
+/// tick is at once): the queue recovers orphans by comparing heartbeat times across hosts.
+async fn heartbeat(db: sqlx::PgPool, worker: String, skew_limit: Duration) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tick.tick().await;
-        if let Err(e) = db::workers::heartbeat(&db, &worker).await {
+        let beat = async {
+            let skew = ClockSkew::measure(&db).await?;
+            if skew.beyond(skew_limit) {
+                tracing::error!(
+                    skew_ms = skew.millis(),
+                    limit_ms = skew_limit.as_millis() as u64,
+                    "this host's clock is off Postgres's by more than a third of XCAM_ORPHAN_AFTER: \
+                     the queue may take this worker's jobs for orphans (or miss real ones); sync it with NTP"
+                );
+            }
+            db::workers::heartbeat(&db, &worker, skew).await
+        };
+        if let Err(e) = beat.await {
             tracing::warn!(error = %e, "heartbeat to Postgres failed");
         }
     }

@@ -71,7 +71,7 @@ pub async fn track_http(request: Request, next: Next) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "fleet", operation_id = "get_metrics", responses((status = 200, content_type = "text/plain", body = String)))]
 async fn get_metrics(State(state): State<AppState>) -> ApiResult<Response> {
     let mut out = recorder().render();
-    let db = &state.db;
+    let db = &state.pools.metrics;
 
     out.push_str("# HELP xcam_queue_depth Jobs waiting in Redis (pending and scheduled retries), per model.\n# TYPE xcam_queue_depth gauge\n");
     let mut redis = state.queue.redis.clone();
