@@ -252,25 +252,22 @@ pub async fn expired(
 /// it reads the batch's own counts, never its items.
 pub async fn refresh(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<()> {
     sqlx::query(
-        r#"WITH c AS (
-               SELECT items_queued + items_running > 0 AS open,
-                      items_total > items_queued AS touched,
-                      items_succeeded > 0 AS any_ok,
-                      items_total > items_succeeded AS any_not_ok
-               FROM batches WHERE id = $1)
-           UPDATE batches b SET
+        // Every expression reads the row being updated, never a separate scan of it: an
+        // update that waits for another writer's lock is evaluated again on the row that
+        // writer committed, so it cannot write a status derived from counts that were stale.
+        r#"UPDATE batches b SET
                status = CASE
                    WHEN b.status IN ('ingesting', 'cancelled') THEN b.status
-                   WHEN c.open AND NOT c.touched THEN 'queued'
-                   WHEN c.open THEN 'running'
-                   WHEN c.any_ok AND NOT c.any_not_ok THEN 'succeeded'
-                   WHEN NOT c.any_ok THEN 'failed'
+                   WHEN b.items_queued + b.items_running > 0 AND b.items_total = b.items_queued THEN 'queued'
+                   WHEN b.items_queued + b.items_running > 0 THEN 'running'
+                   WHEN b.items_succeeded > 0 AND b.items_total = b.items_succeeded THEN 'succeeded'
+                   WHEN b.items_succeeded = 0 THEN 'failed'
                    ELSE 'completed_with_errors' END,
-               started_at = COALESCE(b.started_at, CASE WHEN c.touched THEN now() END),
-               finished_at = CASE WHEN NOT c.open AND b.status <> 'ingesting'
+               started_at = COALESCE(b.started_at, CASE WHEN b.items_total > b.items_queued THEN now() END),
+               finished_at = CASE WHEN b.items_queued + b.items_running = 0 AND b.status <> 'ingesting'
                                   THEN COALESCE(b.finished_at, now()) END,
                updated_at = now()
-           FROM c WHERE b.id = $1"#,
+           WHERE b.id = $1"#,
     )
     .bind(id)
     .execute(db)
