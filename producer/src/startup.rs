@@ -197,13 +197,12 @@ async fn heartbeat(db: sqlx::PgPool, me: String, every: Duration, stop: Cancella
 /// Connects to everything, applies migrations, loads the model catalogue.
 pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
     let [api, uploads, metrics, background] = Pools::sizes(args.db.max_connections);
+    let db = db::connect_sized(&args.db, api).await?;
     let pools = Pools {
-        api: db::connect_sized(&args.db, api).await?,
         uploads: db::connect_sized(&args.db, uploads).await?,
         metrics: db::connect_sized(&args.db, metrics).await?,
         background: db::connect_sized(&args.db, background).await?,
     };
-    let db = pools.api.clone();
     db::migrate(&db).await?;
     let redis = jobs::connect(&args.redis).await?;
     let blobs = BlobStore::from_args(&args.blob)?;

@@ -15,8 +15,9 @@ use crate::{
 
 #[derive(Clone)]
 pub struct AppState {
-    /// The API routes' connections (`pools.api`), which nearly every handler uses.
+    /// The connections of every route but uploads and `/metrics` (see [`Pools`]).
     pub db: PgPool,
+    /// The connections set apart from `db` for other kinds of work.
     pub pools: Pools,
     pub queue: Queue,
     pub blobs: BlobStore,
@@ -26,14 +27,12 @@ pub struct AppState {
     pub tasks: TaskTracker,
 }
 
-/// Postgres connections, divided by who uses them, so that none can starve the others: a
-/// burst of slow operator queries or scrapes leaves uploads and the API their connections, and
-/// a flood of requests leaves the reconciler and sweeper theirs. (Workers are processes of
-/// their own, each with its own pool.)
+/// Postgres connections set apart from the API's (`AppState::db`), so that none can starve
+/// the others: a burst of slow operator queries or scrapes leaves uploads and the API their
+/// connections, and a flood of requests leaves the reconciler and sweeper theirs. (Workers are
+/// processes of their own, each with its own pool.)
 #[derive(Clone)]
 pub struct Pools {
-    /// Every route but these below.
-    pub api: PgPool,
     /// Uploads and their ingestion.
     pub uploads: PgPool,
     /// Prometheus scrapes of `/metrics`.
@@ -51,15 +50,6 @@ impl Pools {
         let uploads = (total / 4).max(1);
         let api = total.saturating_sub(metrics + background + uploads).max(1);
         [api, uploads, metrics, background]
-    }
-
-    /// The connections a route with this action uses.
-    pub fn of(&self, action: Action) -> &PgPool {
-        match action {
-            Action::Upload => &self.uploads,
-            Action::ReadMetrics => &self.metrics,
-            _ => &self.api,
-        }
     }
 }
 
@@ -86,6 +76,15 @@ pub struct Settings {
 }
 
 impl AppState {
+    /// The connections a route with this action uses.
+    pub fn db_for(&self, action: Action) -> &PgPool {
+        match action {
+            Action::Upload => &self.pools.uploads,
+            Action::ReadMetrics => &self.pools.metrics,
+            _ => &self.db,
+        }
+    }
+
     pub fn model(&self, name: &str) -> Result<&Bundle, ApiError> {
         self.models.get(name).ok_or_else(|| ApiError::UnknownModel {
             name: name.to_owned(),

@@ -415,6 +415,18 @@ impl Stack {
         }
     }
 
+    /// How many of the batch's items have succeeded; `None` while Postgres does not answer
+    /// (the outage tests stop it).
+    pub async fn succeeded(&self, batch: Uuid) -> Option<i64> {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM items WHERE batch_id = $1 AND status = 'succeeded'",
+        )
+        .bind(batch)
+        .fetch_one(&self.db.pool)
+        .await
+        .ok()
+    }
+
     /// Every one of the batch's `n` items succeeded, with exactly one result and one succeeded
     /// log row each.
     pub async fn assert_each_item_done_once(&self, batch: Uuid, n: i64) {

@@ -208,7 +208,7 @@ pub async fn guard(
     let mut audit = AuditContext::of(&request, params.ok(), action, &state);
 
     let credential = origin::credential(request.headers());
-    let caller = match authenticate(state.pools.of(action), credential).await {
+    let caller = match authenticate(state.db_for(action), credential).await {
         Ok(caller) => caller,
         Err((refusal, principal)) => {
             if let Some(p) = &principal {
@@ -272,7 +272,7 @@ impl AuditContext {
             }
         }
         Self {
-            db: state.pools.of(action).clone(),
+            db: state.db_for(action).clone(),
             action,
             who: None,
             project: None,

@@ -99,19 +99,11 @@ fn next(seed: &mut u64) -> u64 {
     *seed
 }
 
-async fn succeeded(stack: &Stack, batch: Uuid) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM items WHERE batch_id = $1 AND status = 'succeeded'")
-        .bind(batch)
-        .fetch_one(&stack.db.pool)
-        .await
-        .unwrap_or(-1)
-}
-
 /// Waits until `more` items beyond `from` have succeeded; returns the new count.
 async fn progress(stack: &Stack, batch: Uuid, from: i64, more: i64) -> i64 {
     let target = (from + more).min(IMAGES as i64);
     eventually(DEADLINE, "the batch to make progress", || async {
-        let done = succeeded(stack, batch).await;
+        let done = stack.succeeded(batch).await?;
         (done >= target).then_some(done)
     })
     .await
@@ -119,9 +111,10 @@ async fn progress(stack: &Stack, batch: Uuid, from: i64, more: i64) -> i64 {
 
 /// How long after a fault ends the batch makes progress again.
 async fn resumed(stack: &Stack, batch: Uuid) -> Duration {
-    let (since, from) = (Instant::now(), succeeded(stack, batch).await);
+    let since = Instant::now();
+    let from = eventually(DEADLINE, "Postgres to answer", || stack.succeeded(batch)).await;
     eventually(DEADLINE, "the batch to resume", || async {
-        (succeeded(stack, batch).await > from).then_some(())
+        (stack.succeeded(batch).await? > from).then_some(())
     })
     .await;
     since.elapsed()
@@ -250,7 +243,7 @@ async fn chaos_campaign_loses_nothing() {
     std::fs::rename(&away, &planes).unwrap();
     let after = resumed(&stack, batch).await;
     timeline.note(
-        succeeded(&stack, batch).await,
+        stack.succeeded(batch).await.unwrap_or(-1),
         format!(
             "blob store back; work resumed {:.1} s later",
             after.as_secs_f64()

@@ -8,14 +8,6 @@ use xcam_tests::{
     servers::{PrivatePostgres, PrivateRedis},
 };
 
-async fn succeeded(stack: &Stack, batch: uuid::Uuid) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM items WHERE batch_id = $1 AND status = 'succeeded'")
-        .bind(batch)
-        .fetch_one(&stack.db.pool)
-        .await
-        .unwrap_or(0)
-}
-
 /// Uploads 150 images and returns once the batch is under way.
 async fn start_batch(stack: &Stack, api: &xcam_tests::Producer) -> uuid::Uuid {
     let (status, created) = api
@@ -29,7 +21,7 @@ async fn start_batch(stack: &Stack, api: &xcam_tests::Producer) -> uuid::Uuid {
     eventually(
         Duration::from_secs(120),
         "the batch to be under way",
-        || async { (succeeded(stack, batch).await >= 5).then_some(()) },
+        || async { (stack.succeeded(batch).await >= Some(5)).then_some(()) },
     )
     .await;
     batch
