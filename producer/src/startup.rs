@@ -19,7 +19,11 @@ use axum_server::tls_rustls::RustlsConfig;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower_http::{request_id::PropagateRequestIdLayer, trace::TraceLayer};
-use xcam_shared::{blob::BlobStore, bundle, db, jobs};
+use xcam_shared::{
+    blob::BlobStore,
+    bundle, db, jobs,
+    patience::{outage_in, through_outages},
+};
 
 use crate::{
     config::ServeArgs,
@@ -197,14 +201,18 @@ async fn heartbeat(db: sqlx::PgPool, me: String, every: Duration, stop: Cancella
 /// Connects to everything, applies migrations, loads the model catalogue.
 pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
     let [api, uploads, metrics, background] = Pools::sizes(args.db.max_connections);
-    let db = db::connect_sized(&args.db, api).await?;
-    let pools = Pools {
-        uploads: db::connect_sized(&args.db, uploads).await?,
-        metrics: db::connect_sized(&args.db, metrics).await?,
-        background: db::connect_sized(&args.db, background).await?,
-    };
-    db::migrate(&db).await?;
-    let redis = jobs::connect(&args.redis).await?;
+    let (db, pools) = through_outages("Postgres", outage_in, || async {
+        let db = db::connect_sized(&args.db, api).await?;
+        let pools = Pools {
+            uploads: db::connect_sized(&args.db, uploads).await?,
+            metrics: db::connect_sized(&args.db, metrics).await?,
+            background: db::connect_sized(&args.db, background).await?,
+        };
+        db::migrate(&db).await?;
+        anyhow::Ok((db, pools))
+    })
+    .await?;
+    let redis = through_outages("Redis", outage_in, || jobs::connect(&args.redis)).await?;
     let blobs = BlobStore::from_args(&args.blob)?;
     let models = bundle::discover(&args.models_dir)
         .with_context(|| format!("XCAM_MODELS_DIR={}", args.models_dir.display()))?;
@@ -215,7 +223,11 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
         );
     }
     let producer_id = xcam_shared::instance_name();
-    db::producers::register(&db, &producer_id, &xcam_shared::hostname()).await?;
+    let host = xcam_shared::hostname();
+    through_outages("Postgres", db::is_outage, || {
+        db::producers::register(&db, &producer_id, &host)
+    })
+    .await?;
     let upload_dir = args.upload_dir.clone().unwrap_or_else(std::env::temp_dir);
     let spool = Spool::open(&upload_dir)
         .with_context(|| format!("XCAM_UPLOAD_DIR={}", upload_dir.display()))?;

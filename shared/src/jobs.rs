@@ -81,10 +81,10 @@ pub async fn connect(args: &RedisArgs) -> anyhow::Result<ConnectionManager> {
     ConnectionManager::new_with_config(client, config)
         .await
         .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot reach Redis at REDIS_URL ({}): {e}; {SERVICES_HINT}",
+            anyhow::Error::new(e).context(format!(
+                "cannot reach Redis at REDIS_URL ({}); {SERVICES_HINT}",
                 redact(url)
-            )
+            ))
         })
 }
 

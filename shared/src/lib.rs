@@ -9,6 +9,7 @@
 //! - [`heatmap`]: from a CAM's grid to the map over the original image, its overlay and `.npy`.
 //! - [`bundle`]: model bundle manifests (`model.toml`) and their checksum verification.
 //! - [`imaging`]: decoding radiographs into one grayscale plane.
+//! - [`patience`]: waiting out an outage of Postgres or Redis at start-up.
 //! - [`status`]: the status machines of batches, items and log rows; [`targets`]: methods and labels.
 
 pub mod access;
@@ -19,6 +20,7 @@ pub mod db;
 pub mod heatmap;
 pub mod imaging;
 pub mod jobs;
+pub mod patience;
 pub mod status;
 pub mod targets;
 pub mod telemetry;

@@ -14,6 +14,7 @@ pub mod retry;
 pub mod skipped;
 pub mod workers;
 
+use anyhow::Context;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use crate::config::{DatabaseArgs, SERVICES_HINT, redact, required};
@@ -35,10 +36,11 @@ pub async fn connect_sized(args: &DatabaseArgs, max_connections: u32) -> anyhow:
         .connect(url)
         .await
         .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot reach Postgres at DATABASE_URL ({}): {e}; {SERVICES_HINT}",
+            // The cause stays in the chain: a service waits out an outage (see `patience`).
+            anyhow::Error::new(e).context(format!(
+                "cannot reach Postgres at DATABASE_URL ({}); {SERVICES_HINT}",
                 redact(url)
-            )
+            ))
         })?;
     Ok(pool)
 }
@@ -48,7 +50,7 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR
         .run(pool)
         .await
-        .map_err(|e| anyhow::anyhow!("applying migrations failed: {e}"))
+        .context("applying migrations failed")
 }
 
 /// Whether an error says Postgres is unavailable or refusing writes for now (down, restarting,

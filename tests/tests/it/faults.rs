@@ -93,12 +93,14 @@ async fn an_outcome_is_written_whole_or_not_at_all() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_apalis_gave_up_on_are_run_again() {
     let stack = Stack::new().await;
-    let api = stack.producer(&[]).await;
+    let api = stack
+        .producer(&["--sweep-every=1s", "--reconcile-every=2s"])
+        .await;
     let batch = upload(&api, 20).await;
-    // What apalis-redis does to a job that timed out, panicked or spent its attempts: off the
-    // active list, into the dead set. No worker runs yet, so every job of the batch goes there.
+    // apalis-redis moves a job to its dead set when an attempt fails and the job has had 25
+    // (hard-coded): about five minutes of failures. Age every job of the batch to its 24th
+    // attempt, as a long run of failures would have, so that one more real failure ends it.
     let (config, mut conn) = (queue(&stack), redis(&stack).await);
-    // A pushed job waits in the active list, or in the scheduled set until it is due.
     let (active, scheduled) = (config.active_jobs_list(), config.scheduled_jobs_set());
     let ids: Vec<String> = eventually(DEADLINE, "the jobs to be pushed", || {
         let (mut conn, active, scheduled) = (conn.clone(), active.clone(), scheduled.clone());
@@ -109,14 +111,42 @@ async fn jobs_apalis_gave_up_on_are_run_again() {
         }
     })
     .await;
-    let _: () = conn.del(&[active, scheduled]).await.unwrap();
     for id in &ids {
-        let _: () = conn.sadd(config.dead_jobs_set(), id).await.unwrap();
+        let meta = format!("{}:{id}", config.job_meta_hash());
+        let _: () = conn.hset(meta, "attempts", 24).await.unwrap();
     }
+    // The failure: Postgres refuses each item's first claim with an error that is not an
+    // outage, so the worker hands the job back to apalis as failed.
+    sqlx::raw_sql(
+        r#"CREATE SEQUENCE claim_faults;
+           CREATE FUNCTION fail_first_claims() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+               IF nextval('claim_faults') <= 20 THEN
+                   RAISE EXCEPTION 'injected fault';
+               END IF;
+               RETURN NEW;
+           END $$;
+           CREATE TRIGGER fail_first_claims BEFORE UPDATE ON items FOR EACH ROW
+               WHEN (OLD.status = 'queued' AND NEW.status = 'running')
+               EXECUTE FUNCTION fail_first_claims();"#,
+    )
+    .execute(&stack.db.pool)
+    .await
+    .unwrap();
     let _worker = stack.worker("a", &[]);
     let view = api.wait_for_batch(&batch.to_string(), DEADLINE).await;
     assert_eq!(view["status"], "succeeded", "{view}");
     stack.assert_each_item_done_once(batch, 20).await;
+    // Every job went through the dead set: the sweeper took each out of it, and the
+    // reconciler pushed its item again.
+    let (_, metrics) = api.get_text("/metrics").await;
+    let forgotten = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"xcam_redis_jobs_forgotten_total{set="dead"} "#))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert_eq!(forgotten, Some(20.0), "{metrics}");
+    let dead: usize = conn.scard(config.dead_jobs_set()).await.unwrap();
+    assert_eq!(dead, 0, "the dead set is emptied");
     stack.finish().await;
 }
 

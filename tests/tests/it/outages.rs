@@ -91,3 +91,62 @@ async fn a_postgres_outage_and_a_read_only_spell_cost_no_item_anything() {
     );
     xcam_tests::clean_redis(&stack.redis_url, &stack.prefix).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_started_during_an_outage_wait_for_it() {
+    let pg = PrivatePostgres::start();
+    let stack = Stack::on(
+        TestDb::create_on(pg.url()).await,
+        xcam_tests::redis_url(),
+        repo_root().join("models"),
+    );
+    let waiting = |w: &xcam_tests::WorkerProcess| {
+        let log = w.log_text();
+        log.contains("Postgres is unavailable; waiting for it")
+            .then_some(log)
+    };
+    // Postgres down: a worker and a producer start, and wait instead of exiting.
+    pg.down();
+    let mut early = stack.worker("early", &[]);
+    let (api, ()) = tokio::join!(stack.producer(&[]), async {
+        eventually(Duration::from_secs(60), "the worker to wait", || async {
+            waiting(&early)
+        })
+        .await;
+        pg.up();
+    });
+    // Postgres read-only, as during a failover: a worker cannot register, and waits.
+    pg.read_only(true).await;
+    let mut late = stack.worker("late", &[]);
+    let log = eventually(Duration::from_secs(60), "the worker to wait", || async {
+        waiting(&late)
+    })
+    .await;
+    assert!(log.contains("read-only transaction"), "{log}");
+    pg.read_only(false).await;
+
+    let (status, created) = api
+        .upload(png_zip(30, |i| format!("img_{i:04}.png")), &[])
+        .await;
+    assert_eq!(status, 202, "{created}");
+    let batch = created["id"].as_str().unwrap();
+    let view = api.wait_for_batch(batch, Duration::from_secs(300)).await;
+    assert_eq!(view["status"], "succeeded", "{view}");
+    stack
+        .assert_each_item_done_once(batch.parse().unwrap(), 30)
+        .await;
+    assert!(
+        early.is_running() && late.is_running(),
+        "both workers run on"
+    );
+    let registered: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM workers WHERE stopped_at IS NULL")
+            .fetch_one(&stack.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        registered, 2,
+        "both workers registered once Postgres let them"
+    );
+    xcam_tests::clean_redis(&stack.redis_url, &stack.prefix).await;
+}

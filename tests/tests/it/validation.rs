@@ -452,13 +452,15 @@ async fn no_patient_identifier_is_held_anywhere_with_or_without_pseudonyms() {
     let stack = Stack::new().await;
     let api = stack.producer_process(&[]).await;
     let worker = stack.worker("a", &[]);
-    let entries = |names: [&str; 5]| {
+    let entries = |names: [&str; 6]| {
         zip_of(&[
             (names[0], read(&dir.path().join("cr_phi.dcm"))),
             (names[1], read(&rg1.join("RG1_UNCR.dcm"))),
             (names[2], read(&rg1.join("RG1_J2KR.dcm"))),
             (names[3], read(&dir.path().join("cr_truncated.dcm"))),
             (names[4], read(&dir.path().join("dx_mono1.dcm"))),
+            // Skipped, not an image, and its name is as much PHI as the others'.
+            (names[5], b"referral letter".to_vec()),
         ])
     };
     let mut batches = Vec::new();
@@ -470,13 +472,14 @@ async fn no_patient_identifier_is_held_anywhere_with_or_without_pseudonyms() {
                 "ALT-ID-99817.dcm",
                 "d.dcm",
                 "Zebulon_Quixotic_MRN-73519-QX.dcm",
+                "Zebulon^Quixotic^Marmaduke referral.txt",
             ],
             "true",
             "all",
         ),
         // Names as uploaded; the top label's map is enough, the pixels are the same.
         (
-            ["a.dcm", "b.dcm", "c.dcm", "d.dcm", "e.dcm"],
+            ["a.dcm", "b.dcm", "c.dcm", "d.dcm", "e.dcm", "f.txt"],
             "false",
             "top1",
         ),
@@ -586,5 +589,26 @@ async fn no_patient_identifier_is_held_anywhere_with_or_without_pseudonyms() {
         "entry names are pseudonymised"
     );
     assert!(csv_of(1).contains("e.dcm"), "names as uploaded otherwise");
+    let skipped = |i: usize| {
+        let (api, id) = (&api, &batches[i]);
+        async move {
+            let report = fetch_report(api, id).await;
+            assert_eq!(
+                report["skipped"].as_array().map(Vec::len),
+                Some(1),
+                "{report}"
+            );
+            report["skipped"][0]["entry_name"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let hidden = skipped(0).await;
+    assert!(
+        hidden.starts_with("entry-"),
+        "a skipped entry's name is pseudonymised: {hidden}"
+    );
+    assert_eq!(skipped(1).await, "f.txt");
     stack.finish().await;
 }

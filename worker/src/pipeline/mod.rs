@@ -24,6 +24,7 @@ use xcam_shared::{
     bundle,
     db::{self, workers::ClockSkew},
     jobs::{self, QueueTuning},
+    patience::{outage_in, through_outages},
 };
 
 use crate::{
@@ -35,8 +36,9 @@ pub use handler::JobContext;
 
 /// Runs until SIGINT/SIGTERM: in-flight jobs finish, nothing new is taken.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let db = db::connect(&args.db).await?;
-    let redis = jobs::connect(&args.redis).await?;
+    // A worker started during an outage (or restarted by one) waits for its services.
+    let db = through_outages("Postgres", outage_in, || db::connect(&args.db)).await?;
+    let redis = through_outages("Redis", outage_in, || jobs::connect(&args.redis)).await?;
     let blobs = BlobStore::from_args(&args.blob)?;
     let options = EngineOptions {
         max_batch: args.max_batch.max(1),
@@ -65,14 +67,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(xcam_shared::instance_name);
     let model_names: Vec<String> = engines.keys().cloned().collect();
-    db::workers::register(
-        &db,
-        &worker_id,
-        &host,
-        std::process::id() as i32,
-        &device,
-        &model_names,
-    )
+    through_outages("Postgres", db::is_outage, || {
+        let pid = std::process::id() as i32;
+        db::workers::register(&db, &worker_id, &host, pid, &device, &model_names)
+    })
     .await?;
     tracing::info!(worker = %worker_id, %device, models = ?model_names, max_batch = options.max_batch, max_wait_ms = args.max_wait_ms, "worker ready");
 
