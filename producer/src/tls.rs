@@ -6,14 +6,9 @@ use std::path::Path;
 use anyhow::Context;
 use axum_server::tls_rustls::RustlsConfig;
 
-/// Makes *ring* the process's rustls provider; later calls are no-ops.
-pub fn install_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 /// The server's TLS set-up from PEM files, read once at start so a bad file stops the start.
 pub async fn server_config(cert: &Path, key: &Path) -> anyhow::Result<RustlsConfig> {
-    install_provider();
+    xcam_shared::install_crypto_provider();
     RustlsConfig::from_pem_file(cert, key)
         .await
         .with_context(|| {

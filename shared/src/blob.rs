@@ -1,13 +1,26 @@
 //! The blob store: validated pixel planes and drawn overlays. Postgres holds keys, never bytes.
 //!
-//! Built on `object_store`, so a local directory (`file:///…`, the default) and S3-compatible
-//! storage differ only in the URL.
+//! Built on `object_store`, so a local directory (`file:///…`, the default) and S3
+//! (`s3://BUCKET/PREFIX`, configured by the standard `AWS_*` variables) differ only in the URL.
+//! Every producer and worker of a deployment must name the same store.
 
-use std::{path::Path as FsPath, sync::Arc};
+use std::{path::Path as FsPath, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload, local::LocalFileSystem, path::Path};
+use futures::TryStreamExt;
+use object_store::{
+    BackoffConfig, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
+    WriteMultipart,
+    aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut},
+    local::LocalFileSystem,
+    path::Path,
+    prefix::PrefixStore,
+};
 use sha2::{Digest, Sha256};
+
+/// Objects larger than this are uploaded in parts of [`PART_BYTES`].
+const MULTIPART_ABOVE: usize = 16 << 20;
+const PART_BYTES: usize = 8 << 20;
 
 /// What can go wrong with the blob store. Every variant is transient from a job's point of view
 /// except `NotFound`.
@@ -18,17 +31,15 @@ pub enum BlobError {
     BadUrl { url: String, reason: String },
     #[error("blob {key} does not exist")]
     NotFound { key: String },
-    #[error("blob store: {0}")]
-    Store(#[source] object_store::Error),
-}
-
-impl From<object_store::Error> for BlobError {
-    fn from(e: object_store::Error) -> Self {
-        match e {
-            object_store::Error::NotFound { path, .. } => BlobError::NotFound { key: path },
-            other => BlobError::Store(other),
-        }
-    }
+    /// Names the store (its URL, which holds no credentials) and the key; `object_store`'s
+    /// message says what the server answered.
+    #[error("blob store {store}, key {key}: {source}")]
+    Store {
+        store: String,
+        key: String,
+        #[source]
+        source: object_store::Error,
+    },
 }
 
 /// A cheap-to-clone handle on the store.
@@ -39,13 +50,25 @@ pub struct BlobStore {
 }
 
 impl BlobStore {
-    /// Opens the store a URL names. `file://` directories are created if missing.
+    /// Opens the store a URL names: `file:///DIR` (created if missing) or `s3://BUCKET/PREFIX`.
     pub fn open(url: &str) -> Result<Self, BlobError> {
+        Self::open_with(url, &[])
+    }
+
+    /// [`BlobStore::open`], with S3 settings (object_store's key names) that override the
+    /// `AWS_*` variables.
+    pub fn open_with(url: &str, options: &[(String, String)]) -> Result<Self, BlobError> {
         let bad = |reason: String| BlobError::BadUrl {
             url: url.to_owned(),
             reason,
         };
         let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(bad(
+                "credentials belong in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, not the URL"
+                    .into(),
+            ));
+        }
         let store: Arc<dyn ObjectStore> = match parsed.scheme() {
             "file" => {
                 let dir = parsed
@@ -61,13 +84,11 @@ impl BlobStore {
                         .with_automatic_cleanup(true),
                 )
             }
+            "s3" => s3(&parsed, options).map_err(bad)?,
             other => {
-                let (store, prefix) =
-                    object_store::parse_url(&parsed).map_err(|e| bad(e.to_string()))?;
-                if !prefix.as_ref().is_empty() {
-                    return Err(bad(format!("{other}: a path prefix is not supported yet")));
-                }
-                Arc::from(store)
+                return Err(bad(format!(
+                    "unsupported scheme {other}: use file:///DIR or s3://BUCKET/PREFIX"
+                )));
             }
         };
         Ok(Self {
@@ -93,7 +114,7 @@ impl BlobStore {
     /// directory.
     pub fn from_args(args: &crate::config::BlobArgs) -> Result<Self, BlobError> {
         match &args.blob_url {
-            Some(url) => Self::open(url),
+            Some(url) => Self::open_with(url, &args.blob_options),
             None => Self::local(FsPath::new(".xcam/blobs")),
         }
     }
@@ -103,38 +124,100 @@ impl BlobStore {
         &self.url
     }
 
-    /// Writes `bytes` under `key` (atomically: readers see all of it or nothing).
+    fn failed(&self, key: &str, e: object_store::Error) -> BlobError {
+        match e {
+            object_store::Error::NotFound { .. } => BlobError::NotFound {
+                key: key.to_owned(),
+            },
+            source => BlobError::Store {
+                store: self.url.clone(),
+                key: key.to_owned(),
+                source,
+            },
+        }
+    }
+
+    /// Writes `bytes` under `key`, replacing what was there (atomically: readers see all of it
+    /// or nothing).
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), BlobError> {
+        if bytes.len() > MULTIPART_ABOVE {
+            return self.put_in_parts(key, bytes).await;
+        }
         self.store
             .put(&Path::from(key), PutPayload::from(bytes))
-            .await?;
+            .await
+            .map_err(|e| self.failed(key, e))?;
+        Ok(())
+    }
+
+    /// Writes `bytes` under `key` unless a blob is already there (content-addressed keys: the
+    /// same key is the same bytes). Returns whether it wrote. Producers storing the same image
+    /// at once write it once, and never replace a blob a reader is reading.
+    pub async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<bool, BlobError> {
+        if bytes.len() > MULTIPART_ABOVE {
+            // S3 has no conditional multipart upload in object_store: a second writer of the
+            // same content-addressed key writes the same bytes.
+            if self.exists(key).await? {
+                return Ok(false);
+            }
+            return self.put_in_parts(key, bytes).await.map(|()| true);
+        }
+        let create = PutOptions::from(PutMode::Create);
+        match self
+            .store
+            .put_opts(&Path::from(key), PutPayload::from(bytes), create)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            // Some S3 servers answer a conditional put of an existing key 412.
+            Err(object_store::Error::Precondition { .. }) => Ok(false),
+            Err(e) => Err(self.failed(key, e)),
+        }
+    }
+
+    async fn put_in_parts(&self, key: &str, bytes: Bytes) -> Result<(), BlobError> {
+        let upload = self
+            .store
+            .put_multipart(&Path::from(key))
+            .await
+            .map_err(|e| self.failed(key, e))?;
+        let mut parts = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+        parts.put(bytes);
+        parts.finish().await.map_err(|e| self.failed(key, e))?;
         Ok(())
     }
 
     /// Reads the whole blob.
     pub async fn get(&self, key: &str) -> Result<Bytes, BlobError> {
-        Ok(self.store.get(&Path::from(key)).await?.bytes().await?)
+        let read = async { self.store.get(&Path::from(key)).await?.bytes().await };
+        read.await.map_err(|e| self.failed(key, e))
     }
 
     /// Removes a blob; one that is already gone is not an error.
     pub async fn delete(&self, key: &str) -> Result<(), BlobError> {
         match self.store.delete(&Path::from(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(self.failed(key, e)),
         }
+    }
+
+    /// Every key under a prefix (a "directory"), or under the whole store for `""`.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError> {
+        let prefix = (!prefix.is_empty()).then(|| Path::from(prefix));
+        self.store
+            .list(prefix.as_ref())
+            .map_ok(|meta| meta.location.to_string())
+            .try_collect()
+            .await
+            .map_err(|e| self.failed(prefix.as_ref().map_or("", |p| p.as_ref()), e))
     }
 
     /// Removes every blob under a prefix (a "directory"); returns how many were removed.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<usize, BlobError> {
-        use futures::TryStreamExt;
-        let keys: Vec<Path> = self
-            .store
-            .list(Some(&Path::from(prefix)))
-            .map_ok(|meta| meta.location)
-            .try_collect()
-            .await?;
+        let keys = self.list(prefix).await?;
         for key in &keys {
-            self.delete(key.as_ref()).await?;
+            self.delete(key).await?;
         }
         Ok(keys.len())
     }
@@ -144,9 +227,41 @@ impl BlobStore {
         match self.store.head(&Path::from(key)).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(self.failed(key, e)),
         }
     }
+}
+
+/// An S3 bucket (and optional prefix) as `object_store` builds it from the standard `AWS_*`
+/// variables: endpoint, region, credentials, `AWS_ALLOW_HTTP`, path or virtual-hosted style.
+fn s3(url: &url::Url, options: &[(String, String)]) -> Result<Arc<dyn ObjectStore>, String> {
+    crate::install_crypto_provider();
+    let mut builder = AmazonS3Builder::from_env();
+    for (key, value) in options {
+        let key: AmazonS3ConfigKey = key.to_ascii_lowercase().parse().map_err(|_| {
+            format!("{key:?} is not an S3 setting (see object_store's AmazonS3ConfigKey)")
+        })?;
+        builder = builder.with_config(key, value);
+    }
+    let bucket = url.host_str().unwrap_or_default();
+    let store = builder
+        .with_bucket_name(bucket)
+        // A request is retried with backoff for up to 30 s; past that the caller decides (a
+        // worker waits out the outage without holding it against the image).
+        .with_retry(RetryConfig {
+            backoff: BackoffConfig::default(),
+            max_retries: 6,
+            retry_timeout: Duration::from_secs(30),
+        })
+        .with_conditional_put(S3ConditionalPut::ETagMatch)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let prefix = url.path().trim_matches('/');
+    Ok(if prefix.is_empty() {
+        Arc::new(store)
+    } else {
+        Arc::new(PrefixStore::new(store, prefix))
+    })
 }
 
 /// The hex SHA-256 of some bytes.

@@ -49,9 +49,23 @@ pub struct RedisArgs {
 #[derive(Debug, Clone, Args)]
 pub struct BlobArgs {
     /// Blob store URL: file:///absolute/dir for a local directory (the default is .xcam/blobs
-    /// under the working directory).
+    /// under the working directory), or s3://BUCKET/PREFIX, configured by the standard
+    /// variables (AWS_ENDPOINT, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    /// AWS_ALLOW_HTTP, AWS_VIRTUAL_HOSTED_STYLE_REQUEST, …).
     #[arg(long = "blob-url", env = "XCAM_BLOB_URL", value_name = "URL")]
     pub blob_url: Option<String>,
+    /// An S3 setting that overrides its AWS_* variable, as KEY=VALUE with object_store's names
+    /// (aws_endpoint=http://10.0.0.5:8333, aws_allow_http=true); repeatable. Keep secrets in
+    /// the environment, where other users' `ps` cannot see them.
+    #[arg(long = "blob-option", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub blob_options: Vec<(String, String)>,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
 /// How logs are written.

@@ -41,6 +41,12 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Makes *ring* the process's rustls provider (HTTPS to S3, TLS of the API and its clients);
+/// later calls are no-ops.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// This machine's name, as workers and producers report it.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -9,6 +9,7 @@
 //!
 //! Run through `make test`, which starts the services and exports their URLs.
 
+pub use blobs::{Blobs, Store};
 use std::{
     future::Future,
     path::{Path, PathBuf},
@@ -16,6 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod blobs;
 pub mod servers;
 
 use clap::Parser;
@@ -80,7 +82,7 @@ impl TestDb {
     /// A fresh database on the server `admin_url` points at.
     pub async fn create_on(admin_url: String) -> Self {
         // Every test starts here; its HTTP clients use rustls with the API's provider.
-        xcam_producer::tls::install_provider();
+        xcam_shared::install_crypto_provider();
         let name = format!("xcam_test_{}", Uuid::new_v4().simple());
         let mut admin = sqlx::PgConnection::connect(&admin_url)
             .await
@@ -159,7 +161,7 @@ pub async fn make_token(
 
 /// An HTTP client that sends `token` as its bearer on every request.
 pub fn client_with(token: &str) -> reqwest::Client {
-    xcam_producer::tls::install_provider();
+    xcam_shared::install_crypto_provider();
     let mut value =
         reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).expect("header");
     value.set_sensitive(true);
@@ -219,7 +221,7 @@ pub struct Stack {
     pub db: TestDb,
     pub redis_url: String,
     pub prefix: String,
-    pub blobs: tempfile::TempDir,
+    pub blobs: Blobs,
     pub models_dir: PathBuf,
 }
 
@@ -238,15 +240,20 @@ impl Stack {
             db,
             redis_url,
             prefix: queue_prefix(),
-            blobs: tempfile::tempdir().expect("tempdir"),
+            blobs: Blobs::Dir(tempfile::tempdir().expect("tempdir")),
             models_dir,
         }
     }
 
+    /// A stack on the shared servers with its blobs in the given kind of store.
+    pub async fn storing_in(store: Store) -> Self {
+        let mut stack = Self::new().await;
+        stack.blobs = Blobs::new(store, &stack.prefix);
+        stack
+    }
+
     pub fn blob_url(&self) -> String {
-        url::Url::from_directory_path(self.blobs.path())
-            .expect("absolute")
-            .to_string()
+        self.blobs.url()
     }
 
     /// The router `xcam serve` serves, built on this stack's services but not bound to a port:
@@ -296,12 +303,12 @@ impl Stack {
             format!("--database-url={}", self.db.url),
             format!("--redis-url={}", self.redis_url),
             format!("--queue-prefix={}", self.prefix),
-            format!("--blob-url={}", self.blob_url()),
             "--reconcile-every=2s".into(),
             "--sweep-every=1s".into(),
             "--orphan-after=6s".into(),
             format!("--pseudonym-key={PSEUDONYM_KEY}"),
         ];
+        argv.extend(self.blobs.flags());
         argv.extend(extra.iter().map(|s| (*s).to_owned()));
         Serve::try_parse_from(argv).expect("serve args").args
     }
@@ -347,7 +354,7 @@ impl Stack {
             .env("DATABASE_URL", &self.db.url)
             .env("REDIS_URL", &self.redis_url)
             .env("XCAM_QUEUE_PREFIX", &self.prefix)
-            .env("XCAM_BLOB_URL", self.blob_url())
+            .envs(self.blobs.env())
             .env("RUST_LOG", "debug,h2=info,hyper=info,reqwest=info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("api log"))
@@ -400,7 +407,7 @@ impl Stack {
             .env("DATABASE_URL", &self.db.url)
             .env("REDIS_URL", &self.redis_url)
             .env("XCAM_QUEUE_PREFIX", &self.prefix)
-            .env("XCAM_BLOB_URL", self.blob_url())
+            .envs(self.blobs.env())
             .env("RUST_LOG", "info,xcam_worker=debug")
             .env("XCAM_LOG_FORMAT", "text")
             .envs(env.iter().copied())
@@ -475,6 +482,7 @@ impl Stack {
 
     pub async fn finish(self) {
         clean_redis(&self.redis_url, &self.prefix).await;
+        self.blobs.remove().await;
         self.db.drop_db().await;
     }
 }

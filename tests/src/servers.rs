@@ -1,5 +1,5 @@
-//! Private Redis and Postgres servers for the tests that stop and restart them (the shared ones
-//! serve every other test in parallel and must stay up).
+//! Private Redis, Postgres and S3 servers for the tests that stop and restart them (the shared
+//! ones serve every other test in parallel and must stay up).
 
 use std::{
     path::PathBuf,
@@ -283,4 +283,107 @@ impl Drop for PrivatePostgres {
             ],
         );
     }
+}
+
+/// A SeaweedFS S3 server (`weed mini`, the binary `scripts/services.sh` installs) of its own,
+/// stoppable and restartable on the same ports and data, for the blob-store outage tests.
+pub struct PrivateS3 {
+    pub server: crate::blobs::S3Server,
+    ports: [u16; 8],
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl PrivateS3 {
+    pub fn start() -> Self {
+        let shared = crate::blobs::S3Server::shared();
+        let ports = std::array::from_fn(|_| free_port());
+        let mut s3 = Self {
+            server: crate::blobs::S3Server {
+                endpoint: format!("http://127.0.0.1:{}", ports[0]),
+                ..shared
+            },
+            ports,
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+        };
+        s3.up();
+        s3
+    }
+
+    /// Starts the server (again), and returns once it answers HTTP.
+    pub fn up(&mut self) {
+        let weed = std::env::var("XCAM_WEED").expect("XCAM_WEED (scripts/services.sh env)");
+        let [
+            s3,
+            master,
+            master_grpc,
+            volume,
+            volume_grpc,
+            filer,
+            filer_grpc,
+            s3_grpc,
+        ] = self.ports;
+        let child = Command::new(weed)
+            .arg("mini")
+            .arg(format!("-dir={}", self.dir.path().display()))
+            .args([
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                "-master.telemetry=false",
+                "-webdav=false",
+                "-admin.ui=false",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                "-bucket=xcam",
+            ])
+            .arg(format!("-s3.port={s3}"))
+            .arg(format!("-s3.port.grpc={s3_grpc}"))
+            .arg(format!("-master.port={master}"))
+            .arg(format!("-master.port.grpc={master_grpc}"))
+            .arg(format!("-volume.port={volume}"))
+            .arg(format!("-volume.port.grpc={volume_grpc}"))
+            .arg(format!("-filer.port={filer}"))
+            .arg(format!("-filer.port.grpc={filer_grpc}"))
+            .env("AWS_ACCESS_KEY_ID", &self.server.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &self.server.secret_key)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("weed runs");
+        self.child = Some(child);
+        wait_until("SeaweedFS", || http_answers(s3));
+    }
+
+    /// Stops the server: every request is refused until [`PrivateS3::up`].
+    pub fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateS3 {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Whether an HTTP server on the port answers a request (any status).
+fn http_answers(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut head = [0u8; 12];
+    conn.write_all(b"GET / HTTP/1.0\r\n\r\n").is_ok()
+        && conn.read_exact(&mut head).is_ok()
+        && head.starts_with(b"HTTP/1.")
 }

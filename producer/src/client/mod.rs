@@ -51,7 +51,7 @@ impl Api {
         token: Option<&str>,
         ca_cert: Option<&std::path::Path>,
     ) -> Result<Self, ClientError> {
-        crate::tls::install_provider();
+        xcam_shared::install_crypto_provider();
         let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
         if let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) {
             let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {

@@ -151,9 +151,7 @@ impl Ingestor {
                     // Claimed before it is written, so a delete of another batch with the same
                     // pixels cannot remove it before this batch's items reference it.
                     db::erasure::claim_plane(&self.db, request.batch_id, &key).await?;
-                    if !self.blobs.exists(&key).await? {
-                        self.blobs.put(&key, plane.into()).await?;
-                    }
+                    self.blobs.put_if_absent(&key, plane.into()).await?;
                     Ok((sha, key, size, warnings))
                 }
                 Err(rejection) => Err(rejection),

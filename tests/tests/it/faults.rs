@@ -7,7 +7,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use uuid::Uuid;
 use xcam_shared::jobs;
-use xcam_tests::{Producer, Stack, eventually, png_zip};
+use xcam_tests::{Blobs, Producer, Stack, eventually, png_zip, servers::PrivateS3};
 
 const DEADLINE: Duration = Duration::from_secs(300);
 
@@ -290,6 +290,43 @@ async fn a_blob_store_outage_fails_no_image_and_costs_no_attempt() {
         .await
         .unwrap();
     assert_eq!(most, 1, "waiting out the outage cost no item an attempt");
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_outage_fails_no_image_and_costs_no_attempt() {
+    let mut s3 = PrivateS3::start();
+    let mut stack = Stack::new().await;
+    stack.blobs = Blobs::on_s3(s3.server.clone(), &stack.prefix);
+    let api = stack.producer(&[]).await;
+    let batch = upload(&api, 40).await;
+    // The S3 server stops: every request is refused, past object_store's own retries.
+    s3.down();
+    let worker = stack.worker("a", &["--max-batch=4", "--retry-budget=1"]);
+    eventually(DEADLINE, "the worker to meet the outage", || async {
+        let log = worker.log_text();
+        log.contains("a dependency is unavailable").then_some(())
+    })
+    .await;
+    s3.up();
+    let view = api.wait_for_batch(&batch.to_string(), DEADLINE).await;
+    assert_eq!(view["status"], "succeeded", "{view}\n{}", worker.log_text());
+    stack.assert_each_item_done_once(batch, 40).await;
+    let most: i32 = sqlx::query_scalar("SELECT max(attempts) FROM items WHERE batch_id = $1")
+        .bind(batch)
+        .fetch_one(&stack.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(most, 1, "waiting out the outage cost no item an attempt");
+    let log = worker.log_text();
+    assert!(
+        log.contains("blob store s3://xcam/") && log.contains("planes/"),
+        "errors name the bucket and key: {log}"
+    );
+    assert!(
+        !log.contains(&s3.server.secret_key),
+        "the secret stays out of the log"
+    );
     stack.finish().await;
 }
 

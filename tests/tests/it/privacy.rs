@@ -11,8 +11,8 @@ use xcam_shared::{
     db::audit::{self, AuditFilter},
 };
 use xcam_tests::{
-    Producer, Stack, client_with, contains, eventually, files_under, make_token, pg_dump, png,
-    png_zip, redis_contents, zip_of,
+    Producer, Stack, Store, client_with, contains, eventually, files_under, make_token, pg_dump,
+    png, png_zip, redis_contents, zip_of,
 };
 
 /// What xcam held of a batch before it was deleted: the strings that must not outlive it.
@@ -72,7 +72,7 @@ async fn until_redis_forgets(stack: &Stack, items: &[Uuid]) {
 /// blob's name or bytes, not in Redis.
 async fn assert_nothing_left(stack: &Stack, batch: &str, t: &Traces, shared: &BTreeSet<String>) {
     let dump = pg_dump(&stack.db.url, &["audit_log"]);
-    let blobs = files_under(stack.blobs.path());
+    let blobs = stack.blobs.all().await;
     let redis = redis_contents(&stack.redis_url, &stack.prefix).await;
     let needles = t
         .items
@@ -83,20 +83,14 @@ async fn assert_nothing_left(stack: &Stack, batch: &str, t: &Traces, shared: &BT
     for needle in needles {
         assert!(!contains(&dump, &needle), "{needle} is still in Postgres");
         assert!(!redis.contains(&needle), "{needle} is still in Redis");
-        for blob in &blobs {
-            assert!(
-                !blob.to_string_lossy().contains(&needle),
-                "{needle} names the blob {}",
-                blob.display()
-            );
+        for (name, _) in &blobs {
+            assert!(!name.contains(&needle), "{needle} names the blob {name}");
         }
     }
-    for blob in &blobs {
-        let name = blob.to_string_lossy();
+    for (name, bytes) in &blobs {
         assert!(!name.contains(batch), "{name} is the deleted batch's");
-        let bytes = std::fs::read(blob).unwrap();
         for item in &t.items {
-            assert!(!contains(&bytes, &item.to_string()), "{name} holds {item}");
+            assert!(!contains(bytes, &item.to_string()), "{name} holds {item}");
         }
     }
     // The inference log keeps the attempts, without names or item ids.
@@ -113,7 +107,16 @@ async fn assert_nothing_left(stack: &Stack, batch: &str, t: &Traces, shared: &BT
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_batch_leaves_nothing_but_its_audit_rows_and_shared_images_stay() {
-    let stack = Stack::new().await;
+    a_deleted_batch_leaves_nothing(Store::Dir).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_batch_leaves_nothing_on_s3_either() {
+    a_deleted_batch_leaves_nothing(Store::S3).await;
+}
+
+async fn a_deleted_batch_leaves_nothing(store: Store) {
+    let stack = Stack::storing_in(store).await;
     let spool = tempfile::tempdir().unwrap();
     let api = stack
         .producer(&[&format!("--upload-dir={}", spool.path().display())])
@@ -157,9 +160,12 @@ async fn a_deleted_batch_leaves_nothing_but_its_audit_rows_and_shared_images_sta
     let shared = traces(&stack, kept).await.hashes;
     assert_eq!(t.hashes.intersection(&shared).count(), 1);
     assert!(
-        files_under(stack.blobs.path())
+        stack
+            .blobs
+            .keys()
+            .await
             .iter()
-            .any(|b| b.to_string_lossy().contains(doomed.as_str())),
+            .any(|b| b.contains(doomed.as_str())),
         "overlays were kept under the batch"
     );
 
@@ -198,10 +204,8 @@ async fn a_deleted_batch_leaves_nothing_but_its_audit_rows_and_shared_images_sta
     assert_nothing_left(&stack, doomed, &t, &shared).await;
     let (status, body) = api.get_text(&format!("/v1/batches/{kept}/results")).await;
     assert_eq!(status, 200, "{body}");
-    let plane = files_under(stack.blobs.path()).into_iter().find(|b| {
-        b.to_string_lossy()
-            .contains(shared.first().unwrap().as_str())
-    });
+    let plane = (stack.blobs.keys().await.into_iter())
+        .find(|b| b.contains(shared.first().unwrap().as_str()));
     assert!(plane.is_some(), "the shared plane stays");
     let item = &api.get_json(&format!("/v1/batches/{kept}/results")).await.1["items"][0];
     let response = api

@@ -9,9 +9,7 @@ use std::{
 
 use serde_json::Value;
 use xcam_shared::imaging::{self, Format, ImageLimits};
-use xcam_tests::{
-    Stack, contains, files_under, pg_dump, png, python, redis_save, repo_root, zip_of,
-};
+use xcam_tests::{Stack, Store, contains, pg_dump, png, python, redis_save, repo_root, zip_of};
 
 /// Writes the test DICOMs (tests/reference/make_dicoms.py) and returns their directory and the
 /// PHI values to look for.
@@ -448,8 +446,17 @@ async fn invalid_images_are_rejected_with_codes_in_counts_csv_and_report() {
 /// a Redis `SAVE`, both processes' logs, the CSVs, the report, images, overlays and maps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_patient_identifier_is_held_anywhere_with_or_without_pseudonyms() {
+    no_patient_identifier_is_held(Store::Dir).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_patient_identifier_is_held_on_s3_either() {
+    no_patient_identifier_is_held(Store::S3).await;
+}
+
+async fn no_patient_identifier_is_held(store: Store) {
     let (dir, phi, rg1) = dicoms();
-    let stack = Stack::new().await;
+    let stack = Stack::storing_in(store).await;
     let api = stack.producer_process(&[]).await;
     let worker = stack.worker("a", &[]);
     let entries = |names: [&str; 6]| {
@@ -543,24 +550,16 @@ async fn no_patient_identifier_is_held_anywhere_with_or_without_pseudonyms() {
     haystacks.push(("the worker's log".into(), worker.log_text().into_bytes()));
     haystacks.push(("the API's log".into(), api.log_text().into_bytes()));
     haystacks.push(("a Redis SAVE".into(), redis_save(&stack.redis_url).await));
-    let blobs = files_under(stack.blobs.path());
-    for blob in &blobs {
-        let name = blob
-            .strip_prefix(stack.blobs.path())
-            .unwrap()
-            .display()
-            .to_string();
-        haystacks.push((format!("the blob {name}"), read(blob)));
-        haystacks.push((format!("the blob name {name}"), name.into_bytes()));
+    let blobs = stack.blobs.all().await;
+    for (name, bytes) in &blobs {
+        haystacks.push((format!("the blob {name}"), bytes.to_vec()));
+        haystacks.push((format!("the blob name {name}"), name.clone().into_bytes()));
     }
+    let keys: Vec<&String> = blobs.iter().map(|(name, _)| name).collect();
     assert!(
-        blobs
-            .iter()
-            .any(|b| b.to_string_lossy().contains("overlay.png"))
-            && blobs
-                .iter()
-                .any(|b| b.to_string_lossy().contains("planes/")),
-        "planes and overlays were searched: {blobs:?}"
+        keys.iter().any(|b| b.contains("overlay.png"))
+            && keys.iter().any(|b| b.contains("planes/")),
+        "planes and overlays were searched: {keys:?}"
     );
     for value in &phi {
         for (place, bytes) in &haystacks {
@@ -568,13 +567,9 @@ async fn no_patient_identifier_is_held_anywhere_with_or_without_pseudonyms() {
         }
     }
     // What is stored of an image is its pixel plane: a 16-bit grayscale PNG, never the DICOM.
-    for blob in blobs
-        .iter()
-        .filter(|b| b.to_string_lossy().contains("planes/"))
-    {
-        let bytes = read(blob);
-        assert!(!contains(&bytes, "DICM"), "{} is a DICOM", blob.display());
-        xcam_shared::imaging::plane::decode(&bytes).expect("a plane");
+    for (name, bytes) in blobs.iter().filter(|(name, _)| name.contains("planes/")) {
+        assert!(!contains(bytes, "DICM"), "{name} is a DICOM");
+        xcam_shared::imaging::plane::decode(bytes).expect("a plane");
     }
     let csv_of = |i: usize| {
         haystacks
