@@ -48,9 +48,10 @@ impl Reconciler {
     }
 
     /// Runs a pass every `every` until `stop` is cancelled.
-    pub async fn run(self, every: Duration, stop: CancellationToken) {
+    /// Passes every `every`, by one producer at a time (`leases`: see `db::leases`).
+    pub async fn run(self, every: Duration, leases: PgPool, stop: CancellationToken) {
         let this = &self;
-        crate::periodic::every(every, stop, move || async move {
+        crate::periodic::every_exclusively(every, stop, leases, "reconciler", move || async move {
             match this.pass().await {
                 Ok(0) => {}
                 Ok(n) => {

@@ -102,7 +102,8 @@ impl Application {
         let tasks = state.tasks.clone();
         let background = state.pools.background.clone();
         let reconciler = Reconciler::new(background.clone(), state.queue.clone(), reconcile_every);
-        tasks.spawn(reconciler.run(reconcile_every, stop.clone()));
+        let leases = state.pools.leases.clone();
+        tasks.spawn(reconciler.run(reconcile_every, leases.clone(), stop.clone()));
         routes::metrics::install();
         let eraser = crate::erase::Eraser {
             db: background.clone(),
@@ -114,7 +115,7 @@ impl Application {
             retention,
             producers_silent_after: state.queue.tuning.orphan_after,
         };
-        tasks.spawn(sweeper.run(sweep_every, stop.clone()));
+        tasks.spawn(sweeper.run(sweep_every, leases, stop.clone()));
         tasks.spawn(heartbeat(
             background,
             state.settings.producer_id.clone(),
@@ -207,6 +208,7 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
             uploads: db::connect_sized(&args.db, uploads).await?,
             metrics: db::connect_sized(&args.db, metrics).await?,
             background: db::connect_sized(&args.db, background).await?,
+            leases: db::connect_sized(&args.db, Pools::LEASED_TASKS).await?,
         };
         db::migrate(&db).await?;
         anyhow::Ok((db, pools))

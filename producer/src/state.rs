@@ -39,6 +39,14 @@ pub struct Pools {
     pub metrics: PgPool,
     /// The reconciler, the sweeper and the heartbeat.
     pub background: PgPool,
+    /// One connection per background task, holding its lease while a pass runs (see
+    /// `db::leases`); outside `XCAM_DB_MAX_CONNECTIONS`.
+    pub leases: PgPool,
+}
+
+impl Pools {
+    /// The background tasks that take a lease: the reconciler and the sweeper.
+    pub const LEASED_TASKS: u32 = 2;
 }
 
 impl Pools {

@@ -10,8 +10,8 @@
 //!   through the same path as `DELETE /v1/batches/{id}`, one batch per transaction;
 //! - deletes inference-log rows past `XCAM_LOG_RETENTION`, a few thousand per transaction.
 //!
-//! Several producers may sweep at once: every step is idempotent, and a batch two of them
-//! expire together is deleted once (the other finds it gone).
+//! One producer sweeps at a time (the sweeper's lease, see `db::leases`); every step is also
+//! idempotent, so a pass cut short is finished by the next.
 
 use std::time::Duration;
 
@@ -63,8 +63,9 @@ pub struct Sweeper {
 
 impl Sweeper {
     /// Sweeps every `every` until `stop` is cancelled.
-    pub async fn run(self, every: Duration, stop: CancellationToken) {
-        crate::periodic::every(every, stop, || async {
+    /// Passes every `every`, by one producer at a time (`leases`: see `db::leases`).
+    pub async fn run(self, every: Duration, leases: sqlx::PgPool, stop: CancellationToken) {
+        crate::periodic::every_exclusively(every, stop, leases, "sweeper", || async {
             let swept = self.pass().await;
             if swept.expired_batches
                 + swept.log_rows

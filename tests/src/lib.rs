@@ -396,9 +396,11 @@ impl Stack {
     ) -> WorkerProcess {
         let log = std::env::temp_dir().join(format!("xcam-test-{}-{name}.log", self.prefix));
         let file = std::fs::File::create(&log).expect("worker log file");
+        // The demo bundle from the repository, unless the test names another.
+        let model = (!extra.iter().any(|a| a.starts_with("--model="))).then_some("--model=demo");
         let child = Command::new(bin("xcam-worker"))
             .arg("run")
-            .arg("--model=demo")
+            .args(model)
             .arg(format!("--models-dir={}", self.models_dir.display()))
             .arg("--device=cpu")
             .arg(format!("--worker-name={}-{name}", self.prefix))

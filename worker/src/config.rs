@@ -30,9 +30,15 @@ impl ModelArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// Model bundle to serve (a name under --models-dir, or a directory); repeat for several.
+    /// Model bundle to serve: a name under --models-dir, a directory, or a blob-store URL
+    /// (s3://BUCKET/models/demo, read with the blob store's settings); repeat for several.
+    /// --models-dir may be a blob-store URL too (s3://BUCKET/models).
     #[arg(long = "model", required = true)]
     pub models: Vec<String>,
+    /// Where bundles fetched from a blob store are kept, each checked against its manifest's
+    /// checksums [default: xcam-models under the temporary directory].
+    #[arg(long = "model-cache", env = "XCAM_MODEL_CACHE")]
+    pub model_cache: Option<PathBuf>,
     /// Most images run through the model together.
     #[arg(long = "max-batch", env = "XCAM_MAX_BATCH", default_value_t = 8)]
     pub max_batch: usize,

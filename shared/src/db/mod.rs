@@ -6,6 +6,7 @@ pub mod audit;
 pub mod batches;
 pub mod erasure;
 pub mod items;
+pub mod leases;
 pub mod logs;
 pub mod outcome;
 pub mod producers;

@@ -14,6 +14,7 @@ mod dashboard;
 mod engine;
 mod faults;
 mod foundation;
+mod hosts;
 mod outages;
 mod pipeline;
 mod privacy;

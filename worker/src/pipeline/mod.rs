@@ -20,8 +20,8 @@ use std::{
 use anyhow::Context;
 use apalis::prelude::*;
 use xcam_shared::{
-    blob::BlobStore,
-    bundle,
+    blob::{BlobError, BlobStore},
+    bundle::{self, remote},
     db::{self, workers::ClockSkew},
     jobs::{self, QueueTuning},
     patience::{outage_in, through_outages},
@@ -47,7 +47,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let mut engines = BTreeMap::new();
     for spec in &args.models {
-        let bundle = bundle::resolve(spec, &args.model_args.models_dir)?;
+        let bundle = locate(spec, &args).await?;
         let name = bundle.name().to_owned();
         // Model loading and warm-up are CPU work: keep them off the executor.
         let device = args.model_args.device;
@@ -137,6 +137,33 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     tracing::info!(worker = %worker_id, "stopped");
     Ok(())
+}
+
+/// The bundle a `--model` names: a blob-store URL, a name under a blob-store models URL, a
+/// directory, or a name under `--models-dir`.
+async fn locate(spec: &str, args: &RunArgs) -> anyhow::Result<bundle::Bundle> {
+    let models_dir = args.model_args.models_dir.to_string_lossy();
+    let url = if remote::is_url(spec) {
+        spec.to_owned()
+    } else if remote::is_url(&models_dir) {
+        format!("{}/{spec}", models_dir.trim_end_matches('/'))
+    } else {
+        return Ok(bundle::resolve(spec, &args.model_args.models_dir)?);
+    };
+    let cache =
+        (args.model_cache.clone()).unwrap_or_else(|| std::env::temp_dir().join("xcam-models"));
+    let fetch = || remote::fetch(&url, &args.blob.blob_options, &cache);
+    let outage = |e: &remote::FetchError| {
+        matches!(
+            e,
+            remote::FetchError::Blob {
+                source: BlobError::Store { .. },
+                ..
+            }
+        )
+    };
+    // A blob store that cannot be reached now is waited for, like Postgres and Redis.
+    Ok(through_outages("the blob store", outage, fetch).await?)
 }
 
 /// Keeps the worker's row fresh, and checks its clock against Postgres's each time (the first

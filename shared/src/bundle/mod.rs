@@ -13,6 +13,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+pub mod remote;
+
 use crate::blob::sha256_hex;
 
 pub const MANIFEST_FILE: &str = "model.toml";
