@@ -35,6 +35,10 @@ pub struct RunArgs {
     /// --models-dir may be a blob-store URL too (s3://BUCKET/models).
     #[arg(long = "model", required = true)]
     pub models: Vec<String>,
+    /// Address of the worker's health and metrics endpoint (/healthz, /readyz, /metrics),
+    /// e.g. 0.0.0.0:9100 in a cluster [default: none].
+    #[arg(long = "health-bind", env = "XCAM_HEALTH_BIND")]
+    pub health_bind: Option<std::net::SocketAddr>,
     /// Where bundles fetched from a blob store are kept, each checked against its manifest's
     /// checksums [default: xcam-models under the temporary directory].
     #[arg(long = "model-cache", env = "XCAM_MODEL_CACHE")]

@@ -11,4 +11,5 @@ pub mod config;
 pub mod device;
 pub mod engine;
 pub mod explain;
+pub mod health;
 pub mod pipeline;

@@ -39,7 +39,23 @@ async fn a_worker_loads_its_bundle_from_s3_checked_against_its_checksums() {
     // The bundle named by its URL (the models directory is not read).
     let model = format!("--model={}/models/demo", stack.blob_url());
     let api = stack.producer(&[]).await;
-    let worker = stack.worker("remote", &[&model, &cache_flag]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let health = format!("--health-bind=127.0.0.1:{port}");
+    let worker = stack.worker("remote", &[&model, &cache_flag, &health]);
+    let probe = |path: &'static str| async move {
+        let response = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+            .await
+            .ok()?;
+        Some((response.status().as_u16(), response.text().await.ok()?))
+    };
+    eventually(DEADLINE, "the worker to be ready", || async {
+        (probe("/readyz").await? == (200, "ready\n".to_owned())).then_some(())
+    })
+    .await;
+    assert_eq!(probe("/healthz").await, Some((200, "ok\n".to_owned())));
     let (status, created) = api.upload(png_zip(12, |i| format!("{i}.png")), &[]).await;
     assert_eq!(status, 202, "{created}");
     let view = api
@@ -50,6 +66,11 @@ async fn a_worker_loads_its_bundle_from_s3_checked_against_its_checksums() {
         worker
             .log_text()
             .contains("model bundle fetched from the blob store")
+    );
+    let (_, metrics) = probe("/metrics").await.unwrap();
+    assert!(
+        metrics.contains(r#"xcam_worker_images_total{model="demo",outcome="succeeded"} 12"#),
+        "{metrics}"
     );
     let cached: Vec<_> = xcam_tests::files_under(cache.path());
     assert_eq!(

@@ -41,7 +41,10 @@ use xcam_shared::{
     status::LogStatus,
 };
 
-use crate::engine::{Engine, EngineError, Explanation, Inferred, Target, preprocess::Geometry};
+use crate::{
+    engine::{Engine, EngineError, Explanation, Inferred, Target, preprocess::Geometry},
+    health::Health,
+};
 
 /// What every job of one model's queue shares.
 pub struct JobContext {
@@ -56,6 +59,8 @@ pub struct JobContext {
     pub job_timeout: Duration,
     /// Cancelled at shutdown: jobs waiting out an outage hand themselves back to the queue.
     pub stopping: CancellationToken,
+    /// What `/readyz` reports.
+    pub health: Arc<Health>,
 }
 
 /// Why an attempt failed, and whether trying again could help.
@@ -142,6 +147,7 @@ pub async fn handle(job: GradCamJobV1, ctx: Data<Arc<JobContext>>) -> Result<(),
 
 async fn until_done(job: &GradCamJobV1, ctx: &JobContext) -> Result<(), BoxDynError> {
     let (mut claimed, mut pause) = (false, FIRST_PAUSE);
+    let mut _waiting = None;
     loop {
         let outage = match attempt(job, ctx, &mut claimed).await {
             Ok(()) => return Ok(()),
@@ -152,6 +158,7 @@ async fn until_done(job: &GradCamJobV1, ctx: &JobContext) -> Result<(), BoxDynEr
             return Err(outage.into());
         }
         if pause == FIRST_PAUSE {
+            _waiting = Some(ctx.health.waiting());
             tracing::warn!(error = %outage, "a dependency is unavailable; the job waits for it");
         } else {
             tracing::debug!(error = %outage, pause = ?pause, "still unavailable");
@@ -244,7 +251,9 @@ async fn attempt(job: &GradCamJobV1, ctx: &JobContext, claimed: &mut bool) -> Re
                     ..log
                 },
             };
-            if outcome::record(&ctx.db, &outcome).await? == Recorded::Written {
+            let recorded = outcome::record(&ctx.db, &outcome).await?;
+            count(&manifest.name, "succeeded", processing_ms);
+            if recorded == Recorded::Written {
                 tracing::debug!(
                     label = %e.top_label,
                     batch_size = explained.inferred.batch_size,
@@ -272,6 +281,7 @@ async fn attempt(job: &GradCamJobV1, ctx: &JobContext, claimed: &mut bool) -> Re
                 ..log
             };
             outcome::retrying(&ctx.db, &log).await?;
+            count(&manifest.name, "retrying", processing_ms);
             return Err(JobError::Transient { code, message });
         }
     };
@@ -285,7 +295,17 @@ async fn attempt(job: &GradCamJobV1, ctx: &JobContext, claimed: &mut bool) -> Re
         },
     };
     outcome::record(&ctx.db, &outcome).await?;
+    count(&manifest.name, "failed", processing_ms);
     Ok(())
+}
+
+/// This worker's own counts, for its `/metrics`.
+fn count(model: &str, outcome: &'static str, processing_ms: f32) {
+    let model = model.to_owned();
+    metrics::counter!("xcam_worker_images_total", "model" => model.clone(), "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("xcam_worker_processing_seconds", "model" => model)
+        .record(f64::from(processing_ms) / 1e3);
 }
 
 fn over_budget(claim: &Claim, ctx: &JobContext) -> bool {

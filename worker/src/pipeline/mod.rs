@@ -30,12 +30,19 @@ use xcam_shared::{
 use crate::{
     config::RunArgs,
     engine::{Engine, EngineOptions},
+    health::Health,
 };
 
 pub use handler::JobContext;
 
 /// Runs until SIGINT/SIGTERM: in-flight jobs finish, nothing new is taken.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let health = Arc::new(Health::default());
+    let stopping = tokio_util::sync::CancellationToken::new();
+    let endpoint = match args.health_bind {
+        Some(addr) => Some(crate::health::serve(addr, health.clone(), stopping.clone()).await?),
+        None => None,
+    };
     // A worker started during an outage (or restarted by one) waits for its services.
     let db = through_outages("Postgres", outage_in, || db::connect(&args.db)).await?;
     let redis = through_outages("Redis", outage_in, || jobs::connect(&args.redis)).await?;
@@ -83,7 +90,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         orphan_after: args.redis.orphan_after,
         fetch_batch: options.max_batch,
     };
-    let stopping = tokio_util::sync::CancellationToken::new();
     let mut monitor = Monitor::new().shutdown_timeout(Duration::from_secs(120));
     for (model, engine) in engines {
         // Every replica's batch in flight, and one more being fetched and decoded meanwhile.
@@ -97,6 +103,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             crash_claims: args.crash_claims,
             job_timeout: args.job_timeout,
             stopping: stopping.clone(),
+            health: health.clone(),
         });
         let queue = jobs::queue_name(&args.redis.queue_prefix, &model);
         let (conn, poll) = (redis.clone(), args.poll_interval);
@@ -117,6 +124,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         true
     });
 
+    health.set_ready(true);
     let signalled = Arc::new(AtomicBool::new(false));
     let flag = signalled.clone();
     let result = monitor
@@ -124,11 +132,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             xcam_shared::shutdown_signal().await;
             tracing::info!("shutting down: finishing in-flight jobs");
             flag.store(true, Ordering::SeqCst);
+            health.set_ready(false);
             stopping.cancel();
             Ok(())
         })
         .await;
     heartbeat.abort();
+    if let Some(endpoint) = endpoint {
+        endpoint.await.ok();
+    }
     db::workers::stopped(&db, &worker_id).await.ok();
     result.context("the worker's job monitor failed")?;
     anyhow::ensure!(
