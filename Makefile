@@ -16,7 +16,7 @@ export CARGO_TERM_COLOR ?= never
 SERVICES_ENV = eval "$$(scripts/services.sh env)"
 CARGO_JOBS ?= 2
 
-.PHONY: help setup torch services down build test lint demo chaos bench bench-pipeline bench-redis fuzz dashboard browser schemathesis
+.PHONY: help setup torch services down build test lint manifests demo chaos bench bench-pipeline bench-redis fuzz dashboard browser schemathesis
 
 help:
 	@echo "make demo    run the whole job end to end on local Redis and Postgres"
@@ -52,6 +52,10 @@ browser:
 schemathesis:
 	@scripts/setup-schemathesis.sh
 
+# The Kubernetes manifests against the API schemas (kubernetes-validate, offline).
+manifests:
+	@scripts/validate-manifests.sh
+
 setup: torch services dashboard
 
 build: torch dashboard
@@ -63,7 +67,7 @@ lint: torch dashboard
 
 # The test servers' data is thrown away: they may skip fsync (see scripts/services.sh).
 test: export XCAM_SERVICES_DURABILITY := fast
-test: setup browser schemathesis lint
+test: setup browser schemathesis lint manifests
 	cargo build -j $(CARGO_JOBS) --workspace --bins
 	$(SERVICES_ENV); cargo test -j $(CARGO_JOBS) --workspace
 

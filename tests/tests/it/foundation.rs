@@ -149,9 +149,9 @@ fn configuration_errors_name_the_variable_and_never_panic() {
     }
 }
 
-#[test]
-fn compose_file_uses_only_settings_the_binaries_know() {
-    let compose = std::fs::read_to_string(repo_root().join("compose.yaml")).unwrap();
+/// Every `XCAM_*`, `DATABASE_URL` and `REDIS_URL` a deployment file sets is one the binaries
+/// read (a renamed setting would otherwise be ignored without a word); returns how many it set.
+fn assert_known_settings(name: &str, text: &str) -> usize {
     let help = |args: &[&str]| {
         String::from_utf8(
             Command::new(args[0])
@@ -170,16 +170,25 @@ fn compose_file_uses_only_settings_the_binaries_know() {
     ]
     .concat();
     let mut checked = 0;
-    for word in compose.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-        if word.starts_with("XCAM_") || word == "DATABASE_URL" || word == "REDIS_URL" {
+    for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        // XCAM_S3_SECRET is compose's own variable, not the binaries'.
+        let ours = word.starts_with("XCAM_") && word != "XCAM_S3_SECRET";
+        if ours || word == "DATABASE_URL" || word == "REDIS_URL" {
             assert!(
                 known.contains(&format!("env: {word}="))
                     || known.contains(&format!("[env: {word}")),
-                "compose.yaml sets {word}, which neither binary reads"
+                "{name} sets {word}, which neither binary reads"
             );
             checked += 1;
         }
     }
+    checked
+}
+
+#[test]
+fn compose_file_uses_only_settings_the_binaries_know() {
+    let compose = std::fs::read_to_string(repo_root().join("compose.yaml")).unwrap();
+    let checked = assert_known_settings("compose.yaml", &compose);
     assert!(
         checked >= 6,
         "compose.yaml configures the services through their env variables"
@@ -191,7 +200,40 @@ fn compose_file_uses_only_settings_the_binaries_know() {
         "worker:",
         "healthcheck:",
         "driver: nvidia",
+        "s3:",
+        "XCAM_BLOB_URL: s3://",
     ] {
         assert!(compose.contains(service), "compose.yaml lacks {service}");
     }
+}
+
+/// The Kubernetes manifests (schema-checked by `make manifests`) set only settings the binaries
+/// read, and KEDA watches the Redis list apalis really keeps the model's waiting jobs in.
+#[test]
+fn kubernetes_manifests_match_the_binaries_and_the_queue() {
+    let dir = repo_root().join("deploy/kubernetes");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            checked += assert_known_settings(&path.display().to_string(), &text);
+        }
+    }
+    assert!(
+        checked >= 10,
+        "the manifests configure xcam through its variables"
+    );
+    let config = xcam_shared::jobs::queue_config(
+        &xcam_shared::jobs::queue_name("xcam", "demo"),
+        xcam_shared::jobs::QueueTuning::default(),
+    );
+    let keda = std::fs::read_to_string(dir.join("keda-demo.yaml")).unwrap();
+    assert!(
+        keda.contains(&format!("listName: {}\n", config.active_jobs_list())),
+        "keda-demo.yaml must watch {}",
+        config.active_jobs_list()
+    );
+    let worker = std::fs::read_to_string(dir.join("worker-demo.yaml")).unwrap();
+    assert!(worker.contains("nvidia.com/gpu") && worker.contains("/readyz"));
 }
