@@ -9,7 +9,7 @@ use axum_server::tls_rustls::RustlsConfig;
 /// The server's TLS set-up from PEM files, read once at start so a bad file stops the start.
 pub async fn server_config(cert: &Path, key: &Path) -> anyhow::Result<RustlsConfig> {
     xcam_shared::install_crypto_provider();
-    RustlsConfig::from_pem_file(cert, key)
+    let config = RustlsConfig::from_pem_file(cert, key)
         .await
         .with_context(|| {
             format!(
@@ -17,7 +17,13 @@ pub async fn server_config(cert: &Path, key: &Path) -> anyhow::Result<RustlsConf
                 cert.display(),
                 key.display()
             )
-        })
+        })?;
+    // The server speaks HTTP/1.1 only (its header and idle timeouts are HTTP/1's): offering h2
+    // in ALPN would let an h2 client choose a protocol the server then drops.
+    let mut inner = (*config.get_inner()).clone();
+    inner.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.reload_from_config(std::sync::Arc::new(inner));
+    Ok(config)
 }
 
 /// A root certificate for the client, from `XCAM_CA_CERT` (PEM).

@@ -18,6 +18,7 @@ use std::{
 };
 
 pub mod blobs;
+pub mod netns;
 pub mod servers;
 
 use clap::Parser;
@@ -511,6 +512,18 @@ impl Drop for Producer {
 }
 
 impl Producer {
+    /// A client of a producer this harness did not start (another host's).
+    pub fn remote(base: String, token: &str) -> Producer {
+        Producer {
+            base,
+            token: token.to_owned(),
+            client: client_with(token),
+            server: None,
+            process: None,
+            log: None,
+        }
+    }
+
     /// The same API called with another token (the server stays this producer's).
     pub fn as_token(&self, token: &str) -> Producer {
         Producer {

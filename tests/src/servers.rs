@@ -15,6 +15,35 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Where a private server runs: on loopback, or at an address inside a network namespace (one
+/// of the "hosts" of `hosts::many_hosts…`).
+#[derive(Debug, Clone)]
+pub struct Place {
+    pub netns: Option<String>,
+    pub ip: String,
+}
+
+impl Place {
+    pub fn loopback() -> Self {
+        Self {
+            netns: None,
+            ip: "127.0.0.1".into(),
+        }
+    }
+
+    /// `program`, to be run inside the namespace when there is one.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+}
+
 fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !ready() {
@@ -26,14 +55,20 @@ fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
 /// A redis-server child with append-only persistence, restartable on the same port and data.
 pub struct PrivateRedis {
     pub port: u16,
+    place: Place,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
 
 impl PrivateRedis {
     pub fn start() -> Self {
+        Self::start_at(Place::loopback())
+    }
+
+    pub fn start_at(place: Place) -> Self {
         let mut r = Self {
             port: free_port(),
+            place,
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
         };
@@ -42,16 +77,25 @@ impl PrivateRedis {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        format!("redis://{}:{}/", self.place.ip, self.port)
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+        let child = self
+            .place
+            .command("redis-server")
             .args([
                 "--port",
                 &self.port.to_string(),
                 "--bind",
-                "127.0.0.1",
+                &self.place.ip,
+                // Off loopback only on the test's own private network.
+                "--protected-mode",
+                if self.place.netns.is_some() {
+                    "no"
+                } else {
+                    "yes"
+                },
                 "--appendonly",
                 "yes",
                 "--save",
@@ -66,7 +110,7 @@ impl PrivateRedis {
         let port = self.port.to_string();
         wait_until("redis", || {
             Command::new("redis-cli")
-                .args(["-p", &port, "ping"])
+                .args(["-h", &self.place.ip, "-p", &port, "ping"])
                 .output()
                 .is_ok_and(|o| o.stdout.starts_with(b"PONG"))
         });
@@ -120,6 +164,7 @@ impl Drop for PrivateRedis {
 /// Postgres refuses to run as root.
 pub struct PrivatePostgres {
     pub port: u16,
+    place: Place,
     dir: tempfile::TempDir,
     bin: PathBuf,
 }
@@ -133,6 +178,10 @@ fn is_root() -> bool {
 
 impl PrivatePostgres {
     pub fn start() -> Self {
+        Self::start_at(Place::loopback())
+    }
+
+    pub fn start_at(place: Place) -> Self {
         let bin = std::env::var("XCAM_PG_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|_| {
@@ -154,6 +203,7 @@ impl PrivatePostgres {
         }
         let pg = Self {
             port: free_port(),
+            place,
             dir,
             bin,
         };
@@ -175,6 +225,16 @@ impl PrivatePostgres {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if pg.place.netns.is_some() {
+            // The other hosts of the test's private network connect over it.
+            use std::io::Write;
+            let hba = pg.data().join("pg_hba.conf");
+            let mut file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(hba)
+                .expect("pg_hba");
+            writeln!(file, "host all all 0.0.0.0/0 trust").expect("pg_hba");
+        }
         pg.up();
         pg
     }
@@ -186,22 +246,23 @@ impl PrivatePostgres {
     fn run(&self, tool: &str, args: &[&str]) -> std::process::Output {
         let exe = self.bin.join(tool);
         let mut cmd = if is_root() {
-            let mut c = Command::new("runuser");
+            let mut c = self.place.command("runuser");
             c.args(["-u", "postgres", "--"]).arg(exe);
             c
         } else {
-            Command::new(exe)
+            self.place.command(exe)
         };
         cmd.args(args).output().expect("postgres tool runs")
     }
 
     pub fn url(&self) -> String {
-        format!("postgres://xcam@127.0.0.1:{}/postgres", self.port)
+        format!("postgres://xcam@{}:{}/postgres", self.place.ip, self.port)
     }
 
     pub fn up(&self) {
         let opts = format!(
-            "-h 127.0.0.1 -p {} -k {} -c fsync=off",
+            "-h {} -p {} -k {} -c fsync=off",
+            self.place.ip,
             self.port,
             self.dir.path().display()
         );
@@ -289,6 +350,7 @@ impl Drop for PrivatePostgres {
 /// stoppable and restartable on the same ports and data, for the blob-store outage tests.
 pub struct PrivateS3 {
     pub server: crate::blobs::S3Server,
+    place: Place,
     ports: [u16; 8],
     dir: tempfile::TempDir,
     child: Option<Child>,
@@ -296,13 +358,18 @@ pub struct PrivateS3 {
 
 impl PrivateS3 {
     pub fn start() -> Self {
+        Self::start_at(Place::loopback())
+    }
+
+    pub fn start_at(place: Place) -> Self {
         let shared = crate::blobs::S3Server::shared();
         let ports = std::array::from_fn(|_| free_port());
         let mut s3 = Self {
             server: crate::blobs::S3Server {
-                endpoint: format!("http://127.0.0.1:{}", ports[0]),
+                endpoint: format!("http://{}:{}", place.ip, ports[0]),
                 ..shared
             },
+            place,
             ports,
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
@@ -324,12 +391,14 @@ impl PrivateS3 {
             filer_grpc,
             s3_grpc,
         ] = self.ports;
-        let child = Command::new(weed)
+        let child = self
+            .place
+            .command(weed)
             .arg("mini")
             .arg(format!("-dir={}", self.dir.path().display()))
+            .arg(format!("-ip={}", self.place.ip))
+            .arg(format!("-ip.bind={}", self.place.ip))
             .args([
-                "-ip=127.0.0.1",
-                "-ip.bind=127.0.0.1",
                 "-master.telemetry=false",
                 "-webdav=false",
                 "-admin.ui=false",
@@ -352,7 +421,7 @@ impl PrivateS3 {
             .spawn()
             .expect("weed runs");
         self.child = Some(child);
-        wait_until("SeaweedFS", || http_answers(s3));
+        wait_until("SeaweedFS", || http_answers(&self.place.ip, s3));
     }
 
     /// Stops the server: every request is refused until [`PrivateS3::up`].
@@ -376,9 +445,9 @@ impl Drop for PrivateS3 {
 }
 
 /// Whether an HTTP server on the port answers a request (any status).
-fn http_answers(port: u16) -> bool {
+fn http_answers(ip: &str, port: u16) -> bool {
     use std::io::{Read, Write};
-    let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+    let Ok(mut conn) = std::net::TcpStream::connect((ip, port)) else {
         return false;
     };
     let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));

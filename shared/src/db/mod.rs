@@ -16,12 +16,17 @@ pub mod skipped;
 pub mod workers;
 
 use anyhow::Context;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::config::{DatabaseArgs, SERVICES_HINT, redact, required};
 
 /// The schema, embedded in the binary. `xcam migrate` and `xcam serve` apply it; workers never do.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// How long a session may sit idle inside a transaction before Postgres ends it.
+pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "15s";
 
 /// Opens the pool, failing with one line that names DATABASE_URL and how to start Postgres.
 pub async fn connect(args: &DatabaseArgs) -> anyhow::Result<PgPool> {
@@ -31,10 +36,20 @@ pub async fn connect(args: &DatabaseArgs) -> anyhow::Result<PgPool> {
 /// [`connect`] with `max_connections` of this process's total.
 pub async fn connect_sized(args: &DatabaseArgs, max_connections: u32) -> anyhow::Result<PgPool> {
     let url = required(&args.database_url, "DATABASE_URL", SERVICES_HINT)?;
+    let options = PgConnectOptions::from_str(url)
+        .map_err(|e| anyhow::anyhow!("DATABASE_URL ({}) is not a Postgres URL: {e}", redact(url)))?
+        // A host that vanishes mid-transaction (cut off, frozen) leaves its session idle in
+        // that transaction, holding its row locks, until TCP gives up hours later; Postgres
+        // ends such a session after this instead. xcam's transactions never wait on anything
+        // but Postgres, so none is idle for long.
+        .options([(
+            "idle_in_transaction_session_timeout",
+            IDLE_IN_TRANSACTION_TIMEOUT,
+        )]);
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(args.acquire_timeout)
-        .connect(url)
+        .connect_with(options)
         .await
         .map_err(|e| {
             // The cause stays in the chain: a service waits out an outage (see `patience`).

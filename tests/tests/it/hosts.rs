@@ -1,9 +1,15 @@
 //! Many hosts sharing only Postgres, Redis and S3: workers that load their model from the blob
-//! store, and producers that reconcile and sweep side by side.
+//! store, producers that reconcile and sweep side by side, and separate hosts (network
+//! namespaces) of which one is cut off mid-batch.
 
 use std::{process::Command, time::Duration};
 
-use xcam_tests::{Stack, Store, bin, eventually, png_zip, repo_root};
+use xcam_tests::{
+    Blobs, Producer, Stack, Store, TestDb, bin, eventually,
+    netns::Network,
+    png_zip, repo_root,
+    servers::{Place, PrivatePostgres, PrivateRedis, PrivateS3},
+};
 
 const DEADLINE: Duration = Duration::from_secs(240);
 
@@ -133,4 +139,183 @@ async fn producers_side_by_side_share_one_batch() {
     })
     .await;
     stack.finish().await;
+}
+
+/// A process on one of the network's hosts, killed when dropped; its log is in its home.
+struct OnHost {
+    child: std::process::Child,
+    home: tempfile::TempDir,
+}
+
+impl OnHost {
+    /// Starts `program` on `place` in a private working and temporary directory, reaching
+    /// Postgres, Redis and S3 only by the service host's address.
+    fn start(stack: &Stack, place: &Place, program: &str, args: &[String]) -> Self {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::create_dir(home.path().join("tmp")).unwrap();
+        let log = std::fs::File::create(home.path().join("log")).unwrap();
+        let child = place
+            .command(bin(program))
+            .args(args)
+            .current_dir(home.path())
+            .env("TMPDIR", home.path().join("tmp"))
+            .env("DATABASE_URL", &stack.db.url)
+            .env("REDIS_URL", &stack.redis_url)
+            .env("XCAM_QUEUE_PREFIX", &stack.prefix)
+            .envs(stack.blobs.env())
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Self { child, home }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.home.path().join("log")).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OnHost {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Host 0 runs Redis, Postgres and S3; hosts 1 and 2 a producer each; hosts 3 and 4 a worker
+/// each, whose model comes from S3. A batch uploaded through one producer is polled, exported
+/// and drawn through the other, and a worker host cut off mid-batch loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_sharing_only_the_network_lose_nothing_when_one_is_cut_off() {
+    let net = match Network::new(5) {
+        Ok(net) => net,
+        Err(why) => {
+            eprintln!("skipped: network namespaces cannot be made here ({why})");
+            return;
+        }
+    };
+    let services = net.place(0);
+    let redis = PrivateRedis::start_at(services.clone());
+    let pg = PrivatePostgres::start_at(services.clone());
+    let s3 = PrivateS3::start_at(services);
+    let mut stack = Stack::on(
+        TestDb::create_on(pg.url()).await,
+        redis.url(),
+        repo_root().join("models"),
+    );
+    stack.blobs = Blobs::on_s3(s3.server.clone(), &stack.prefix);
+    publish_demo(&stack, "models/demo", None).await;
+
+    let producers: Vec<OnHost> = [1, 2]
+        .into_iter()
+        .map(|i| {
+            let producer = OnHost::start(
+                &stack,
+                &net.place(i),
+                "xcam",
+                &[
+                    "serve".into(),
+                    format!("--bind={}:8080", net.address(i)),
+                    "--reconcile-every=2s".into(),
+                    "--sweep-every=1s".into(),
+                    "--orphan-after=6s".into(),
+                    format!("--pseudonym-key={}", xcam_tests::PSEUDONYM_KEY),
+                    "--models-dir=models".into(),
+                ],
+            );
+            // The producer's own copy of the catalogue, in its private directory.
+            let models = producer.home.path().join("models/demo");
+            std::fs::create_dir_all(&models).unwrap();
+            for file in ["model.toml", "features.pt", "head.pt"] {
+                std::fs::copy(
+                    repo_root().join("models/demo").join(file),
+                    models.join(file),
+                )
+                .unwrap();
+            }
+            producer
+        })
+        .collect();
+    let mut workers: Vec<OnHost> = [3, 4]
+        .into_iter()
+        .map(|i| {
+            OnHost::start(
+                &stack,
+                &net.place(i),
+                "xcam-worker",
+                &[
+                    "run".into(),
+                    format!("--model={}/models/demo", stack.blob_url()),
+                    "--model-cache=cache".into(),
+                    "--device=cpu".into(),
+                    format!("--worker-name=host{i}"),
+                    "--orphan-after=6s".into(),
+                    "--max-batch=4".into(),
+                ],
+            )
+        })
+        .collect();
+    let token = stack.db.admin_token.clone();
+    let apis: Vec<Producer> = [1, 2]
+        .into_iter()
+        .map(|i| Producer::remote(format!("http://{}:8080", net.address(i)), &token))
+        .collect();
+    for (api, process) in apis.iter().zip(&producers) {
+        eventually(DEADLINE, "a producer to answer", || async {
+            let response = api.client.get(api.url("/readyz")).send().await.ok()?;
+            response.status().is_success().then_some(())
+        })
+        .await;
+        assert!(process.log().contains("xcam serving"));
+    }
+
+    let (status, created) = apis[0]
+        .upload(png_zip(240, |i| format!("img_{i:04}.png")), &[])
+        .await;
+    assert_eq!(status, 202, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let batch = id.parse().unwrap();
+    eventually(DEADLINE, "both workers to be at work", || async {
+        let workers: i64 =
+            sqlx::query_scalar("SELECT count(DISTINCT worker_id) FROM results WHERE batch_id = $1")
+                .bind(batch)
+                .fetch_one(&stack.db.pool)
+                .await
+                .ok()?;
+        (workers == 2 && stack.succeeded(batch).await? >= 40).then_some(())
+    })
+    .await;
+    // Host 3 is cut off: its cable pulled, its worker gone with whatever it held.
+    net.cut(3);
+    workers[0].kill();
+
+    let view = apis[1].wait_for_batch(&id, DEADLINE).await;
+    assert_eq!(view["status"], "succeeded", "{view}\n{}", workers[1].log());
+    stack.assert_each_item_done_once(batch, 240).await;
+    let (status, csv) = apis[1]
+        .get_text(&format!("/v1/batches/{id}/results.csv"))
+        .await;
+    assert_eq!((status, csv.lines().count()), (200, 241));
+    let (_, page) = apis[1]
+        .get_json(&format!("/v1/batches/{id}/results?limit=10"))
+        .await;
+    for item in page["items"].as_array().unwrap() {
+        let url = item["overlay_url"].as_str().unwrap();
+        let response = apis[1].client.get(apis[1].url(url)).send().await.unwrap();
+        assert_eq!(
+            response.status(),
+            200,
+            "an overlay drawn on the second producer"
+        );
+    }
+    for host in producers.iter().chain(&workers) {
+        assert!(!host.log().contains("panicked"), "{}", host.log());
+    }
+    xcam_tests::clean_redis(&stack.redis_url, &stack.prefix).await;
+    stack.blobs.remove().await;
 }
