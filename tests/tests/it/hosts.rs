@@ -319,3 +319,42 @@ async fn hosts_sharing_only_the_network_lose_nothing_when_one_is_cut_off() {
     xcam_tests::clean_redis(&stack.redis_url, &stack.prefix).await;
     stack.blobs.remove().await;
 }
+
+/// The blob store on S3 as the pipeline uses it: a large object goes up in parts and comes back
+/// byte for byte, a conditional create writes once, and listing and prefix deletes see every key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_blobs_go_up_in_parts_and_are_created_once() {
+    let stack = Stack::storing_in(Store::S3).await;
+    let store = stack.blobs.store();
+    // 20 MiB of varied bytes: over the 16 MiB threshold, so three 8 MiB parts or fewer.
+    let big: Vec<u8> = (0..20u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    store
+        .put("planes/big.bin", big.clone().into())
+        .await
+        .unwrap();
+    assert!(
+        store.get("planes/big.bin").await.unwrap() == big,
+        "a multipart object round-trips"
+    );
+    assert!(
+        store
+            .put_if_absent("planes/a.bin", "first".into())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .put_if_absent("planes/a.bin", "second".into())
+            .await
+            .unwrap()
+    );
+    assert_eq!(&store.get("planes/a.bin").await.unwrap()[..], b"first");
+    let mut keys = store.list("planes").await.unwrap();
+    keys.sort();
+    assert_eq!(keys, ["planes/a.bin", "planes/big.bin"]);
+    assert_eq!(store.delete_prefix("planes").await.unwrap(), 2);
+    assert!(!store.exists("planes/a.bin").await.unwrap());
+    stack.finish().await;
+}
