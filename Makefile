@@ -16,7 +16,7 @@ export CARGO_TERM_COLOR ?= never
 SERVICES_ENV = eval "$$(scripts/services.sh env)"
 CARGO_JOBS ?= 2
 
-.PHONY: help setup torch services down build test lint manifests demo chaos bench bench-pipeline bench-redis fuzz dashboard browser schemathesis
+.PHONY: help setup torch services down build test lint manifests demo chaos bench bench-pipeline bench-redis bench-scale fuzz dashboard browser schemathesis
 
 help:
 	@echo "make demo    run the whole job end to end on local Redis and Postgres"
@@ -24,6 +24,7 @@ help:
 	@echo "make bench   Grad-CAM vs forward-only vs pytorch-grad-cam, one run, side by side"
 	@echo "make bench-pipeline  the whole pipeline vs the engine alone; producer memory on a 1 GiB ZIP"
 	@echo "make bench-redis     Redis keys and memory before, during and after a 10 000-image batch"
+	@echo "make bench-scale     operator queries, /metrics, stats, a 100 000-entry ingest and CSV over 10M log rows (~15 min)"
 	@echo "make chaos   1 000 images through killed workers and Postgres, Redis, blob-store and producer faults (~20 min)"
 	@echo "make fuzz    the ZIP and DICOM property tests with 20000 cases each"
 	@echo "make down    stop the private Redis and Postgres"
@@ -94,3 +95,8 @@ bench-pipeline: setup build
 
 bench-redis: setup build
 	$(SERVICES_ENV); scripts/bench-redis.sh
+
+# The control plane at fleet scale (tests/src/bin/bench-scale.rs): it loads 10 million log rows
+# and 1 million items into a database of its own; BENCH_LOG_ROWS=… BENCH_ITEMS=… for a quick look.
+bench-scale: setup build
+	$(SERVICES_ENV); target/release/bench-scale

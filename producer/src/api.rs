@@ -879,7 +879,8 @@ pub struct StatsQuery {
     pub bucket: Option<StatsBucket>,
 }
 
-/// One time bucket of the inference log.
+/// One time bucket of the inference log (whole hours or UTC days; latency percentiles of the
+/// successful attempts, within ±4.5 %).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StatsRow {
@@ -890,16 +891,17 @@ pub struct StatsRow {
     pub p95_ms: Option<f64>,
 }
 
-impl From<db::logs::Bucket> for StatsRow {
-    fn from(b: db::logs::Bucket) -> Self {
-        Self {
-            bucket: b.bucket,
-            inferences: b.inferences,
-            failures: b.failures,
-            p50_ms: b.p50_ms,
-            p95_ms: b.p95_ms,
-        }
-    }
+/// One model's share of the stats: its own latency, never mixed with another model's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelStats {
+    pub model: String,
+    pub inferences: i64,
+    pub failures: i64,
+    /// Over the whole range, from the per-bucket latency histograms (within ±4.5 %).
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub buckets: Vec<StatsRow>,
 }
 
 /// Inferences, failures and latency per bucket; top predictions per model.
@@ -912,7 +914,10 @@ pub struct Stats {
     pub failures: i64,
     #[schema(minimum = 0.0, maximum = 1.0)]
     pub error_rate: f64,
+    /// All models together (their latency percentiles mix models: see `models`).
     pub buckets: Vec<StatsRow>,
+    /// Each model on its own, by name.
+    pub models: Vec<ModelStats>,
     /// Model → label → how often it was the top prediction.
     pub predictions: BTreeMap<String, BTreeMap<String, i64>>,
 }
@@ -1055,6 +1060,13 @@ impl Bounded for LogQuery {
 
 impl StatsBucket {
     /// The longest range one answer covers: a bounded number of buckets, however old the log.
+    pub fn width(self) -> chrono::Duration {
+        match self {
+            Self::Hour => chrono::Duration::hours(1),
+            Self::Day => chrono::Duration::days(1),
+        }
+    }
+
     pub fn longest_range(self) -> chrono::Duration {
         match self {
             Self::Hour => chrono::Duration::days(31),

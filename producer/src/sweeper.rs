@@ -8,7 +8,10 @@
 //!   (killed mid-ingestion), and removes the planes their ingestion had stored;
 //! - deletes finished batches past their retention (`XCAM_RETENTION`, or the project's own)
 //!   through the same path as `DELETE /v1/batches/{id}`, one batch per transaction;
-//! - deletes inference-log rows past `XCAM_LOG_RETENTION`, a few thousand per transaction.
+//! - makes the inference log's day partitions a week ahead, and prunes stats rollups older than
+//!   `/v1/stats` can ask for;
+//! - deletes inference-log rows past `XCAM_LOG_RETENTION`: whole days by dropping their
+//!   partitions, the rest of the oldest day a few thousand rows per transaction.
 //!
 //! One producer sweeps at a time (the sweeper's lease, see `db::leases`); every step is also
 //! idempotent, so a pass cut short is finished by the next.
@@ -21,10 +24,12 @@ use xcam_shared::{
     db::{self, audit::NewAuditEntry},
 };
 
-use crate::erase::Eraser;
+use crate::{api::StatsBucket, erase::Eraser};
 
 /// Batches expired per pass; the rest wait for the next.
 const BATCHES_PER_PASS: i64 = 100;
+/// Days of log partitions kept made ahead of time.
+pub const LOG_PARTITIONS_AHEAD_DAYS: u32 = 7;
 /// Log rows deleted per transaction.
 const LOG_ROWS_PER_DELETE: i64 = 5_000;
 /// An erasure this old was interrupted, not merely in progress.
@@ -119,6 +124,10 @@ impl Sweeper {
         }
         metrics::counter!("xcam_retention_batches_deleted_total").increment(swept.expired_batches);
 
+        if let Err(e) = self.keep_log_ready().await {
+            tracing::warn!(error = %e, "preparing the inference log's partitions failed");
+        }
+
         if let Some(age) = self.retention.log {
             match self.expire_log(age).await {
                 Ok(n) => swept.log_rows = n,
@@ -127,6 +136,16 @@ impl Sweeper {
         }
         metrics::counter!("xcam_retention_log_rows_deleted_total").increment(swept.log_rows);
         swept
+    }
+
+    /// Partitions for the days ahead, and rollups only as far back as stats look.
+    async fn keep_log_ready(&self) -> anyhow::Result<()> {
+        let db = &self.eraser.db;
+        db::logs::prepare_partitions(db, LOG_PARTITIONS_AHEAD_DAYS).await?;
+        let hour = StatsBucket::Hour.longest_range() + chrono::Duration::days(1);
+        let day = StatsBucket::Day.longest_range() + chrono::Duration::days(1);
+        db::logs::prune_rollups(db, hour, day).await?;
+        Ok(())
     }
 
     async fn expire_batches(&self) -> anyhow::Result<u64> {
@@ -160,7 +179,8 @@ impl Sweeper {
     }
 
     async fn expire_log(&self, age: Duration) -> anyhow::Result<u64> {
-        let mut total = 0;
+        // Whole days go with their partitions; what is left of the oldest day, row by row.
+        let mut total = db::logs::drop_partitions_before(&self.eraser.db, age).await?;
         loop {
             let n = db::logs::delete_before(&self.eraser.db, age, LOG_ROWS_PER_DELETE).await?;
             total += n;

@@ -20,6 +20,7 @@ pub mod db;
 pub mod heatmap;
 pub mod imaging;
 pub mod jobs;
+pub mod latency;
 pub mod patience;
 pub mod status;
 pub mod targets;

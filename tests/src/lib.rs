@@ -19,6 +19,7 @@ use std::{
 
 pub mod blobs;
 pub mod netns;
+pub mod scale;
 pub mod servers;
 
 use clap::Parser;
@@ -39,13 +40,16 @@ pub fn demo_bundle() -> PathBuf {
     repo_root().join("models/demo")
 }
 
-/// A binary of the workspace, built by `cargo test --workspace` next to the test executables.
+/// A binary of the workspace, built by `cargo test --workspace` next to the test executables
+/// (`target/<profile>/deps/..`), or beside this one when it is a binary itself (a benchmark).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps");
+    let here = exe.parent().expect("target/<profile>");
+    let dir = if here.ends_with("deps") {
+        here.parent().expect("target/<profile>")
+    } else {
+        here
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),

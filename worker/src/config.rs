@@ -37,7 +37,11 @@ pub struct RunArgs {
     pub models: Vec<String>,
     /// Address of the worker's health and metrics endpoint (/healthz, /readyz, /metrics),
     /// e.g. 0.0.0.0:9100 in a cluster [default: none].
-    #[arg(long = "health-bind", env = "XCAM_HEALTH_BIND")]
+    #[arg(
+        long = "health-bind",
+        visible_alias = "metrics-bind",
+        env = "XCAM_HEALTH_BIND"
+    )]
     pub health_bind: Option<std::net::SocketAddr>,
     /// Where bundles fetched from a blob store are kept, each checked against its manifest's
     /// checksums [default: xcam-models under the temporary directory].

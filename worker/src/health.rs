@@ -5,7 +5,8 @@
 //!   while it starts, while a job waits out an outage of Postgres or the blob store, and once
 //!   it is shutting down;
 //! - `GET /metrics`: this worker's counters in the Prometheus text format (images by outcome,
-//!   processing time, jobs waiting out an outage).
+//!   processing time, queue wait, dynamic batch sizes, jobs waiting out an outage), counted as
+//!   they happen: the fleet's work is the sum of its workers' (`--metrics-bind` is the same flag).
 //!
 //! It carries no data and takes no input, so it needs no token; bind it where only the
 //! cluster can reach it.
@@ -20,7 +21,7 @@ use std::{
 
 use anyhow::Context;
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
 /// What the endpoint reports; shared with the job handler.
@@ -76,6 +77,18 @@ pub fn recorder() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets(&[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("xcam_worker_dynamic_batch_size".into()),
+                        &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("xcam_worker_queue_wait_seconds".into()),
+                        &[0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0],
+                    )
+                })
                 .expect("static buckets are valid")
                 .build_recorder();
             let handle = recorder.handle();

@@ -508,6 +508,16 @@ async fn stats(api: &Api, since: When, bucket: StatsBucket) -> Result<u8, Client
             ms(b.p95_ms)
         );
     }
+    for m in &s.models {
+        println!(
+            "model {}: {} inferences, {} failed, p50 {} ms, p95 {} ms",
+            m.model,
+            m.inferences,
+            m.failures,
+            ms(m.p50_ms),
+            ms(m.p95_ms)
+        );
+    }
     for (model, labels) in &s.predictions {
         let parts: Vec<String> = labels.iter().map(|(l, n)| format!("{l} {n}")).collect();
         println!("predictions of {model}: {}", parts.join(", "));

@@ -8,15 +8,19 @@ use axum::{
     http::HeaderValue,
     response::{IntoResponse, Response},
 };
-use chrono::Utc;
+use chrono::{DateTime, DurationRound, Utc};
 use utoipa_axum::{router::OpenApiRouter, routes};
-use xcam_shared::db::logs::{self, LogFilter};
+use xcam_shared::{
+    db::logs::{self, LogFilter, Rollup},
+    latency::Histogram,
+    status::LogStatus,
+};
 
 use super::{cursor_position, extract::ApiQuery, next_cursor};
 use crate::{
     api::{
-        ErrorBody, LogEntry, LogFormat, LogPage, LogQuery, Stats, StatsBucket, StatsQuery,
-        StatsRow, When,
+        ErrorBody, LogEntry, LogFormat, LogPage, LogQuery, ModelStats, Stats, StatsBucket,
+        StatsQuery, StatsRow, When,
     },
     auth::Caller,
     csv_export,
@@ -112,14 +116,13 @@ async fn get_stats(
         .unwrap_or(When::Ago(chrono::Duration::days(7)))
         .resolve(now)
         .max(now - bucket.longest_range());
-    let buckets: Vec<StatsRow> =
-        logs::buckets(&state.db, caller.scope(), since, bucket == StatsBucket::Day)
-            .await?
-            .into_iter()
-            .map(StatsRow::from)
-            .collect();
+    // Stats count whole buckets: from the start of the one `since` falls in.
+    let since = since.duration_trunc(bucket.width()).unwrap_or(since);
+    let day = bucket == StatsBucket::Day;
+    let rollups = logs::rollups(&state.db, caller.scope(), since, day).await?;
+    let (buckets, models) = tally(&rollups);
     let mut predictions: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
-    for (model, label, n) in logs::prediction_counts(&state.db, caller.scope(), since).await? {
+    for (model, label, n) in logs::prediction_counts(&state.db, caller.scope(), since, day).await? {
         predictions.entry(model).or_default().insert(label, n);
     }
     let inferences: i64 = buckets.iter().map(|b| b.inferences).sum();
@@ -135,6 +138,60 @@ async fn get_stats(
             0.0
         },
         buckets,
+        models,
         predictions,
     }))
+}
+
+/// Counts and latency percentiles per bucket, for all models together and for each on its own.
+fn tally(rollups: &[Rollup]) -> (Vec<StatsRow>, Vec<ModelStats>) {
+    #[derive(Default)]
+    struct Tally {
+        inferences: i64,
+        failures: i64,
+        latency: Histogram,
+    }
+    impl Tally {
+        fn add(&mut self, r: &Rollup) {
+            match r.status {
+                LogStatus::Succeeded => {
+                    self.inferences += r.n;
+                    self.latency.add(r.latency_bucket, r.n);
+                }
+                LogStatus::Failed => {
+                    self.inferences += r.n;
+                    self.failures += r.n;
+                }
+                LogStatus::Retrying => {}
+            }
+        }
+    }
+    let row = |start: DateTime<Utc>, t: &Tally| StatsRow {
+        bucket: start,
+        inferences: t.inferences,
+        failures: t.failures,
+        p50_ms: t.latency.quantile(0.5),
+        p95_ms: t.latency.quantile(0.95),
+    };
+    let mut all: BTreeMap<DateTime<Utc>, Tally> = BTreeMap::new();
+    let mut per_model: BTreeMap<&str, (Tally, BTreeMap<DateTime<Utc>, Tally>)> = BTreeMap::new();
+    for r in rollups {
+        all.entry(r.start).or_default().add(r);
+        let (whole, buckets) = per_model.entry(&r.model_name).or_default();
+        whole.add(r);
+        buckets.entry(r.start).or_default().add(r);
+    }
+    let buckets = all.iter().map(|(&start, t)| row(start, t)).collect();
+    let models = per_model
+        .into_iter()
+        .map(|(model, (whole, buckets))| ModelStats {
+            model: model.to_owned(),
+            inferences: whole.inferences,
+            failures: whole.failures,
+            p50_ms: whole.latency.quantile(0.5),
+            p95_ms: whole.latency.quantile(0.95),
+            buckets: buckets.iter().map(|(&start, t)| row(start, t)).collect(),
+        })
+        .collect();
+    (buckets, models)
 }

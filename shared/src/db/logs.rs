@@ -61,15 +61,16 @@ pub async fn insert(db: impl PgExecutor<'_>, e: &NewLogEntry<'_>) -> sqlx::Resul
     Ok(())
 }
 
-/// Deletes up to `limit` log rows older than `age`, oldest first; returns how many.
+/// Deletes up to `limit` log rows older than `age`, oldest first; returns how many. (Whole days
+/// go faster with [`drop_partitions_before`]; this takes what is left of the oldest day.)
 pub async fn delete_before(
     db: impl PgExecutor<'_>,
     age: std::time::Duration,
     limit: i64,
 ) -> sqlx::Result<u64> {
     let done = sqlx::query(
-        r#"DELETE FROM inference_log WHERE id IN (
-               SELECT id FROM inference_log WHERE ts < now() - make_interval(secs => $1)
+        r#"DELETE FROM inference_log WHERE (ts, id) IN (
+               SELECT ts, id FROM inference_log WHERE ts < now() - make_interval(secs => $1)
                ORDER BY ts LIMIT $2)"#,
     )
     .bind(age.as_secs_f64())
@@ -124,7 +125,28 @@ pub async fn query(
     f: &LogFilter,
     limit: i64,
 ) -> sqlx::Result<Vec<LogRecord>> {
-    let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
+    select("", f, limit)
+        .build_query_as::<LogRecord>()
+        .fetch_all(db)
+        .await
+}
+
+/// The plan Postgres picks for [`query`] with these filters, a line per node: what the index
+/// test checks and what an operator reads when a query form is slow.
+pub async fn explain(
+    db: impl PgExecutor<'_>,
+    f: &LogFilter,
+    limit: i64,
+) -> sqlx::Result<Vec<String>> {
+    select("EXPLAIN ", f, limit)
+        .build_query_scalar::<String>()
+        .fetch_all(db)
+        .await
+}
+
+fn select(prefix: &str, f: &LogFilter, limit: i64) -> QueryBuilder<Postgres> {
+    let mut q: QueryBuilder<Postgres> = QueryBuilder::new(prefix);
+    q.push(
         "SELECT id, ts, model_name, model_version, prediction, probability, filename, processing_time_ms, \
          queue_wait_ms, batch_id, item_id, attempt, status, error_code, error_message, worker_id, device, \
          dynamic_batch_size FROM inference_log WHERE true",
@@ -159,6 +181,8 @@ pub async fn query(
         q.push(" AND processing_time_ms >= ").push_bind(v);
     }
     if let Some((ts, id)) = f.before {
+        // `ts <=` alone lets the planner skip the later days' partitions.
+        q.push(" AND ts <= ").push_bind(ts);
         q.push(" AND (ts, id) < (")
             .push_bind(ts)
             .push(", ")
@@ -166,58 +190,115 @@ pub async fn query(
             .push(")");
     }
     q.push(" ORDER BY ts DESC, id DESC LIMIT ").push_bind(limit);
-    q.build_query_as::<LogRecord>().fetch_all(db).await
+    q
 }
 
-/// One time bucket of the inference log.
+/// One rollup row (migration 0008): the attempts of one model and status in one hour or day,
+/// counted per latency bucket (see [`crate::latency`]).
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Bucket {
-    pub bucket: DateTime<Utc>,
-    pub inferences: i64,
-    pub failures: i64,
-    pub p50_ms: Option<f64>,
-    pub p95_ms: Option<f64>,
+pub struct Rollup {
+    pub start: DateTime<Utc>,
+    pub model_name: String,
+    pub status: LogStatus,
+    pub latency_bucket: i16,
+    pub n: i64,
 }
 
-/// Inferences per hour or day since `since`, of `projects` only (`None`: all), with latency
-/// percentiles and failures.
-pub async fn buckets(
+/// [`rollups`]' SQL ($1 grain, $2 since, $3 projects or NULL), public for the index test.
+pub const ROLLUPS: &str = r#"SELECT start, model_name, status, latency_bucket, sum(n)::int8 AS n
+    FROM log_rollups
+    WHERE grain = $1 AND start >= date_trunc($1, $2, 'UTC')
+      AND ($3::uuid[] IS NULL OR project_id = ANY($3))
+    GROUP BY 1, 2, 3, 4 ORDER BY 1, 2"#;
+
+/// [`prediction_counts`]' SQL, with the same parameters as [`ROLLUPS`].
+pub const PREDICTION_COUNTS: &str = r#"SELECT model_name, prediction, sum(n)::int8
+    FROM log_prediction_rollups
+    WHERE grain = $1 AND start >= date_trunc($1, $2, 'UTC')
+      AND ($3::uuid[] IS NULL OR project_id = ANY($3))
+    GROUP BY 1, 2 ORDER BY 1, 3 DESC"#;
+
+/// The rollups of hours (`day` false) or days from the one holding `since`, of `projects` only
+/// (`None`: all), summed over projects.
+pub async fn rollups(
     db: impl PgExecutor<'_>,
     projects: Option<&[Uuid]>,
     since: DateTime<Utc>,
     day: bool,
-) -> sqlx::Result<Vec<Bucket>> {
-    sqlx::query_as::<_, Bucket>(
-        r#"SELECT date_trunc(CASE WHEN $2 THEN 'day' ELSE 'hour' END, ts) AS bucket,
-                  count(*) FILTER (WHERE status <> 'retrying') AS inferences,
-                  count(*) FILTER (WHERE status = 'failed') AS failures,
-                  percentile_cont(0.5) WITHIN GROUP (ORDER BY processing_time_ms) FILTER (WHERE status = 'succeeded') AS p50_ms,
-                  percentile_cont(0.95) WITHIN GROUP (ORDER BY processing_time_ms) FILTER (WHERE status = 'succeeded') AS p95_ms
-           FROM inference_log WHERE ts >= $1 AND ($3::uuid[] IS NULL OR project_id = ANY($3))
-           GROUP BY 1 ORDER BY 1"#,
-    )
-    .bind(since)
-    .bind(day)
-    .bind(projects)
-    .fetch_all(db)
-    .await
+) -> sqlx::Result<Vec<Rollup>> {
+    sqlx::query_as::<_, Rollup>(ROLLUPS)
+        .bind(grain(day))
+        .bind(since)
+        .bind(projects)
+        .fetch_all(db)
+        .await
 }
 
-/// How often each label was the top prediction, per model, since `since`, of `projects` only
-/// (`None`: all).
+/// How often each label was the top prediction, per model, in the hours (`day` false) or days
+/// from the one holding `since`, of `projects` only (`None`: all).
 pub async fn prediction_counts(
     db: impl PgExecutor<'_>,
     projects: Option<&[Uuid]>,
     since: DateTime<Utc>,
+    day: bool,
 ) -> sqlx::Result<Vec<(String, String, i64)>> {
-    sqlx::query_as(
-        r#"SELECT model_name, prediction, count(*) FROM inference_log
-           WHERE ts >= $1 AND status = 'succeeded' AND prediction IS NOT NULL
-             AND ($2::uuid[] IS NULL OR project_id = ANY($2))
-           GROUP BY 1, 2 ORDER BY 1, 3 DESC"#,
+    sqlx::query_as(PREDICTION_COUNTS)
+        .bind(grain(day))
+        .bind(since)
+        .bind(projects)
+        .fetch_all(db)
+        .await
+}
+
+fn grain(day: bool) -> &'static str {
+    if day { "day" } else { "hour" }
+}
+
+/// Makes sure the log has its day partitions from today to `days_ahead` days on (rows that
+/// landed in the default partition meanwhile move into theirs).
+pub async fn prepare_partitions(db: impl PgExecutor<'_>, days_ahead: u32) -> sqlx::Result<()> {
+    sqlx::query(
+        r#"SELECT xcam_log_partitions((now() AT TIME ZONE 'UTC')::date,
+                                      (now() AT TIME ZONE 'UTC')::date + $1)"#,
     )
-    .bind(since)
-    .bind(projects)
-    .fetch_all(db)
-    .await
+    .bind(days_ahead as i32)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Drops the log's day partitions wholly older than `age`; returns the rows they held.
+pub async fn drop_partitions_before(
+    db: impl PgExecutor<'_>,
+    age: std::time::Duration,
+) -> sqlx::Result<u64> {
+    let rows: i64 =
+        sqlx::query_scalar("SELECT xcam_drop_log_partitions(now() - make_interval(secs => $1))")
+            .bind(age.as_secs_f64())
+            .fetch_one(db)
+            .await?;
+    Ok(rows as u64)
+}
+
+/// Deletes hour rollups older than `hours` and day rollups older than `days`: the furthest back
+/// `/v1/stats` looks with each. They hold counts only, no name, so they may outlive the log.
+pub async fn prune_rollups(
+    db: impl PgExecutor<'_>,
+    hours: chrono::Duration,
+    days: chrono::Duration,
+) -> sqlx::Result<u64> {
+    let pruned: i64 = sqlx::query_scalar(
+        r#"WITH r AS (DELETE FROM log_rollups
+                      WHERE (grain = 'hour' AND start < now() - $1) OR (grain = 'day' AND start < now() - $2)
+                      RETURNING 1),
+                p AS (DELETE FROM log_prediction_rollups
+                      WHERE (grain = 'hour' AND start < now() - $1) OR (grain = 'day' AND start < now() - $2)
+                      RETURNING 1)
+           SELECT (SELECT count(*) FROM r) + (SELECT count(*) FROM p)"#,
+    )
+    .bind(hours)
+    .bind(days)
+    .fetch_one(db)
+    .await?;
+    Ok(pruned as u64)
 }

@@ -9,7 +9,10 @@ use xcam_tests::{TestDb, bin, repo_root};
 async fn migrations_apply_on_a_fresh_database_and_again_as_a_no_op() {
     let db = TestDb::create().await;
     let tables: Vec<(String,)> = sqlx::query_as(
-        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public' AND table_name <> '_sqlx_migrations' ORDER BY 1",
+        // Tables, not the inference log's day partitions.
+        r#"SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+             AND c.relname <> '_sqlx_migrations' ORDER BY 1"#,
     )
     .fetch_all(&db.pool)
     .await
@@ -23,6 +26,8 @@ async fn migrations_apply_on_a_fresh_database_and_again_as_a_no_op() {
             "deleted_batches",
             "inference_log",
             "items",
+            "log_prediction_rollups",
+            "log_rollups",
             "pending_erasures",
             "plane_claims",
             "producers",

@@ -74,10 +74,18 @@ async fn a_worker_loads_its_bundle_from_s3_checked_against_its_checksums() {
             .contains("model bundle fetched from the blob store")
     );
     let (_, metrics) = probe("/metrics").await.unwrap();
-    assert!(
-        metrics.contains(r#"xcam_worker_images_total{model="demo",outcome="succeeded"} 12"#),
-        "{metrics}"
-    );
+    for line in [
+        r#"xcam_worker_images_total{model="demo",outcome="succeeded"} 12"#,
+        r#"xcam_worker_processing_seconds_count{model="demo"} 12"#,
+        r#"xcam_worker_queue_wait_seconds_count{model="demo"} 12"#,
+        r#"xcam_worker_dynamic_batch_size_count{model="demo"} 12"#,
+        r#"xcam_worker_dynamic_batch_size_bucket{model="demo",le="64"} 12"#,
+    ] {
+        assert!(
+            metrics.contains(line),
+            "the worker's /metrics lacks {line}:\n{metrics}"
+        );
+    }
     let cached: Vec<_> = xcam_tests::files_under(cache.path());
     assert_eq!(
         cached.len(),

@@ -19,5 +19,6 @@ mod outages;
 mod pipeline;
 mod privacy;
 mod router;
+mod scale;
 mod startup;
 mod validation;

@@ -253,6 +253,11 @@ async fn attempt(job: &GradCamJobV1, ctx: &JobContext, claimed: &mut bool) -> Re
             };
             let recorded = outcome::record(&ctx.db, &outcome).await?;
             count(&manifest.name, "succeeded", processing_ms);
+            let model = manifest.name.clone();
+            metrics::histogram!("xcam_worker_queue_wait_seconds", "model" => model.clone())
+                .record(f64::from(queue_wait_ms) / 1e3);
+            metrics::histogram!("xcam_worker_dynamic_batch_size", "model" => model)
+                .record(explained.inferred.batch_size as f64);
             if recorded == Recorded::Written {
                 tracing::debug!(
                     label = %e.top_label,

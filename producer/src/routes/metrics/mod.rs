@@ -1,11 +1,13 @@
-//! `GET /metrics` in the Prometheus text format: one scrape target for the whole fleet.
+//! `GET /metrics` in the Prometheus text format: the API and the work in flight.
 //!
-//! HTTP requests are counted in this process (the `metrics` crate's Prometheus recorder).
-//! Everything about the work — queue depth, items by outcome, inference and queue-wait
-//! latency, dynamic batch sizes, worker heartbeats — is read at scrape time from Redis and
-//! Postgres, which every worker writes to, so no worker needs scraping of its own.
+//! HTTP requests are counted in this process (the `metrics` crate's Prometheus recorder); queue
+//! depth comes from Redis, open batches and their items from the counts each batch row keeps,
+//! and live workers from their heartbeats. Nothing here reads the history (the inference log,
+//! finished items), so a scrape costs the same at any table size. What the workers do — images
+//! by outcome, processing time, queue wait, dynamic batch sizes — each worker counts as it
+//! happens and serves on its own `/metrics` (`xcam-worker run --metrics-bind`); scrape both.
 
-use std::{fmt::Write, sync::OnceLock, time::Instant};
+use std::{collections::BTreeMap, fmt::Write, sync::OnceLock, time::Instant};
 
 use axum::{
     extract::{MatchedPath, Request, State},
@@ -18,8 +20,6 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 mod queries;
 use xcam_shared::{db, jobs};
-
-use self::queries::{BATCH_SIZE_BUCKETS, HistogramColumn, LATENCY_BUCKETS_MS};
 
 use crate::{error::ApiResult, state::AppState};
 
@@ -86,54 +86,28 @@ async fn get_metrics(State(state): State<AppState>) -> ApiResult<Response> {
         }
     }
 
-    out.push_str("# HELP xcam_items Items by model and status.\n# TYPE xcam_items gauge\n");
-    for (model, status, n) in queries::item_counts(db).await? {
+    out.push_str("# HELP xcam_open_batches Batches not finished yet, per model and status.\n# TYPE xcam_open_batches gauge\n");
+    let open = queries::open_work(db).await?;
+    for (model, status, batches, _, _) in &open {
         let _ = writeln!(
             out,
-            "xcam_items{{model=\"{}\",status=\"{status}\"}} {n}",
-            label(&model)
+            "xcam_open_batches{{model=\"{}\",status=\"{status}\"}} {batches}",
+            label(model)
         );
     }
-
-    for (name, help, column, bounds, scale) in [
-        (
-            "xcam_inference_duration_seconds",
-            "Time per successful attempt, claim to result.",
-            HistogramColumn::Processing,
-            &LATENCY_BUCKETS_MS[..],
-            1e-3,
-        ),
-        (
-            "xcam_queue_wait_seconds",
-            "Time from queueing to the attempt's start.",
-            HistogramColumn::QueueWait,
-            &LATENCY_BUCKETS_MS[..],
-            1e-3,
-        ),
-        (
-            "xcam_dynamic_batch_size",
-            "Images run together in one model batch.",
-            HistogramColumn::BatchSize,
-            &BATCH_SIZE_BUCKETS[..],
-            1.0,
-        ),
-    ] {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (model, counts, total, sum) in queries::histogram(db, column, bounds).await? {
-            let model = label(&model);
-            for (bound, n) in bounds.iter().zip(&counts) {
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{model=\"{model}\",le=\"{}\"}} {n}",
-                    bound * scale
-                );
-            }
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{model=\"{model}\",le=\"+Inf\"}} {total}\n{name}_sum{{model=\"{model}\"}} {}\n{name}_count{{model=\"{model}\"}} {total}",
-                sum * scale
-            );
-        }
+    out.push_str("# HELP xcam_open_items Items of unfinished batches waiting (queued) or being processed (running), per model.\n# TYPE xcam_open_items gauge\n");
+    let mut items: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    for (model, _, _, queued, running) in &open {
+        let entry = items.entry(model).or_default();
+        entry.0 += queued;
+        entry.1 += running;
+    }
+    for (model, (queued, running)) in items {
+        let model = label(model);
+        let _ = writeln!(
+            out,
+            "xcam_open_items{{model=\"{model}\",status=\"queued\"}} {queued}\nxcam_open_items{{model=\"{model}\",status=\"running\"}} {running}"
+        );
     }
 
     out.push_str("# HELP xcam_worker_last_heartbeat_seconds Unix time of each live worker's last heartbeat.\n# TYPE xcam_worker_last_heartbeat_seconds gauge\n");
