@@ -75,6 +75,11 @@ try {
   await page.waitForFunction(() => Number(document.getElementById("total-inferences")?.textContent) >= 36, null, { timeout: 30_000 });
   const charted = await page.evaluate(() => Chart.getChart(document.getElementById("chart-counts")).data.datasets[0].data.reduce((a, b) => a + b, 0));
   if (charted < 36) fail(`the inference chart shows ${charted}, expected at least 36`);
+  // Latency is charted per model, never mixed across models.
+  const latency = await page.evaluate(() => Chart.getChart(document.getElementById("chart-latency")).data.datasets.map((d) => [d.label, d.data.filter((v) => v != null).length]));
+  if (!latency.some(([label, points]) => label === "demo p50" && points > 0)) fail(`the latency chart has no demo p50 line: ${JSON.stringify(latency)}`);
+  const perModel = await page.evaluate(() => [...document.querySelectorAll(".model-latency")].map((e) => e.textContent));
+  if (!perModel.some((t) => t.startsWith("demo p50 / p95"))) fail(`no per-model latency figure: ${JSON.stringify(perModel)}`);
   await page.waitForFunction(() => document.querySelectorAll("#log tbody tr").length >= 36 && document.querySelectorAll("#workers tbody tr code").length >= 1);
   await page.screenshot({ path: join(out, "operations.png"), fullPage: true });
 

@@ -301,7 +301,7 @@ async function drawCharts() {
     <div class="stat">inferences<b id="total-inferences">${s.inferences}</b></div>
     <div class="stat">failed<b>${s.failures}</b></div>
     <div class="stat">error rate<b>${fmt(s.error_rate * 100)}%</b></div>
-    <div class="stat">p50 / p95 ms<b>${fmt(median(s.buckets.map((b) => b.p50_ms)), 0)} / ${fmt(Math.max(0, ...s.buckets.map((b) => b.p95_ms || 0)), 0)}</b></div>`;
+    ${s.models.map((m) => `<div class="stat model-latency">${esc(m.model)} p50 / p95 ms<b>${fmt(m.p50_ms, 0)} / ${fmt(m.p95_ms, 0)}</b></div>`).join("")}`;
   charts.splice(0).forEach((c) => c.destroy());
   const labels = s.buckets.map((b) => new Date(b.bucket).toLocaleString([], bucket === "hour" ? { month: "short", day: "numeric", hour: "2-digit" } : { month: "short", day: "numeric" }));
   const line = (id, title, datasets) => charts.push(new Chart(document.getElementById(id), {
@@ -311,23 +311,23 @@ async function drawCharts() {
     { label: "inferences", data: s.buckets.map((b) => b.inferences), borderColor: "#2457d6", backgroundColor: "#2457d6" },
     { label: "failed", data: s.buckets.map((b) => b.failures), borderColor: "#c0392b", backgroundColor: "#c0392b" },
   ]);
-  line("chart-latency", "Latency (ms)", [
-    { label: "p50", data: s.buckets.map((b) => b.p50_ms), borderColor: "#1b8a4b", backgroundColor: "#1b8a4b" },
-    { label: "p95", data: s.buckets.map((b) => b.p95_ms), borderColor: "#b7791f", backgroundColor: "#b7791f" },
-  ]);
+  // Latency per model: one model's 60 ms and another's 1 300 ms never share a percentile.
+  const palette = ["#2457d6", "#1b8a4b", "#b7791f", "#c0392b", "#7b3fb5", "#16808a"];
+  line("chart-latency", "Latency per model (ms)", s.models.flatMap((m, i) => {
+    const at = new Map(m.buckets.map((b) => [b.bucket, b]));
+    const color = palette[i % palette.length];
+    return [
+      { label: `${m.model} p50`, data: s.buckets.map((b) => at.get(b.bucket)?.p50_ms ?? null), borderColor: color, backgroundColor: color },
+      { label: `${m.model} p95`, data: s.buckets.map((b) => at.get(b.bucket)?.p95_ms ?? null), borderColor: color, backgroundColor: color, borderDash: [6, 4] },
+    ];
+  }));
   const models = Object.keys(s.predictions);
   const allLabels = [...new Set(models.flatMap((m) => Object.keys(s.predictions[m])))];
-  const palette = ["#2457d6", "#1b8a4b", "#b7791f", "#c0392b", "#7b3fb5", "#16808a"];
   charts.push(new Chart(document.getElementById("chart-predictions"), {
     type: "bar",
     data: { labels: allLabels, datasets: models.map((m, i) => ({ label: m, data: allLabels.map((l) => s.predictions[m][l] || 0), backgroundColor: palette[i % palette.length] })) },
     options: { maintainAspectRatio: false, animation: false, plugins: { title: { display: true, text: "Top predictions per model" } } },
   }));
-}
-
-function median(values) {
-  const v = values.filter((x) => x != null).sort((a, b) => a - b);
-  return v.length ? v[Math.floor(v.length / 2)] : null;
 }
 
 async function loadLog() {

@@ -15,6 +15,8 @@ pub mod upload;
 
 use std::sync::Arc;
 
+use futures::StreamExt;
+
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -61,8 +63,13 @@ enum Ingested {
     Stopped(Option<BatchStatus>),
 }
 
-/// Entries between two looks at the batch's status (a cancel stops ingestion within as many).
-const STATUS_EVERY: usize = 64;
+/// Entries stored together, between two looks at the batch's status (a cancel stops ingestion
+/// within as many).
+const GROUP: usize = 64;
+/// Pixel bytes a group holds at most (a group of big images is smaller).
+const GROUP_BYTES: usize = 16 << 20;
+/// Planes of a group written to the blob store at once.
+const CONCURRENT_PUTS: usize = 8;
 
 /// What ingestion needs: where items, images and jobs go, and the caps.
 #[derive(Clone)]
@@ -134,29 +141,28 @@ impl Ingestor {
                 items.push(new_item(request, entry, Err(rejection.clone())));
             }
         }
-        while let Some((entry, read)) = rx.recv().await {
-            if entry.index % STATUS_EVERY == 0 {
-                let status = db::batches::status_of(&self.db, request.batch_id).await?;
-                if status != Some(BatchStatus::Ingesting) {
-                    // Dropping the receiver stops the reader at its next entry.
-                    drop(rx);
-                    reader.await.ok();
-                    return Ok(Ingested::Stopped(status));
-                }
+        // Entries go on in groups: one status look, one claim statement and concurrent puts per
+        // group, so Postgres and the blob store cost a round trip per group, not per entry.
+        loop {
+            let (mut group, mut bytes) = (Vec::with_capacity(GROUP), 0);
+            while group.len() < GROUP && bytes < GROUP_BYTES {
+                let Some((entry, read)) = rx.recv().await else {
+                    break;
+                };
+                bytes += read.as_ref().map_or(0, |(plane, _)| plane.len());
+                group.push((entry, read));
             }
-            let stored = match read {
-                Ok((plane, warnings)) => {
-                    let (sha, size) = (sha256_hex(&plane), plane.len() as i64);
-                    let key = plane_key(&sha);
-                    // Claimed before it is written, so a delete of another batch with the same
-                    // pixels cannot remove it before this batch's items reference it.
-                    db::erasure::claim_plane(&self.db, request.batch_id, &key).await?;
-                    self.blobs.put_if_absent(&key, plane.into()).await?;
-                    Ok((sha, key, size, warnings))
-                }
-                Err(rejection) => Err(rejection),
-            };
-            items.push(new_item(request, &entry, stored));
+            if group.is_empty() {
+                break;
+            }
+            let status = db::batches::status_of(&self.db, request.batch_id).await?;
+            if status != Some(BatchStatus::Ingesting) {
+                // Dropping the receiver stops the reader at its next entry.
+                drop(rx);
+                reader.await.ok();
+                return Ok(Ingested::Stopped(status));
+            }
+            items.extend(self.store_group(request, group).await?);
         }
         reader.await??;
         items.sort_by_key(|i| i.entry_index);
@@ -211,6 +217,61 @@ impl Ingestor {
         }
         tracing::info!(batch_id = %request.batch_id, items = items.len(), skipped = skipped.len(), "batch ingested");
         Ok(Ingested::Done)
+    }
+}
+
+impl Ingestor {
+    /// Stores a group of read entries' planes; returns their items.
+    async fn store_group(
+        &self,
+        request: &BatchRequest,
+        group: Vec<(archive::Entry, archive::EntryRead)>,
+    ) -> anyhow::Result<Vec<NewItem>> {
+        // Hashing is CPU work: off the executor, a group at a time.
+        let hashed = tokio::task::spawn_blocking(move || {
+            group
+                .into_iter()
+                .map(|(entry, read)| {
+                    let read = read.map(|(plane, warnings)| {
+                        let sha = sha256_hex(&plane);
+                        let key = plane_key(&sha);
+                        (bytes::Bytes::from(plane), warnings, sha, key)
+                    });
+                    (entry, read)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await?;
+        let keys: Vec<&str> = hashed
+            .iter()
+            .filter_map(|(_, read)| read.as_ref().ok().map(|r| r.3.as_str()))
+            .collect();
+        // Claimed before they are written, so a delete of another batch with the same pixels
+        // cannot remove them before this batch's items reference them.
+        db::erasure::claim_planes(&self.db, request.batch_id, &keys).await?;
+        let planes: Vec<(String, bytes::Bytes)> = hashed
+            .iter()
+            .filter_map(|(_, read)| {
+                let (plane, _, _, key) = read.as_ref().ok()?;
+                Some((key.clone(), plane.clone()))
+            })
+            .collect();
+        let blobs = &self.blobs;
+        let mut puts = futures::stream::iter(planes)
+            .map(|(key, plane)| async move { blobs.put_if_absent(&key, plane).await })
+            .buffer_unordered(CONCURRENT_PUTS);
+        while let Some(put) = puts.next().await {
+            put?;
+        }
+        drop(puts);
+        Ok(hashed
+            .into_iter()
+            .map(|(entry, read)| {
+                let stored = read
+                    .map(|(plane, warnings, sha, key)| (sha, key, plane.len() as i64, warnings));
+                new_item(request, &entry, stored)
+            })
+            .collect())
     }
 }
 

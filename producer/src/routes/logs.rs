@@ -116,8 +116,13 @@ async fn get_stats(
         .unwrap_or(When::Ago(chrono::Duration::days(7)))
         .resolve(now)
         .max(now - bucket.longest_range());
-    // Stats count whole buckets: from the start of the one `since` falls in.
-    let since = since.duration_trunc(bucket.width()).unwrap_or(since);
+    // Stats count whole buckets: from the start of the one `since` falls in, or of the next
+    // when that one would reach past the longest range.
+    let since = match since.duration_trunc(bucket.width()) {
+        Ok(start) if now - start > bucket.longest_range() => start + bucket.width(),
+        Ok(start) => start,
+        Err(_) => since,
+    };
     let day = bucket == StatsBucket::Day;
     let rollups = logs::rollups(&state.db, caller.scope(), since, day).await?;
     let (buckets, models) = tally(&rollups);

@@ -10,7 +10,10 @@ use axum::{
 use bytes::Bytes;
 use futures::{StreamExt, stream};
 use utoipa_axum::{router::OpenApiRouter, routes};
-use xcam_shared::{blob, db};
+use xcam_shared::{
+    blob,
+    db::{self, results::Cams},
+};
 
 use super::{
     extract::{ApiQuery, BatchPath, ItemPath},
@@ -55,7 +58,7 @@ async fn list_results(
     find_batch(&state, &caller, id).await?;
     let limit = q.limit.unwrap_or(100);
     let after = q.after.map_or(-1, |a| a);
-    let rows = db::results::report_page(&state.db, id, after, limit).await?;
+    let rows = db::results::report_page(&state.db, id, after, limit, Cams::All).await?;
     let next_after = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|r| r.entry_index))
         .flatten();
@@ -67,7 +70,7 @@ async fn list_results(
 }
 
 /// Rows per database page while streaming the CSV.
-const CSV_PAGE: i64 = 500;
+const CSV_PAGE: i64 = 2_000;
 
 /// The batch's CSV report: one row per entry in archive order, streamed page by page.
 #[utoipa::path(
@@ -97,7 +100,7 @@ async fn export_results_csv(
         let (db, labels) = (state.db.clone(), labels.clone());
         async move {
             let after = after?;
-            match db::results::report_page(&db, id, after, CSV_PAGE).await {
+            match db::results::report_page(&db, id, after, CSV_PAGE, Cams::FirstWithoutGrid).await {
                 Ok(rows) if rows.is_empty() => None,
                 Ok(rows) => {
                     let next = (rows.len() as i64 == CSV_PAGE)

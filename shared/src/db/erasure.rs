@@ -146,16 +146,23 @@ pub async fn finished(db: impl PgExecutor<'_>, batch: Uuid) -> sqlx::Result<()> 
     Ok(())
 }
 
-/// Records that ingestion of `batch` is about to write the plane `key`; call before writing it.
-pub async fn claim_plane(db: impl PgExecutor<'_>, batch: Uuid, key: &str) -> sqlx::Result<()> {
-    // One statement, so the advisory lock is held just while the claim commits.
+/// Records that ingestion of `batch` is about to write the planes `keys`; call before writing
+/// them. One statement, so each plane's advisory lock (the one a delete takes before removing
+/// it) is held just while the claims commit; taken in key order, so two ingestions claiming
+/// overlapping planes never wait on each other in a circle.
+pub async fn claim_planes(db: impl PgExecutor<'_>, batch: Uuid, keys: &[&str]) -> sqlx::Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
-        r#"WITH locked AS (SELECT pg_advisory_xact_lock(hashtextextended($2, 0)))
-           INSERT INTO plane_claims (batch_id, blob_key) SELECT $1, $2 FROM locked
+        r#"INSERT INTO plane_claims (batch_id, blob_key)
+           SELECT $1, key FROM (
+               SELECT key, pg_advisory_xact_lock(hashtextextended(key, 0))
+               FROM (SELECT DISTINCT unnest($2::text[]) AS key ORDER BY 1) keys) locked
            ON CONFLICT DO NOTHING"#,
     )
     .bind(batch)
-    .bind(key)
+    .bind(keys)
     .execute(db)
     .await?;
     Ok(())

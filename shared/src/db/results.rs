@@ -119,17 +119,32 @@ pub struct ReportRow {
     pub queue_wait_ms: Option<f32>,
 }
 
+/// What of each result's CAMs a report page carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cams {
+    /// Every CAM with its grid (the JSON results).
+    All,
+    /// The first CAM, its grid left empty: all a CSV row shows, without moving the grids (most
+    /// of a result's bytes) out of Postgres and through the JSON parser.
+    FirstWithoutGrid,
+}
+
 /// A page of a batch's report in entry order, starting after entry `after`.
 pub async fn report_page(
     db: impl PgExecutor<'_>,
     batch_id: Uuid,
     after: i32,
     limit: i64,
+    cams: Cams,
 ) -> sqlx::Result<Vec<ReportRow>> {
     sqlx::query_as::<_, ReportRow>(
         r#"SELECT i.id AS item_id, i.entry_index, i.entry_name, i.sha256, i.status, i.error_code, i.error_message,
                   i.warnings, i.attempts, i.finished_at, r.model_name, r.model_version, r.predictions,
-                  r.top_label, r.top_probability, r.method, r.cams, r.image_width, r.image_height,
+                  r.top_label, r.top_probability, r.method,
+                  CASE WHEN $4 OR jsonb_array_length(r.cams) = 0 THEN r.cams
+                       ELSE jsonb_build_array(jsonb_set(r.cams -> 0, '{grid}', '{"h": 0, "w": 0, "values": []}'))
+                  END AS cams,
+                  r.image_width, r.image_height,
                   r.device, COALESCE(r.worker_id, i.worker_id) AS worker_id, r.processing_ms, r.queue_wait_ms
            FROM items i LEFT JOIN results r ON r.item_id = i.id
            WHERE i.batch_id = $1 AND i.entry_index > $2
@@ -138,6 +153,7 @@ pub async fn report_page(
     .bind(batch_id)
     .bind(after)
     .bind(limit)
+    .bind(cams == Cams::All)
     .fetch_all(db)
     .await
 }

@@ -123,8 +123,9 @@ fn log_query(f: &LogFilter, limit: i64) -> String {
 /// Server time so far: Postgres' time executing statements in this database (ms), and Redis'
 /// time executing commands (µs, all commands).
 async fn server_time(db: &sqlx::PgPool, redis: &str) -> anyhow::Result<(f64, f64)> {
-    // Statistics reach the shared view when a backend goes idle; give them that moment.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A backend reports its statistics when it goes idle, or up to 10 s later when it reported
+    // within the last second: wait that long so each window holds only its own work.
+    tokio::time::sleep(Duration::from_secs(11)).await;
     let pg: f64 = sqlx::query_scalar(
         "SELECT active_time FROM pg_stat_database WHERE datname = current_database()",
     )

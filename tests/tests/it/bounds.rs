@@ -233,21 +233,27 @@ async fn stats_ranges_are_bounded_and_reports_come_in_pages_naming_every_entry()
     let stack = Stack::new().await;
     let api = stack.producer(&[]).await;
     // However far back a range is asked, the answer covers at most 31 days of hours or 366
-    // of days, and says from when.
-    for (query, days) in [
-        ("since=30d&bucket=hour", 30),
-        ("since=32d&bucket=hour", 31),
-        ("since=52w&bucket=day", 364),
-        ("since=400d", 366),
-        ("since=2020-01-01T00:00:00Z", 366),
+    // of days, in whole buckets, and says from when.
+    for (query, days, bucket_days, longest) in [
+        ("since=30d&bucket=hour", 30.0, 1.0 / 24.0, 31.0),
+        ("since=32d&bucket=hour", 31.0, 1.0 / 24.0, 31.0),
+        ("since=52w&bucket=day", 364.0, 1.0, 366.0),
+        ("since=400d", 366.0, 1.0, 366.0),
+        ("since=2020-01-01T00:00:00Z", 366.0, 1.0, 366.0),
     ] {
         let (status, body) = api.get_json(&format!("/v1/stats?{query}")).await;
         assert_eq!(status, 200, "{query}: {body}");
         let since: chrono::DateTime<chrono::Utc> = body["since"].as_str().unwrap().parse().unwrap();
-        let back = (chrono::Utc::now() - since).num_hours() as f64 / 24.0;
+        let back = (chrono::Utc::now() - since).num_seconds() as f64 / 86_400.0;
         assert!(
-            (back - days as f64).abs() < 0.1,
+            back <= longest && (back - days).abs() <= bucket_days + 0.01,
             "{query}: since {since}, {back} days back"
+        );
+        let whole = if bucket_days < 1.0 { 3600 } else { 86_400 };
+        assert_eq!(
+            since.timestamp() % whole,
+            0,
+            "{query}: {since} starts a bucket"
         );
     }
 
