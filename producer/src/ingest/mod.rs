@@ -68,8 +68,10 @@ enum Ingested {
 const GROUP: usize = 64;
 /// Pixel bytes a group holds at most (a group of big images is smaller).
 const GROUP_BYTES: usize = 16 << 20;
-/// Planes of a group written to the blob store at once.
-const CONCURRENT_PUTS: usize = 8;
+/// Planes of a group written to the blob store at once. One: a producer killed during a put
+/// can leave the file store's staging file behind, and concurrent puts multiply that window
+/// (the kill-mid-ingestion test found it); the claims, batched, were most of the gain.
+const CONCURRENT_PUTS: usize = 1;
 
 /// What ingestion needs: where items, images and jobs go, and the caps.
 #[derive(Clone)]
