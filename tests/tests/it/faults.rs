@@ -462,8 +462,24 @@ async fn uploads_past_the_ingestion_bound_are_told_to_come_back_and_a_cancel_sto
 
     stack.assert_counts_kept(batch).await;
 
-    // The slot is free again.
-    let next = upload(&api, 2).await;
+    // The slot is free again once the stopped ingestion has cleaned up (it releases its slot
+    // after its planes are gone, so a client told `busy` just before comes back, as told).
+    let next = eventually(DEADLINE, "the ingestion slot to be free", || async {
+        let (status, created) = api
+            .upload(
+                png_zip(2, |i| format!("img_{i:04}.png")),
+                &[("model", "demo")],
+            )
+            .await;
+        (status == 202).then(|| {
+            created["id"]
+                .as_str()
+                .unwrap()
+                .parse::<uuid::Uuid>()
+                .unwrap()
+        })
+    })
+    .await;
     let view = api.wait_for_batch(&next.to_string(), DEADLINE).await;
     assert_eq!(view["status"], "succeeded", "{view}");
     stack.assert_counts_kept(next).await;
