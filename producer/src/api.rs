@@ -1059,7 +1059,7 @@ impl Bounded for LogQuery {
 }
 
 impl StatsBucket {
-    /// The longest range one answer covers: a bounded number of buckets, however old the log.
+    /// How long one bucket is.
     pub fn width(self) -> chrono::Duration {
         match self {
             Self::Hour => chrono::Duration::hours(1),
@@ -1067,6 +1067,7 @@ impl StatsBucket {
         }
     }
 
+    /// The longest range one answer covers: a bounded number of buckets, however old the log.
     pub fn longest_range(self) -> chrono::Duration {
         match self {
             Self::Hour => chrono::Duration::days(31),

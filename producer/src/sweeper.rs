@@ -29,7 +29,7 @@ use crate::{api::StatsBucket, erase::Eraser};
 /// Batches expired per pass; the rest wait for the next.
 const BATCHES_PER_PASS: i64 = 100;
 /// Days of log partitions kept made ahead of time.
-pub const LOG_PARTITIONS_AHEAD_DAYS: u32 = 7;
+const LOG_PARTITIONS_AHEAD_DAYS: u32 = 7;
 /// Log rows deleted per transaction.
 const LOG_ROWS_PER_DELETE: i64 = 5_000;
 /// An erasure this old was interrupted, not merely in progress.

@@ -15,8 +15,6 @@ pub mod upload;
 
 use std::sync::Arc;
 
-use futures::StreamExt;
-
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -68,10 +66,6 @@ enum Ingested {
 const GROUP: usize = 64;
 /// Pixel bytes a group holds at most (a group of big images is smaller).
 const GROUP_BYTES: usize = 16 << 20;
-/// Planes of a group written to the blob store at once. One: a producer killed during a put
-/// can leave the file store's staging file behind, and concurrent puts multiply that window
-/// (the kill-mid-ingestion test found it); the claims, batched, were most of the gain.
-const CONCURRENT_PUTS: usize = 1;
 
 /// What ingestion needs: where items, images and jobs go, and the caps.
 #[derive(Clone)]
@@ -143,8 +137,8 @@ impl Ingestor {
                 items.push(new_item(request, entry, Err(rejection.clone())));
             }
         }
-        // Entries go on in groups: one status look, one claim statement and concurrent puts per
-        // group, so Postgres and the blob store cost a round trip per group, not per entry.
+        // Entries go on in groups: one status look and one claim statement per group, so
+        // Postgres costs a round trip per group, not per entry.
         loop {
             let (mut group, mut bytes) = (Vec::with_capacity(GROUP), 0);
             while group.len() < GROUP && bytes < GROUP_BYTES {
@@ -220,9 +214,7 @@ impl Ingestor {
         tracing::info!(batch_id = %request.batch_id, items = items.len(), skipped = skipped.len(), "batch ingested");
         Ok(Ingested::Done)
     }
-}
 
-impl Ingestor {
     /// Stores a group of read entries' planes; returns their items.
     async fn store_group(
         &self,
@@ -251,21 +243,13 @@ impl Ingestor {
         // Claimed before they are written, so a delete of another batch with the same pixels
         // cannot remove them before this batch's items reference them.
         db::erasure::claim_planes(&self.db, request.batch_id, &keys).await?;
-        let planes: Vec<(String, bytes::Bytes)> = hashed
-            .iter()
-            .filter_map(|(_, read)| {
-                let (plane, _, _, key) = read.as_ref().ok()?;
-                Some((key.clone(), plane.clone()))
-            })
-            .collect();
-        let blobs = &self.blobs;
-        let mut puts = futures::stream::iter(planes)
-            .map(|(key, plane)| async move { blobs.put_if_absent(&key, plane).await })
-            .buffer_unordered(CONCURRENT_PUTS);
-        while let Some(put) = puts.next().await {
-            put?;
+        // One at a time: a producer killed during a put can leave the file store's staging file
+        // behind, and concurrent puts widen that window (the kill-mid-ingestion test found it).
+        for (_, read) in &hashed {
+            if let Ok((plane, _, _, key)) = read {
+                self.blobs.put_if_absent(key, plane.clone()).await?;
+            }
         }
-        drop(puts);
         Ok(hashed
             .into_iter()
             .map(|(entry, read)| {
