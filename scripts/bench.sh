@@ -7,8 +7,8 @@ cd "$root"
 batch="${BENCH_BATCH:-8}"
 seconds="${BENCH_SECONDS:-10}"
 bundle="target/bench-models/densenet121"
-if [[ ! -f "$bundle/model.toml" ]]; then
-  python3 models/tools/export.py --arch densenet121 --num-classes 18 --out "$bundle"
+if [[ ! -f "$bundle/reference.npz" ]]; then
+  python3 models/tools/export.py --arch densenet121 --num-classes 18 --out "$bundle" --reference-synthetic 200
 fi
 echo "==> xcam-worker bench (batch $batch, ${seconds}s per loop): one model copy, as pytorch-grad-cam runs"
 xcam=$(target/release/xcam-worker bench --model "$bundle" --device cpu --batch "$batch" --seconds "$seconds" --replicas 1 --json)

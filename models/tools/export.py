@@ -36,6 +36,9 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import reference  # noqa: E402
+
 # The 18 labels torchxrayvision's "all" models output, in order.
 XRV_LABELS = [
     "Atelectasis", "Consolidation", "Infiltration", "Pneumothorax", "Edema", "Emphysema",
@@ -192,7 +195,21 @@ def main() -> None:
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--seed", type=int, default=0, help="seed for random weights")
     p.add_argument("--size", type=int, default=224)
+    ref = p.add_mutually_exclusive_group()
+    ref.add_argument("--reference-images", type=Path, metavar="DIR",
+                     help="in-distribution images (at least 40) for the out-of-distribution reference")
+    ref.add_argument("--reference-synthetic", type=int, metavar="N",
+                     help="the reference from N synthetic radiographs (for test bundles)")
     args = p.parse_args()
+    export(args)
+    if args.reference_images:
+        paths = [f for f in args.reference_images.rglob("*") if f.suffix.lower() in reference.IMAGE_SUFFIXES]
+        reference.add_to_bundle(args.out, paths, f"{args.reference_images.name}/")
+    elif args.reference_synthetic:
+        reference.synthetic(args.out, args.reference_synthetic, seed=3, percentile=99.0, shrinkage=0.05)
+
+
+def export(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     name = args.name or args.out.name
 

@@ -14,6 +14,7 @@ use xcam_shared::{
         access::{NewToken, TokenError},
         audit::NewAuditEntry,
     },
+    targets::Faithfulness,
 };
 
 #[derive(Debug, Subcommand)]
@@ -28,10 +29,20 @@ pub enum ProjectCommand {
         /// server's XCAM_RETENTION says.
         #[arg(long, value_parser = humantime::parse_duration)]
         retention: Option<std::time::Duration>,
+        /// Faithfulness measures its uploads get unless they say otherwise: off, drop or full.
+        #[arg(long, default_value = "off")]
+        faithfulness: Faithfulness,
     },
     /// Set how long a project's finished batches are kept: a period (`30d`, `12h`), or
     /// `server` for the server's XCAM_RETENTION.
     Retention { name: String, period: String },
+    /// Set the faithfulness measures a project's uploads get unless they say otherwise: off,
+    /// drop (confidence drop and increase: one more forward per map) or full (also deletion
+    /// and insertion AUC).
+    Faithfulness {
+        name: String,
+        faithfulness: Faithfulness,
+    },
     /// List the projects.
     List,
 }
@@ -69,6 +80,7 @@ pub async fn project(db: &DatabaseArgs, command: ProjectCommand) -> anyhow::Resu
             name,
             pseudonymize_names,
             retention,
+            faithfulness,
         } => {
             access::check_project_name(&name).map_err(anyhow::Error::msg)?;
             let retention = retention.map(seconds).transpose()?;
@@ -82,7 +94,16 @@ pub async fn project(db: &DatabaseArgs, command: ProjectCommand) -> anyhow::Resu
                 let detail = format!("retention {}", retention_text(retention));
                 audit(&pool, Action::SetRetention, Some(&name), Some(&detail)).await?;
             }
+            if faithfulness != Faithfulness::Off {
+                set_faithfulness(&pool, &name, faithfulness).await?;
+            }
             println!("project {} created", project.name);
+        }
+        ProjectCommand::Faithfulness { name, faithfulness } => {
+            if !set_faithfulness(&pool, &name, faithfulness).await? {
+                anyhow::bail!("no project named {name:?}");
+            }
+            println!("project {name}: uploads measure faithfulness {faithfulness} by default");
         }
         ProjectCommand::Retention { name, period } => {
             let retention = match period.as_str() {
@@ -109,15 +130,30 @@ pub async fn project(db: &DatabaseArgs, command: ProjectCommand) -> anyhow::Resu
                     "names as uploaded"
                 };
                 println!(
-                    "{:<32} {names:<20} kept {:<18} created {}",
+                    "{:<32} {names:<20} kept {:<18} faithfulness {:<5} created {}",
                     p.name,
                     retention_text(p.retention_seconds),
+                    p.faithfulness,
                     p.created_at.to_rfc3339()
                 );
             }
         }
     }
     Ok(0)
+}
+
+/// Sets a project's default faithfulness and audits it; whether the project exists.
+async fn set_faithfulness(
+    pool: &PgPool,
+    name: &str,
+    faithfulness: Faithfulness,
+) -> anyhow::Result<bool> {
+    if !db::access::set_faithfulness(pool, name, faithfulness).await? {
+        return Ok(false);
+    }
+    let detail = format!("faithfulness {faithfulness}");
+    audit(pool, Action::SetFaithfulness, Some(name), Some(&detail)).await?;
+    Ok(true)
 }
 
 /// A retention period in whole seconds, as the projects table keeps it.

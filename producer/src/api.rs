@@ -17,7 +17,7 @@ use xcam_shared::{
     db::{self, results::StoredCam, skipped::SkipReason},
     imaging::Warning,
     status::{BatchStatus, ItemStatus, LogStatus},
-    targets::Method,
+    targets::{Faithfulness, Method},
 };
 
 pub use crate::error::ErrorBody;
@@ -114,6 +114,8 @@ pub struct Batch {
     pub method: Method,
     /// The label selection, as given (`top1`, `positive`, `all` or names).
     pub labels: String,
+    /// The faithfulness measures each map gets.
+    pub faithfulness: Faithfulness,
     pub status: BatchStatus,
     pub archive_bytes: i64,
     /// Entries in the archive (known once ingested).
@@ -197,6 +199,7 @@ impl Batch {
             model_name: b.model_name,
             model_version: b.model_version,
             labels: b.labels,
+            faithfulness: b.faithfulness.parse().unwrap_or_default(),
             status: b.status,
             archive_bytes: b.archive_bytes,
             total_entries: b.total_entries,
@@ -457,8 +460,20 @@ pub struct ItemResult {
     pub model_version: Option<String>,
     /// Probability of every label.
     pub predictions: Option<BTreeMap<String, f32>>,
+    /// The most probable label: the finding only if it is among `positive_labels`.
     pub top_label: Option<String>,
     pub top_probability: Option<f32>,
+    /// The labels at or above their thresholds, most probable first. Empty: no finding.
+    /// `null` for results stored before xcam said so.
+    pub positive_labels: Option<Vec<String>>,
+    /// How far the image's features lie from the model's training images (Mahalanobis
+    /// distance); `null` when the model has no reference, so the score is unavailable.
+    pub ood_score: Option<f32>,
+    /// The score above which an image is out of distribution (calibrated on held-out
+    /// in-distribution images).
+    pub ood_threshold: Option<f32>,
+    /// `ood_score > ood_threshold`: the prediction and map may not hold. `null`: unavailable.
+    pub out_of_distribution: Option<bool>,
     pub method: Option<Method>,
     /// The explained labels, in the order they were asked for.
     pub cams: Option<Vec<StoredCam>>,
@@ -492,6 +507,10 @@ impl ItemResult {
             predictions: r.predictions.and_then(|p| serde_json::from_value(p).ok()),
             top_label: r.top_label,
             top_probability: r.top_probability,
+            positive_labels: r.positive_labels.map(|p| p.0),
+            ood_score: r.ood_score,
+            ood_threshold: r.ood_threshold,
+            out_of_distribution: r.ood_score.zip(r.ood_threshold).map(|(s, t)| s > t),
             method: r.method.and_then(|m| m.parse().ok()),
             cams,
             image_width: r.image_width,
@@ -1227,6 +1246,7 @@ mod tests {
             model_version: "1".into(),
             method: "gradcam".into(),
             labels: "top1".into(),
+            faithfulness: "off".into(),
             status: BatchStatus::CompletedWithErrors,
             archive_bytes: 1,
             total_entries: 3,

@@ -52,6 +52,10 @@ pub fn report_header(labels: &[String]) -> Vec<String> {
         "model_version",
         "top_label",
         "top_probability",
+        "positive_labels",
+        "ood_score",
+        "ood_threshold",
+        "out_of_distribution",
     ]
     .map(str::to_owned)
     .to_vec();
@@ -59,6 +63,7 @@ pub fn report_header(labels: &[String]) -> Vec<String> {
     h.extend(
         [
             "explained_label",
+            "explained_positive",
             "method",
             "peak_x",
             "peak_y",
@@ -67,6 +72,10 @@ pub fn report_header(labels: &[String]) -> Vec<String> {
             "bbox_x1",
             "bbox_y1",
             "raw_max",
+            "confidence_drop",
+            "confidence_increase",
+            "deletion_auc",
+            "insertion_auc",
             "overlay_url",
             "processing_ms",
             "queue_wait_ms",
@@ -101,14 +110,21 @@ pub fn report_row(batch: uuid::Uuid, r: &ItemResult, labels: &[String]) -> Vec<S
         opt(r.model_version.as_ref()),
         opt(r.top_label.as_ref()),
         num(r.top_probability),
+        // `|`-separated; empty on a result is "no finding".
+        opt(r.positive_labels.as_ref().map(|p| p.join("|"))),
+        num(r.ood_score),
+        num(r.ood_threshold),
+        opt(r.out_of_distribution),
     ];
     for l in labels {
         cells.push(num(r.predictions.as_ref().and_then(|p| p.get(l)).copied()));
     }
     let peak = cam.and_then(|c| c.peak);
+    let faithfulness = cam.and_then(|c| c.faithfulness);
     let bbox = cam.and_then(|c| c.bbox);
     cells.extend([
         opt(cam.map(|c| &c.label)),
+        opt(cam.and_then(|c| c.positive)),
         opt(r.method),
         opt(peak.map(|p| p[0])),
         opt(peak.map(|p| p[1])),
@@ -117,6 +133,10 @@ pub fn report_row(batch: uuid::Uuid, r: &ItemResult, labels: &[String]) -> Vec<S
         opt(bbox.map(|b| b[2])),
         opt(bbox.map(|b| b[3])),
         num(cam.map(|c| c.raw_max)),
+        num(faithfulness.map(|f| f.confidence_drop)),
+        opt(faithfulness.map(|f| f.confidence_increase)),
+        num(faithfulness.and_then(|f| f.deletion_auc)),
+        num(faithfulness.and_then(|f| f.insertion_auc)),
         opt(r.overlay_url.as_ref()),
         num(r.processing_ms),
         num(r.queue_wait_ms),
@@ -261,6 +281,10 @@ mod tests {
             predictions: None,
             top_label: None,
             top_probability: None,
+            positive_labels: None,
+            ood_score: None,
+            ood_threshold: None,
+            out_of_distribution: None,
             method: None,
             cams: None,
             image_width: None,

@@ -76,6 +76,8 @@ text_enum! {
         CreateProject = "create_project",
         /// `xcam project retention`.
         SetRetention = "set_retention",
+        /// `xcam project faithfulness`.
+        SetFaithfulness = "set_faithfulness",
         /// `xcam token create`.
         CreateToken = "create_token",
         /// `xcam token revoke`.

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::{
     config::{RedisArgs, SERVICES_HINT, redact, required},
-    targets::{LabelSelection, Method},
+    targets::{Faithfulness, LabelSelection, Method},
 };
 
 /// One image to explain. New fields must carry `#[serde(default)]`: a payload that no longer
@@ -28,6 +28,9 @@ pub struct GradCamJobV1 {
     pub model: String,
     pub method: Method,
     pub labels: LabelSelection,
+    /// Which faithfulness measures each map gets.
+    #[serde(default)]
+    pub faithfulness: Faithfulness,
     /// The upload request's id, so one id traces an image from upload to result.
     #[serde(default)]
     pub request_id: Option<String>,

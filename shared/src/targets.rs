@@ -23,17 +23,47 @@ pub enum Method {
     /// Draelos & Carin: element-wise gradient × activation, no averaging.
     #[serde(rename = "hirescam")]
     HiResCam,
+    /// Fu et al.: channel weights are the gradient averaged with the activation as weights.
+    #[serde(rename = "xgradcam")]
+    XGradCam,
+    /// Jiang et al.: element-wise positive gradient × activation.
+    #[serde(rename = "layercam")]
+    LayerCam,
+    /// Muhammad & Yeasin: the first principal component of the activations. Gradient-free and
+    /// not class-discriminative: every label of an image gets the same map.
+    #[serde(rename = "eigencam")]
+    EigenCam,
 }
 
 impl Method {
-    pub const ALL: [Method; 3] = [Method::GradCam, Method::GradCamPlusPlus, Method::HiResCam];
+    pub const ALL: [Method; 6] = [
+        Method::GradCam,
+        Method::GradCamPlusPlus,
+        Method::HiResCam,
+        Method::XGradCam,
+        Method::LayerCam,
+        Method::EigenCam,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Method::GradCam => "gradcam",
             Method::GradCamPlusPlus => "gradcam++",
             Method::HiResCam => "hirescam",
+            Method::XGradCam => "xgradcam",
+            Method::LayerCam => "layercam",
+            Method::EigenCam => "eigencam",
         }
+    }
+
+    /// Whether the map needs the gradient of the label's score (a backward through the head).
+    pub fn needs_gradient(self) -> bool {
+        self != Method::EigenCam
+    }
+
+    /// The methods' names, for messages and help.
+    pub fn names() -> String {
+        Method::ALL.map(Method::as_str).join(", ")
     }
 }
 
@@ -50,9 +80,52 @@ impl FromStr for Method {
         match Method::ALL.into_iter().find(|m| m.as_str() == s) {
             Some(m) => Ok(m),
             None => Err(format!(
-                "unknown method {s:?}: use gradcam, gradcam++ or hirescam"
+                "unknown method {s:?}: use one of {}",
+                Method::names()
             )),
         }
+    }
+}
+
+/// Which faithfulness measures each map gets. Each costs forward passes, so they are asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Faithfulness {
+    /// None: the map costs one forward and one head backward.
+    #[default]
+    Off,
+    /// Confidence drop and increase: one more forward per explained label.
+    Drop,
+    /// Also deletion and insertion AUC: 2 × (steps + 1) more forwards per explained label.
+    Full,
+}
+
+impl Faithfulness {
+    pub const ALL: [Faithfulness; 3] = [Faithfulness::Off, Faithfulness::Drop, Faithfulness::Full];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Faithfulness::Off => "off",
+            Faithfulness::Drop => "drop",
+            Faithfulness::Full => "full",
+        }
+    }
+}
+
+impl fmt::Display for Faithfulness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Faithfulness {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Faithfulness::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| format!("unknown faithfulness {s:?}: use off, drop or full"))
     }
 }
 

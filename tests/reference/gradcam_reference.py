@@ -79,10 +79,24 @@ def prepare(out: Path, bundle: Path, count: int, seed: int) -> None:
 
 
 def compare(out: Path, bundle: Path, minimum: float) -> int:
-    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM  # noqa: PLC0415
+    from pytorch_grad_cam import (  # noqa: PLC0415
+        EigenCAM,
+        GradCAM,
+        GradCAMPlusPlus,
+        HiResCAM,
+        LayerCAM,
+        XGradCAM,
+    )
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: PLC0415
 
-    methods = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM}
+    methods = {
+        "gradcam": GradCAM,
+        "gradcam++": GradCAMPlusPlus,
+        "hirescam": HiResCAM,
+        "xgradcam": XGradCAM,
+        "layercam": LayerCAM,
+        "eigencam": EigenCAM,
+    }
     manifest = tomllib.loads((bundle / "model.toml").read_text())
     labels = manifest["model"]["labels"]
     model = Split(bundle).eval()

@@ -715,6 +715,25 @@ pub fn demo_samples_zip() -> Vec<u8> {
         .expect("models/demo/samples/samples.zip")
 }
 
+/// Draws `count` synthetic radiographs (mixed sizes and formats) and their `findings.csv`
+/// into `dir` with synth.py.
+pub fn synthetic_set(dir: &Path, seed: u64, count: usize) {
+    let out = python(&[
+        "models/tools/synth.py",
+        "--out",
+        dir.to_str().expect("a UTF-8 path"),
+        "--seed",
+        &seed.to_string(),
+        "--count",
+        &count.to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "synth.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Runs the torch venv's Python (first on PATH under `make test`).
 pub fn python(args: &[&str]) -> std::process::Output {
     Command::new("python3")
@@ -873,6 +892,7 @@ pub async fn empty_batch(pool: &PgPool) -> Uuid {
             model_version: "1",
             method: xcam_shared::targets::Method::GradCam,
             labels: &xcam_shared::targets::LabelSelection::Top1,
+            faithfulness: Default::default(),
             archive_bytes: 0,
             pseudonymize_names: false,
             ingested_by: "xcam-tests",

@@ -126,7 +126,8 @@ impl Replica {
             targets: vec![
                 Target {
                     method,
-                    labels: LabelSelection::Top1
+                    labels: LabelSelection::Top1,
+                    ..Target::default()
                 };
                 batch
             ],

@@ -10,7 +10,7 @@ use crate::{
     bench,
     config::{ModelArgs, RunArgs},
     device::Parallelism,
-    engine::{Engine, EngineOptions, LabelSelection, Method, Target},
+    engine::{Engine, EngineOptions, Faithfulness, LabelSelection, Method, Target},
     explain,
 };
 
@@ -45,12 +45,16 @@ pub struct ExplainArgs {
     /// An image to explain (PNG, JPEG or TIFF); repeat for more.
     #[arg(long = "image", required = true)]
     pub images: Vec<PathBuf>,
-    /// gradcam, gradcam++ or hirescam.
+    /// gradcam, gradcam++, hirescam, xgradcam, layercam or eigencam.
     #[arg(long, default_value = "gradcam")]
     pub method: Method,
     /// top1, positive, all, or label names separated by commas.
     #[arg(long, default_value = "top1")]
     pub labels: LabelSelection,
+    /// off, drop (confidence drop and increase: one more forward per map) or full (also
+    /// deletion and insertion AUC: 43 more in all).
+    #[arg(long, default_value = "off")]
+    pub faithfulness: Faithfulness,
     /// Where to write the outputs.
     #[arg(long)]
     pub out: PathBuf,
@@ -94,6 +98,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let target = Target {
                 method: args.method,
                 labels: args.labels,
+                faithfulness: args.faithfulness,
             };
             let results = explain::run(&engine, &args.images, &target, &args.out)?;
             for (path, e) in args.images.iter().zip(&results) {
@@ -105,11 +110,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                         None => format!("{} blank", c.label),
                     })
                     .collect();
+                let finding = if e.positive_labels.is_empty() {
+                    format!("no finding (top {} {:.3})", e.top_label, e.top_probability)
+                } else {
+                    format!("{} {:.3}", e.positive_labels.join(", "), e.top_probability)
+                };
+                let ood = match (e.ood_score, e.out_of_distribution) {
+                    (Some(score), Some(true)) => format!("OUT OF DISTRIBUTION (score {score:.1})"),
+                    (Some(score), _) => format!("in distribution (score {score:.1})"),
+                    (None, _) => "distribution unknown (no reference)".to_owned(),
+                };
                 println!(
-                    "{}: {} {:.3} [{}] on {}",
+                    "{}: {finding} [{}] {ood} on {}",
                     path.display(),
-                    e.top_label,
-                    e.top_probability,
                     cams.join("; "),
                     e.device
                 );

@@ -185,7 +185,7 @@ async function batchPage(id) {
       <p class="error" id="delete-error"></p>
     </div>
     <h2>Validation report</h2><div id="report"></div>
-    <h2>Results</h2><table id="results"><thead><tr><th>#</th><th>entry</th><th>status</th><th>overlay</th><th>top label</th><th class="num">p</th><th>peak</th><th>box</th><th class="num">ms</th><th>worker</th></tr></thead><tbody></tbody></table>`;
+    <h2>Results</h2><table id="results"><thead><tr><th>#</th><th>entry</th><th>status</th><th>overlay</th><th>finding</th><th class="num">p</th><th>peak</th><th>box</th><th>distribution</th><th>faithfulness</th><th class="num">ms</th><th>worker</th></tr></thead><tbody></tbody></table>`;
   document.getElementById("cancel").onclick = async () => {
     await api(`/v1/batches/${id}/cancel`, { method: "POST" }).catch((e) => alert(e.message));
   };
@@ -235,8 +235,9 @@ async function batchPage(id) {
       const cam = r.cams?.[0];
       return `<tr><td>${r.entry_index}</td><td>${esc(r.entry_name)}</td><td class="status ${r.status}">${r.status}</td>
         <td>${r.overlay_url && may.pixels() ? `<img class="thumb" loading="lazy" src="${r.overlay_url}" data-item="${r.item_id}" data-label="${esc(cam?.label)}" alt="overlay">` : ""}</td>
-        <td>${esc(r.top_label)}</td><td class="num">${fmt(r.top_probability, 3)}</td>
+        <td>${finding(r)}</td><td class="num">${fmt(r.top_probability, 3)}</td>
         <td>${cam?.peak ? cam.peak.join(", ") : ""}</td><td>${cam?.bbox ? cam.bbox.join(", ") : ""}</td>
+        <td>${distribution(r)}</td><td>${faithfulness(cam)}</td>
         <td class="num">${fmt(r.processing_ms, 0)}</td><td class="muted">${esc(r.worker_id)}</td></tr>`;
     }).join("");
     document.querySelectorAll("img.thumb").forEach((img) => (img.onclick = () => enlarge(id, img.dataset.item, img.dataset.label)));
@@ -244,6 +245,30 @@ async function batchPage(id) {
   };
   await refresh().catch((e) => (view.innerHTML = `<p class="error">${esc(e.message)}</p>`));
   timer = setInterval(() => refresh().catch(() => {}), 2000);
+}
+
+// What the model found: the labels past their thresholds, or "no finding" said plainly rather
+// than a near-zero top label presented as one.
+function finding(r) {
+  if (r.status !== "succeeded") return "";
+  if (!r.positive_labels) return esc(r.top_label);
+  if (r.positive_labels.length === 0) return `<span class="no-finding">no finding</span> <span class="muted">(top ${esc(r.top_label)})</span>`;
+  return r.positive_labels.map(esc).join(", ");
+}
+
+function distribution(r) {
+  if (r.status !== "succeeded") return "";
+  if (r.ood_score == null) return `<span class="muted" title="the model bundle has no reference of its training images">unavailable</span>`;
+  const score = `${fmt(r.ood_score, 1)} / ${fmt(r.ood_threshold, 1)}`;
+  return r.out_of_distribution ? `<span class="ood">out of distribution</span> <span class="muted">${score}</span>` : `<span class="muted">in (${score})</span>`;
+}
+
+function faithfulness(cam) {
+  const f = cam?.faithfulness;
+  if (!f) return "";
+  const parts = [`drop ${fmt(f.confidence_drop * 100, 0)}%${f.confidence_increase ? " ↑" : ""}`];
+  if (f.deletion_auc != null) parts.push(`del ${fmt(f.deletion_auc, 2)} · ins ${fmt(f.insertion_auc, 2)}`);
+  return `<span class="faithfulness">${parts.join(" · ")}</span>`;
 }
 
 function enlarge(batch, item, label) {

@@ -8,7 +8,7 @@ use tokio::io::AsyncWriteExt;
 use xcam_shared::{
     access::{Action, Outcome},
     status::{BatchStatus, LogStatus},
-    targets::{LabelSelection, Method},
+    targets::{Faithfulness, LabelSelection, Method},
 };
 
 use super::{Api, ClientError, exit, progress::Progress};
@@ -117,12 +117,16 @@ pub struct SubmitArgs {
     /// The project (may be left out when the token covers one).
     #[arg(long)]
     pub project: Option<String>,
-    /// gradcam, gradcam++ or hirescam.
+    /// gradcam, gradcam++, hirescam, xgradcam, layercam or eigencam.
     #[arg(long)]
     pub method: Option<Method>,
     /// top1, positive, all, or label names separated by commas.
     #[arg(long)]
     pub labels: Option<LabelSelection>,
+    /// off, drop or full (default: the project's setting). `drop` costs one more forward per
+    /// map, `full` 43.
+    #[arg(long)]
+    pub faithfulness: Option<Faithfulness>,
     /// Replace entry names with salted hashes everywhere.
     #[arg(long)]
     pub pseudonymize_names: bool,
@@ -299,6 +303,9 @@ async fn submit(api: &Api, args: SubmitArgs) -> Result<u8, ClientError> {
     }
     if let Some(labels) = &args.labels {
         form = form.text("labels", labels.to_string());
+    }
+    if let Some(faithfulness) = args.faithfulness {
+        form = form.text("faithfulness", faithfulness.to_string());
     }
     if args.pseudonymize_names {
         form = form.text("pseudonymize_names", "true");

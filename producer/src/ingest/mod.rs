@@ -24,7 +24,7 @@ use xcam_shared::{
     imaging::{ImageLimits, Warning},
     jobs::GradCamJobV1,
     status::{BatchStatus, ItemStatus},
-    targets::{LabelSelection, Method},
+    targets::{Faithfulness, LabelSelection, Method},
 };
 
 use crate::queue::Queue;
@@ -38,6 +38,7 @@ pub struct BatchRequest {
     pub model: String,
     pub method: Method,
     pub labels: LabelSelection,
+    pub faithfulness: Faithfulness,
     /// The key to pseudonymise entry names with, when the batch asks for it.
     pub pseudonyms: Option<PseudonymKey>,
     pub request_id: Option<String>,
@@ -203,6 +204,7 @@ impl Ingestor {
                     model: request.model.clone(),
                     method: request.method,
                     labels: request.labels.clone(),
+                    faithfulness: request.faithfulness,
                     request_id: request.request_id.clone(),
                 })
             })

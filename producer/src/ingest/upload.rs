@@ -6,7 +6,7 @@ use std::path::Path;
 use axum::extract::{Multipart, multipart::Field};
 use futures::TryStreamExt;
 use tokio::io::AsyncWriteExt;
-use xcam_shared::targets::{LabelSelection, Method};
+use xcam_shared::targets::{Faithfulness, LabelSelection, Method};
 
 use crate::{error::ApiError, routes::document::MAX_FIELD_BYTES};
 
@@ -31,6 +31,9 @@ pub struct UploadForm {
     labels: Option<String>,
     /// `true` to replace entry names with keyed hashes everywhere (default: the project's setting).
     pseudonymize_names: Option<bool>,
+    /// Faithfulness measures per map: `off`, `drop` (one more forward per map) or `full` (also
+    /// deletion and insertion AUC); default: the project's setting.
+    faithfulness: Option<Faithfulness>,
 }
 
 /// A read upload: the archive on disk and the parsed fields.
@@ -46,6 +49,8 @@ pub struct Upload {
     pub labels: LabelSelection,
     /// Whether names are to be pseudonymised; `None`: as the project says.
     pub pseudonymize_names: Option<bool>,
+    /// `None`: as the project says.
+    pub faithfulness: Option<Faithfulness>,
 }
 
 /// Whether the body stopped arriving (the server's body idle timeout, `startup::body_idle`).
@@ -78,6 +83,7 @@ pub async fn read_form(
     };
     let (mut spool, mut project, mut model, mut method, mut labels, mut pseudonymize) =
         (None, None, None, None, None, None);
+    let mut faithfulness = None;
     while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
         let name = field.name().unwrap_or_default().to_owned();
         match name.as_str() {
@@ -104,6 +110,15 @@ pub async fn read_form(
                     }
                 })?);
             }
+            "faithfulness" => {
+                let raw = text(field, &name, bad).await?;
+                faithfulness = Some(raw.parse::<Faithfulness>().map_err(|message| {
+                    ApiError::Unprocessable {
+                        code: "invalid_faithfulness",
+                        message,
+                    }
+                })?);
+            }
             "pseudonymize_names" => {
                 pseudonymize = Some(match text(field, &name, bad).await?.as_str() {
                     "true" => true,
@@ -117,7 +132,7 @@ pub async fn read_form(
             }
             other => {
                 return Err(ApiError::InvalidRequest(format!(
-                    "unknown form field {other:?}: the form takes file, project, model, method, labels and pseudonymize_names"
+                    "unknown form field {other:?}: the form takes file, project, model, method, labels, faithfulness and pseudonymize_names"
                 )));
             }
         }
@@ -132,6 +147,7 @@ pub async fn read_form(
         method: method.unwrap_or_default(),
         labels: labels.unwrap_or_default(),
         pseudonymize_names: pseudonymize,
+        faithfulness,
     })
 }
 

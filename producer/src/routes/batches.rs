@@ -61,7 +61,7 @@ const BUSY_RETRY_AFTER_S: u64 = 5;
         (status = 404, body = ErrorBody, description = "`project_not_found`: no such project, or one the token does not cover"),
         (status = 408, body = ErrorBody, description = "`body_timeout`: the upload stopped arriving for longer than `XCAM_BODY_IDLE_TIMEOUT`"),
         (status = 413, body = ErrorBody, description = "`upload_too_large`, `field_too_large`, `too_many_entries`, `archive_too_large`, `entry_too_large`, `zip_bomb`"),
-        (status = 422, body = ErrorBody, description = "`no_images`, `duplicate_names`, `unknown_model`, `invalid_method`, `invalid_labels`, `unknown_label`, `pseudonym_key_missing`"),
+        (status = 422, body = ErrorBody, description = "`no_images`, `duplicate_names`, `unknown_model`, `invalid_method`, `invalid_labels`, `invalid_faithfulness`, `unknown_label`, `pseudonym_key_missing`"),
         (status = 503, body = ErrorBody, description = "`busy`: the server is ingesting as many uploads as it may; try again after `Retry-After` seconds",
             headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     )
@@ -115,6 +115,9 @@ async fn create_batch(
             });
         }
     };
+    let faithfulness = form
+        .faithfulness
+        .unwrap_or_else(|| project.faithfulness.parse().unwrap_or_default());
     form.labels
         .validate(bundle.labels())
         .map_err(|e| ApiError::Unprocessable {
@@ -137,6 +140,7 @@ async fn create_batch(
             model_version: &bundle.manifest.model.version,
             method: form.method,
             labels: &form.labels,
+            faithfulness,
             archive_bytes: form.bytes as i64,
             pseudonymize_names: pseudonymize,
             ingested_by: &settings.producer_id,
@@ -148,6 +152,7 @@ async fn create_batch(
         model: bundle.name().to_owned(),
         method: form.method,
         labels: form.labels,
+        faithfulness,
         pseudonyms,
         request_id: headers
             .get("x-request-id")

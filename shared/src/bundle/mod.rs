@@ -56,6 +56,10 @@ pub struct Manifest {
     pub model: ModelInfo,
     pub input: InputSpec,
     pub target_layer: TargetLayer,
+    /// What the training inputs looked like, for the out-of-distribution score; without it the
+    /// score is unavailable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<ReferenceSpec>,
     /// SHA-256 of every file of the bundle, by file name.
     pub files: BTreeMap<String, String>,
 }
@@ -112,6 +116,20 @@ pub enum Normalization {
 pub struct TargetLayer {
     /// The layer the bundle was split at, for the record (e.g. `features.norm5`).
     pub name: String,
+}
+
+/// `[reference]`: the mean and covariance of the pooled target-layer features of in-distribution
+/// images, and the score above which an image counts as out of distribution.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceSpec {
+    /// An `.npz` in the bundle holding `mean` (K) and `precision` (K×K, the inverse of the
+    /// shrunk covariance).
+    pub file: String,
+    /// Mahalanobis distance above which an image is flagged.
+    pub threshold: f32,
+    /// How the threshold was set (which held-out images, which percentile).
+    pub calibration: String,
 }
 
 /// A verified bundle on disk.
@@ -219,6 +237,14 @@ impl Manifest {
             }
             if std.iter().any(|s| *s <= 0.0) {
                 return Err("input.normalize std values must be positive".into());
+            }
+        }
+        if let Some(r) = &self.reference {
+            if !self.files.contains_key(&r.file) {
+                return Err(format!("files has no sha256 for the reference {}", r.file));
+            }
+            if !(r.threshold.is_finite() && r.threshold > 0.0) {
+                return Err("reference.threshold must be a positive number".into());
             }
         }
         for required in [FEATURES_FILE, HEAD_FILE] {

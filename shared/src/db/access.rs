@@ -4,7 +4,10 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::access::{Role, secret_hash};
+use crate::{
+    access::{Role, secret_hash},
+    targets::Faithfulness,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Project {
@@ -14,6 +17,8 @@ pub struct Project {
     pub pseudonymize_names: bool,
     /// How long its finished batches are kept, in seconds; `None`: the server's setting.
     pub retention_seconds: Option<i64>,
+    /// Uploads to it measure faithfulness so unless they say otherwise (`off`, `drop`, `full`).
+    pub faithfulness: String,
     pub created_at: DateTime<Utc>,
 }
 
@@ -25,7 +30,7 @@ pub async fn create_project(
 ) -> sqlx::Result<Option<Project>> {
     sqlx::query_as::<_, Project>(
         r#"INSERT INTO projects (id, name, pseudonymize_names) VALUES ($1, $2, $3)
-           ON CONFLICT (name) DO NOTHING RETURNING id, name, pseudonymize_names, retention_seconds, created_at"#,
+           ON CONFLICT (name) DO NOTHING RETURNING id, name, pseudonymize_names, retention_seconds, faithfulness, created_at"#,
     )
     .bind(Uuid::now_v7())
     .bind(name)
@@ -36,7 +41,7 @@ pub async fn create_project(
 
 pub async fn projects(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Project>> {
     sqlx::query_as::<_, Project>(
-        "SELECT id, name, pseudonymize_names, retention_seconds, created_at FROM projects ORDER BY name",
+        "SELECT id, name, pseudonymize_names, retention_seconds, faithfulness, created_at FROM projects ORDER BY name",
     )
     .fetch_all(db)
     .await
@@ -44,11 +49,26 @@ pub async fn projects(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Project>> {
 
 pub async fn project_by_name(db: impl PgExecutor<'_>, name: &str) -> sqlx::Result<Option<Project>> {
     sqlx::query_as::<_, Project>(
-        "SELECT id, name, pseudonymize_names, retention_seconds, created_at FROM projects WHERE name = $1",
+        "SELECT id, name, pseudonymize_names, retention_seconds, faithfulness, created_at FROM projects WHERE name = $1",
     )
     .bind(name)
     .fetch_optional(db)
     .await
+}
+
+/// Sets the faithfulness measures a project's uploads get unless they say otherwise. Returns
+/// whether the project exists.
+pub async fn set_faithfulness(
+    db: impl PgExecutor<'_>,
+    name: &str,
+    faithfulness: Faithfulness,
+) -> sqlx::Result<bool> {
+    let updated = sqlx::query("UPDATE projects SET faithfulness = $2 WHERE name = $1")
+        .bind(name)
+        .bind(faithfulness.as_str())
+        .execute(db)
+        .await?;
+    Ok(updated.rows_affected() == 1)
 }
 
 /// Sets how long a project's finished batches are kept (`None`: the server's setting). Returns

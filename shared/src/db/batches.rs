@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use crate::{
     status::BatchStatus,
-    targets::{LabelSelection, Method},
+    targets::{Faithfulness, LabelSelection, Method},
 };
 
 /// A new batch, as the upload handler knows it before ingestion.
@@ -18,6 +18,7 @@ pub struct NewBatch<'a> {
     pub model_version: &'a str,
     pub method: Method,
     pub labels: &'a LabelSelection,
+    pub faithfulness: Faithfulness,
     pub archive_bytes: i64,
     pub pseudonymize_names: bool,
     /// The producer that ingests it.
@@ -34,6 +35,7 @@ pub struct BatchRecord {
     pub model_version: String,
     pub method: String,
     pub labels: String,
+    pub faithfulness: String,
     pub status: BatchStatus,
     pub archive_bytes: i64,
     pub total_entries: i32,
@@ -78,7 +80,7 @@ macro_rules! select_batches {
     ($rest:literal) => {
         concat!(
             "SELECT b.id, b.project_id, p.name AS project, b.model_name, b.model_version, b.method, b.labels, ",
-            "b.status, b.archive_bytes, b.total_entries, b.skipped_entries, b.error_code, b.error_message, ",
+            "b.faithfulness, b.status, b.archive_bytes, b.total_entries, b.skipped_entries, b.error_code, b.error_message, ",
             "b.pseudonymize_names, b.created_at, b.updated_at, b.ingested_at, b.started_at, b.finished_at, ",
             "b.items_total, b.items_rejected, b.items_queued, b.items_running, b.items_succeeded, ",
             "b.items_failed, b.items_cancelled, b.first_started, b.last_finished ",
@@ -91,8 +93,8 @@ macro_rules! select_batches {
 pub async fn insert(db: impl PgExecutor<'_>, b: &NewBatch<'_>) -> sqlx::Result<()> {
     sqlx::query(
         r#"INSERT INTO batches (id, project_id, model_name, model_version, method, labels, archive_bytes,
-                                pseudonymize_names, ingested_by)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"#,
+                                pseudonymize_names, ingested_by, faithfulness)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"#,
     )
     .bind(b.id)
     .bind(b.project_id)
@@ -103,6 +105,7 @@ pub async fn insert(db: impl PgExecutor<'_>, b: &NewBatch<'_>) -> sqlx::Result<(
     .bind(b.archive_bytes)
     .bind(b.pseudonymize_names)
     .bind(b.ingested_by)
+    .bind(b.faithfulness.as_str())
     .execute(db)
     .await?;
     Ok(())

@@ -140,6 +140,7 @@ pub struct OpenItem {
     pub model_name: String,
     pub method: String,
     pub labels: String,
+    pub faithfulness: String,
 }
 
 impl OpenItem {
@@ -158,6 +159,7 @@ impl OpenItem {
             model: self.model_name,
             method: self.method.parse().ok()?,
             labels: self.labels.parse().ok()?,
+            faithfulness: self.faithfulness.parse().ok()?,
             request_id: None,
         })
     }
@@ -172,7 +174,7 @@ pub async fn open_before(
     limit: i64,
 ) -> sqlx::Result<Vec<OpenItem>> {
     sqlx::query_as(
-        r#"SELECT i.id, i.batch_id, i.blob_key, i.queued_at, b.model_name, b.method, b.labels
+        r#"SELECT i.id, i.batch_id, i.blob_key, i.queued_at, b.model_name, b.method, b.labels, b.faithfulness
            FROM items i JOIN batches b ON b.id = i.batch_id
            WHERE i.status IN ('queued', 'running') AND i.blob_key IS NOT NULL
              AND i.queued_at < now() - make_interval(secs => $1)

@@ -6,10 +6,11 @@
 //! outcome committed before it, so the last one ends the batch), and takes locks in the order a
 //! delete takes them (batch, then items), so the two never wait on each other in a circle.
 
-use sqlx::PgPool;
+use sqlx::{PgPool, types::Json};
 
 use crate::{
     db::{batches, logs, logs::NewLogEntry, results, results::NewResult, workers},
+    imaging::Warning,
     status::{ItemStatus, LogStatus},
 };
 
@@ -20,6 +21,8 @@ pub struct Outcome<'a> {
     pub result: Option<NewResult<'a>>,
     /// Its log row; `status`, `error_code` and `error_message` say how the attempt ended.
     pub log: NewLogEntry<'a>,
+    /// Warnings the model adds to those of ingestion (`out_of_distribution`).
+    pub warnings: Vec<Warning>,
 }
 
 /// Whether [`record`] wrote anything.
@@ -44,7 +47,7 @@ pub async fn record(db: &PgPool, outcome: &Outcome<'_>) -> sqlx::Result<Recorded
     let error = log.error_code.zip(log.error_message);
     let finished = sqlx::query(
         r#"UPDATE items SET status = $2, error_code = $3, error_message = $4, worker_id = $5,
-                  finished_at = now(), open_claims = 0
+                  finished_at = now(), open_claims = 0, warnings = warnings || $6
            WHERE id = $1 AND status IN ('queued', 'running')"#,
     )
     .bind(log.item_id)
@@ -52,6 +55,7 @@ pub async fn record(db: &PgPool, outcome: &Outcome<'_>) -> sqlx::Result<Recorded
     .bind(error.map(|e| e.0))
     .bind(error.map(|e| e.1))
     .bind(log.worker_id)
+    .bind(Json(&outcome.warnings))
     .execute(&mut *tx)
     .await?;
     if finished.rows_affected() == 0 {

@@ -29,6 +29,31 @@ pub struct StoredCam {
     pub raw_max: f32,
     /// The map at the target layer's resolution: overlays and `.npy` maps are drawn from it.
     pub grid: Grid,
+    /// Whether the label's probability reached its threshold; `null` in results stored before
+    /// xcam said so.
+    #[serde(default)]
+    pub positive: Option<bool>,
+    /// How far the map drove the score; `null` unless faithfulness was asked for.
+    #[serde(default)]
+    pub faithfulness: Option<FaithfulnessScores>,
+}
+
+/// Faithfulness of one map (see the README's "How far to trust a map").
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct FaithfulnessScores {
+    /// The label's probability on the image multiplied by its normalised map.
+    pub masked_probability: f32,
+    /// max(0, p − masked) / p: the share of the probability lost when only the map is kept
+    /// (lower is better).
+    pub confidence_drop: f32,
+    /// Whether keeping only the map raised the probability.
+    pub confidence_increase: bool,
+    /// Area under the probability as the most salient pixels are deleted first (lower is
+    /// better); with `faithfulness=full` only.
+    pub deletion_auc: Option<f32>,
+    /// Area under the probability as the most salient pixels are put back first onto a
+    /// blurred image (higher is better); with `faithfulness=full` only.
+    pub insertion_auc: Option<f32>,
 }
 
 #[derive(Debug, Clone)]
@@ -43,6 +68,9 @@ pub struct NewResult<'a> {
     pub top_probability: f32,
     pub method: Method,
     pub cams: &'a [StoredCam],
+    pub positive_labels: &'a [String],
+    pub ood_score: Option<f32>,
+    pub ood_threshold: Option<f32>,
     pub geometry: Geometry,
     pub device: &'a str,
     pub worker_id: &'a str,
@@ -58,8 +86,9 @@ pub async fn upsert(db: impl PgExecutor<'_>, r: &NewResult<'_>) -> sqlx::Result<
     sqlx::query(
         r#"INSERT INTO results (item_id, batch_id, model_name, model_version, predictions, top_label,
                                 top_probability, method, cams, image_width, image_height, letterbox_side,
-                                device, worker_id, attempt, processing_ms, queue_wait_ms)
-           SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17
+                                device, worker_id, attempt, processing_ms, queue_wait_ms,
+                                positive_labels, ood_score, ood_threshold)
+           SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20
            FROM items WHERE id = $1 FOR KEY SHARE
            ON CONFLICT (item_id) DO UPDATE SET
                predictions = EXCLUDED.predictions, top_label = EXCLUDED.top_label,
@@ -67,7 +96,8 @@ pub async fn upsert(db: impl PgExecutor<'_>, r: &NewResult<'_>) -> sqlx::Result<
                letterbox_side = EXCLUDED.letterbox_side, device = EXCLUDED.device,
                worker_id = EXCLUDED.worker_id, attempt = EXCLUDED.attempt,
                processing_ms = EXCLUDED.processing_ms, queue_wait_ms = EXCLUDED.queue_wait_ms,
-               updated_at = now()"#,
+               positive_labels = EXCLUDED.positive_labels, ood_score = EXCLUDED.ood_score,
+               ood_threshold = EXCLUDED.ood_threshold, updated_at = now()"#,
     )
     .bind(r.item_id)
     .bind(r.batch_id)
@@ -86,6 +116,9 @@ pub async fn upsert(db: impl PgExecutor<'_>, r: &NewResult<'_>) -> sqlx::Result<
     .bind(r.attempt)
     .bind(r.processing_ms)
     .bind(r.queue_wait_ms)
+    .bind(Json(r.positive_labels))
+    .bind(r.ood_score)
+    .bind(r.ood_threshold)
     .execute(db)
     .await?;
     Ok(())
@@ -117,6 +150,9 @@ pub struct ReportRow {
     pub worker_id: Option<String>,
     pub processing_ms: Option<f32>,
     pub queue_wait_ms: Option<f32>,
+    pub positive_labels: Option<Json<Vec<String>>>,
+    pub ood_score: Option<f32>,
+    pub ood_threshold: Option<f32>,
 }
 
 /// What of each result's CAMs a report page carries.
@@ -145,7 +181,8 @@ pub async fn report_page(
                        ELSE jsonb_build_array(jsonb_set(r.cams -> 0, '{grid}', '{"h": 0, "w": 0, "values": []}'))
                   END AS cams,
                   r.image_width, r.image_height,
-                  r.device, COALESCE(r.worker_id, i.worker_id) AS worker_id, r.processing_ms, r.queue_wait_ms
+                  r.device, COALESCE(r.worker_id, i.worker_id) AS worker_id, r.processing_ms, r.queue_wait_ms,
+                  r.positive_labels, r.ood_score, r.ood_threshold
            FROM items i LEFT JOIN results r ON r.item_id = i.id
            WHERE i.batch_id = $1 AND i.entry_index > $2
            ORDER BY i.entry_index LIMIT $3"#,

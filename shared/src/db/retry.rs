@@ -51,7 +51,7 @@ pub async fn retry(
         return Ok(Retry::Refused(status));
     }
     let found: Vec<Retried> = sqlx::query_as(
-        r#"SELECT i.id, i.batch_id, i.blob_key, i.queued_at, b.model_name, b.method, b.labels,
+        r#"SELECT i.id, i.batch_id, i.blob_key, i.queued_at, b.model_name, b.method, b.labels, b.faithfulness,
                   i.entry_name, i.error_code
            FROM items i JOIN batches b ON b.id = i.batch_id
            WHERE i.batch_id = $1 AND i.status = 'failed' AND i.blob_key IS NOT NULL

@@ -4,7 +4,7 @@
 use std::{path::Path, process::Command};
 
 use xcam_shared::{bundle::Bundle, imaging};
-use xcam_tests::{demo_bundle, python, repo_root};
+use xcam_tests::{demo_bundle, python, repo_root, synthetic_set};
 use xcam_worker::{
     device::DeviceSpec,
     engine::{Engine, EngineError, EngineOptions, LabelSelection, Method, Target},
@@ -20,10 +20,11 @@ fn engine(bundle: &Path) -> Engine {
     .expect("engine starts")
 }
 
-/// The DenseNet-121 bundle (torchvision architecture, 18 outputs, random weights), exported once.
+/// The DenseNet-121 bundle (torchvision architecture, 18 outputs, random weights, a reference
+/// from synthetic radiographs), exported once; `make bench` uses the same.
 fn densenet_bundle() -> std::path::PathBuf {
     let dir = repo_root().join("target/bench-models/densenet121");
-    if !dir.join("model.toml").exists() {
+    if !dir.join("reference.npz").exists() {
         let out = python(&[
             "models/tools/export.py",
             "--arch",
@@ -32,6 +33,8 @@ fn densenet_bundle() -> std::path::PathBuf {
             "18",
             "--out",
             dir.to_str().unwrap(),
+            "--reference-synthetic",
+            "200",
         ]);
         assert!(
             out.status.success(),
@@ -75,6 +78,7 @@ fn reference_check(bundle: &Path, labels: LabelSelection, count: &str) {
             &Target {
                 method,
                 labels: labels.clone(),
+                ..Target::default()
             },
             &out_dir,
         )
@@ -130,20 +134,7 @@ fn auc(scores: &[f32], positive: &[bool]) -> f64 {
 fn demo_model_finds_and_localises_planted_findings_it_never_saw() {
     let work = tempfile::tempdir().unwrap();
     // Seed 4242 is used by no training, validation or sample set.
-    let out = python(&[
-        "models/tools/synth.py",
-        "--out",
-        work.path().to_str().unwrap(),
-        "--seed",
-        "4242",
-        "--count",
-        "240",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    synthetic_set(work.path(), 4242, 240);
     let csv = std::fs::read_to_string(work.path().join("findings.csv")).unwrap();
     let mut boxes: std::collections::BTreeMap<String, Vec<(String, [f64; 4], f64)>> =
         Default::default();
@@ -170,6 +161,7 @@ fn demo_model_finds_and_localises_planted_findings_it_never_saw() {
                 Target {
                     method: Method::GradCam,
                     labels: LabelSelection::All,
+                    ..Target::default()
                 },
             )
             .unwrap();
@@ -238,6 +230,7 @@ fn an_image_gets_the_same_map_alone_or_in_a_batch() {
     let target = Target {
         method: Method::GradCam,
         labels: LabelSelection::All,
+        ..Target::default()
     };
     let (alone, inferred) = engine.explain_blocking(&images[0], target.clone()).unwrap();
     assert_eq!(inferred.batch_size, 1);
@@ -302,6 +295,7 @@ fn bad_input_gets_clear_errors_and_the_engine_survives() {
         .check_target(&Target {
             method: Method::GradCam,
             labels: LabelSelection::Named(vec!["fracture".into()]),
+            ..Target::default()
         })
         .unwrap_err();
     assert!(
@@ -316,6 +310,7 @@ fn bad_input_gets_clear_errors_and_the_engine_survives() {
             Target {
                 method: Method::GradCam,
                 labels: LabelSelection::Top1,
+                ..Target::default()
             },
         )
         .unwrap_err();
@@ -365,6 +360,7 @@ fn bad_input_gets_clear_errors_and_the_engine_survives() {
             Target {
                 method: Method::HiResCam,
                 labels: LabelSelection::Top1,
+                ..Target::default()
             },
         )
         .unwrap();

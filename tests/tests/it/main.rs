@@ -21,4 +21,5 @@ mod privacy;
 mod router;
 mod scale;
 mod startup;
+mod trust;
 mod validation;

@@ -100,6 +100,7 @@ async fn demo_samples_through_the_pipeline(store: Store) {
         let target = Target {
             method: Method::GradCam,
             labels: LabelSelection::Top1,
+            ..Target::default()
         };
         let (e, _) =
             tokio::task::block_in_place(|| engine.explain_blocking(&image, target)).unwrap();

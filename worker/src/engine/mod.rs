@@ -8,8 +8,10 @@
 //! run on the caller's (blocking) thread, so they overlap with the model's work.
 
 pub mod cam;
+pub mod faithfulness;
 pub mod model;
 pub mod preprocess;
+pub mod reference;
 pub mod summary;
 
 use std::{
@@ -23,7 +25,7 @@ use tch::Tensor;
 use tokio::sync::oneshot;
 use xcam_shared::{bundle::Bundle, heatmap::Geometry, imaging::GrayImage};
 
-pub use cam::{LabelSelection, Method};
+pub use cam::{Faithfulness, LabelSelection, Method};
 pub use model::{LoadedModel, Target};
 pub use summary::Explanation;
 

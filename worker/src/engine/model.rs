@@ -6,14 +6,17 @@ use xcam_shared::{bundle::Bundle, heatmap::Grid};
 
 use super::{
     EngineError,
-    cam::{self, LabelSelection, Method},
+    cam::{self, Faithfulness, LabelSelection, Method},
+    faithfulness::{self, FaithfulnessScores, MapToScore},
+    reference::Reference,
 };
 
 /// One image's share of a batch: what to explain and how.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Target {
     pub method: Method,
     pub labels: LabelSelection,
+    pub faithfulness: Faithfulness,
 }
 
 /// The map of one explained label, still at the target layer's resolution.
@@ -23,6 +26,7 @@ pub struct RawCam {
     pub method: Method,
     pub grid: Grid,
     pub raw_max: f32,
+    pub faithfulness: Option<FaithfulnessScores>,
 }
 
 /// What the model says about one image.
@@ -30,6 +34,8 @@ pub struct RawCam {
 pub struct RawOutput {
     pub probabilities: Vec<f32>,
     pub cams: Vec<RawCam>,
+    /// Distance of the image's features from the bundle's reference; `None` without one.
+    pub ood_score: Option<f32>,
 }
 
 pub struct LoadedModel {
@@ -37,6 +43,7 @@ pub struct LoadedModel {
     pub device: Device,
     features: CModule,
     head: CModule,
+    reference: Option<Reference>,
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -64,6 +71,7 @@ impl LoadedModel {
         let model = Self {
             features: load(bundle.features_path())?,
             head: load(bundle.head_path())?,
+            reference: Reference::load(&bundle, device)?,
             device,
             bundle,
         };
@@ -89,16 +97,14 @@ impl LoadedModel {
                     ),
                 });
             }
-            let targets = vec![
-                Target {
-                    method: Method::GradCam,
-                    labels: LabelSelection::Top1
-                };
-                2
-            ];
-            model.explain(&dummy, &targets)?;
+            model.explain(&dummy, &[Target::default(), Target::default()])?;
         }
         Ok(model)
+    }
+
+    /// The score above which an image is out of distribution; `None` without a reference.
+    pub fn ood_threshold(&self) -> Option<f32> {
+        self.reference.as_ref().map(|r| r.threshold)
     }
 
     fn model_error(&self, e: tch::TchError) -> EngineError {
@@ -128,8 +134,13 @@ impl LoadedModel {
     /// gives every image its own gradient.
     pub fn explain(&self, x: &Tensor, targets: &[Target]) -> Result<Vec<RawOutput>, EngineError> {
         let n = targets.len();
-        let activations = tch::no_grad(|| self.features.forward_ts(&[x.to_device(self.device)]))
-            .map_err(|e| self.model_error(e))?;
+        let x = x.to_device(self.device);
+        let activations =
+            tch::no_grad(|| self.features.forward_ts(&[&x])).map_err(|e| self.model_error(e))?;
+        let ood = match &self.reference {
+            Some(reference) => Some(tch::no_grad(|| reference.scores(&activations))?),
+            None => None,
+        };
         let a = activations.detach().set_requires_grad(true);
         let logits = self
             .head
@@ -145,6 +156,7 @@ impl LoadedModel {
                 RawOutput {
                     probabilities,
                     cams: Vec::new(),
+                    ood_score: ood.as_ref().map(|o| o[i]),
                 }
             })
             .collect();
@@ -158,7 +170,16 @@ impl LoadedModel {
             .collect();
         let slots = picks.iter().map(Vec::len).max().unwrap_or(0);
         let a_cpu = a.detach().to_device(Device::Cpu);
+        // Gradient-free methods (EigenCAM) skip the backward of a slot no other image needs.
+        let wants_gradient = |slot: usize| {
+            picks
+                .iter()
+                .zip(targets)
+                .any(|(p, t)| p.len() > slot && t.method.needs_gradient())
+        };
 
+        // (image, cam) of every map whose faithfulness was asked for, and the map.
+        let mut to_score: Vec<(usize, usize, Tensor)> = Vec::new();
         for slot in 0..slots {
             let mut mask = vec![0f32; n * num_labels as usize];
             for (i, p) in picks.iter().enumerate() {
@@ -169,16 +190,24 @@ impl LoadedModel {
             let mask = Tensor::from_slice(&mask)
                 .view([n as i64, num_labels])
                 .to_device(self.device);
-            let score = (&logits * mask).sum(Kind::Float);
-            let keep_graph = slot + 1 < slots;
-            let grads = Tensor::f_run_backward(&[score], &[&a], keep_graph, false)
-                .map_err(|e| self.model_error(e))?;
-            let g = grads[0].to_device(Device::Cpu);
+            let g = if wants_gradient(slot) {
+                let score = (&logits * mask).sum(Kind::Float);
+                let keep_graph = (slot + 1..slots).any(wants_gradient);
+                let grads = Tensor::f_run_backward(&[score], &[&a], keep_graph, false)
+                    .map_err(|e| self.model_error(e))?;
+                Some(grads[0].to_device(Device::Cpu))
+            } else {
+                None
+            };
             for (i, p) in picks.iter().enumerate() {
                 let Some(&label) = p.get(slot) else { continue };
                 let method = targets[i].method;
-                let map = cam::cam(method, &a_cpu.get(i as i64), &g.get(i as i64));
+                let g_i = g.as_ref().map(|g| g.get(i as i64));
+                let map = cam::cam(method, &a_cpu.get(i as i64), g_i.as_ref());
                 let (h, w) = (map.size()[0] as usize, map.size()[1] as usize);
+                if targets[i].faithfulness != Faithfulness::Off {
+                    to_score.push((i, outputs[i].cams.len(), map.shallow_clone()));
+                }
                 let map =
                     Vec::<f32>::try_from(map.flatten(0, -1)).map_err(|e| self.model_error(e))?;
                 let raw_max = map.iter().copied().fold(0.0, f32::max);
@@ -187,7 +216,30 @@ impl LoadedModel {
                     method,
                     grid: Grid { h, w, values: map },
                     raw_max,
+                    faithfulness: None,
                 });
+            }
+        }
+        for setting in [Faithfulness::Drop, Faithfulness::Full] {
+            let chosen: Vec<&(usize, usize, Tensor)> = to_score
+                .iter()
+                .filter(|(i, _, _)| targets[*i].faithfulness == setting)
+                .collect();
+            let maps: Vec<MapToScore<'_>> = chosen
+                .iter()
+                .map(|(i, c, map)| {
+                    let label = outputs[*i].cams[*c].label;
+                    MapToScore {
+                        input: x.get(*i as i64),
+                        label,
+                        map,
+                        probability: outputs[*i].probabilities[label],
+                    }
+                })
+                .collect();
+            let scores = faithfulness::score(self, &maps, setting == Faithfulness::Full)?;
+            for ((i, c, _), score) in chosen.into_iter().zip(scores) {
+                outputs[*i].cams[*c].faithfulness = Some(score);
             }
         }
         Ok(outputs)

@@ -21,6 +21,13 @@ pub struct Explanation {
     pub predictions: BTreeMap<String, f32>,
     pub top_label: String,
     pub top_probability: f32,
+    /// The labels at or above their threshold, most probable first; empty: no finding.
+    pub positive_labels: Vec<String>,
+    /// Out-of-distribution score, threshold and verdict; `null` when the bundle has no
+    /// reference (the score is unavailable).
+    pub ood_score: Option<f32>,
+    pub ood_threshold: Option<f32>,
+    pub out_of_distribution: Option<bool>,
     /// The device that ran the model.
     pub device: String,
     /// Each explained label: peak and box in original-image pixels, the raw maximum and the
@@ -35,6 +42,13 @@ pub struct Explanation {
 /// Upsamples and summarises every CAM of one image.
 pub fn finish(raw: &RawOutput, geometry: &Geometry, bundle: &Bundle, device: &str) -> Explanation {
     let labels = bundle.labels();
+    let thresholds = &bundle.manifest.model.thresholds;
+    let is_positive = |label: usize| raw.probabilities[label] >= thresholds[label];
+    let mut positive: Vec<usize> = (0..raw.probabilities.len())
+        .filter(|&l| is_positive(l))
+        .collect();
+    positive.sort_by(|a, b| raw.probabilities[*b].total_cmp(&raw.probabilities[*a]));
+    let ood_threshold = bundle.manifest.reference.as_ref().map(|r| r.threshold);
     let (top, top_probability) = raw
         .probabilities
         .iter()
@@ -63,6 +77,8 @@ pub fn finish(raw: &RawOutput, geometry: &Geometry, bundle: &Bundle, device: &st
                 bbox,
                 raw_max: c.raw_max,
                 grid: c.grid.clone(),
+                positive: Some(is_positive(c.label)),
+                faithfulness: c.faithfulness,
             };
             (cam, map)
         })
@@ -77,6 +93,10 @@ pub fn finish(raw: &RawOutput, geometry: &Geometry, bundle: &Bundle, device: &st
             .collect(),
         top_label: labels.get(top).cloned().unwrap_or_default(),
         top_probability,
+        positive_labels: positive.iter().map(|&l| labels[l].clone()).collect(),
+        ood_score: raw.ood_score,
+        ood_threshold,
+        out_of_distribution: raw.ood_score.zip(ood_threshold).map(|(s, t)| s > t),
         device: device.to_owned(),
         cams,
         maps,

@@ -36,7 +36,7 @@ use xcam_shared::{
         outcome::{self, Outcome, Recorded},
         results::NewResult,
     },
-    imaging::plane,
+    imaging::{Warning, plane},
     jobs::GradCamJobV1,
     status::LogStatus,
 };
@@ -237,6 +237,9 @@ async fn attempt(job: &GradCamJobV1, ctx: &JobContext, claimed: &mut bool) -> Re
                     top_probability: e.top_probability,
                     method: e.cams.first().map_or(job.method, |c| c.method),
                     cams: &e.cams,
+                    positive_labels: &e.positive_labels,
+                    ood_score: e.ood_score,
+                    ood_threshold: e.ood_threshold,
                     geometry: explained.geometry,
                     device: ctx.engine.device(),
                     worker_id: &ctx.worker_id,
@@ -250,6 +253,7 @@ async fn attempt(job: &GradCamJobV1, ctx: &JobContext, claimed: &mut bool) -> Re
                     dynamic_batch_size: Some(explained.inferred.batch_size as i32),
                     ..log
                 },
+                warnings: ood_warning(e).into_iter().collect(),
             };
             let recorded = outcome::record(&ctx.db, &outcome).await?;
             count(&manifest.name, "succeeded", processing_ms);
@@ -298,10 +302,25 @@ async fn attempt(job: &GradCamJobV1, ctx: &JobContext, claimed: &mut bool) -> Re
             error_message: Some(&message),
             ..log
         },
+        warnings: Vec::new(),
     };
     outcome::record(&ctx.db, &outcome).await?;
     count(&manifest.name, "failed", processing_ms);
     Ok(())
+}
+
+/// `out_of_distribution` when the image lies beyond the bundle reference's threshold.
+fn ood_warning(e: &Explanation) -> Option<Warning> {
+    let (score, threshold) = e.ood_score.zip(e.ood_threshold)?;
+    (score > threshold).then(|| {
+        Warning::new(
+            "out_of_distribution",
+            format!(
+                "the image is unlike the model's training images (score {score:.1}, threshold \
+                 {threshold:.1}): its prediction and map may not hold"
+            ),
+        )
+    })
 }
 
 /// This worker's own counts, for its `/metrics`.
@@ -321,6 +340,7 @@ async fn explain(ctx: &JobContext, job: &GradCamJobV1) -> Result<Explained, JobE
     let target = Target {
         method: job.method,
         labels: job.labels.clone(),
+        faithfulness: job.faithfulness,
     };
     ctx.engine.check_target(&target)?;
 
