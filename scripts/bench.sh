@@ -10,7 +10,7 @@ bundle="target/bench-models/densenet121"
 if [[ ! -f "$bundle/reference.npz" ]]; then
   python3 models/tools/export.py --arch densenet121 --num-classes 18 --out "$bundle" --reference-synthetic 200
 fi
-echo "==> xcam-worker bench (batch $batch, ${seconds}s per loop): one model copy, as pytorch-grad-cam runs"
+echo "==> xcam-worker bench (batch $batch, ${seconds}s per loop, 11 loops): one model copy, as pytorch-grad-cam runs"
 xcam=$(target/release/xcam-worker bench --model "$bundle" --device cpu --batch "$batch" --seconds "$seconds" --replicas 1 --json)
 echo "==> xcam-worker bench: the replicas \`xcam-worker run\` starts by default"
 auto=$(target/release/xcam-worker bench --model "$bundle" --device cpu --batch "$batch" --seconds "$seconds" --json)
@@ -34,6 +34,20 @@ rows = [
 ]
 for name, v in rows:
     print(f"| {name:52} | {v:9.1f} | {v / x['forward_images_per_s']:14.2f}x |")
+print()
+ood = "with the out-of-distribution score" if x["ood_score"] else "the bundle has no reference"
+print(f"Every method and setting, xcam, {one} ({ood} unless said):")
+print(f"| {'':52} | {'images/s':>9} | {'vs forward':>15} |")
+print(f"|{'-'*54}|{'-'*11}|{'-'*17}|")
+for l in x["loops"]:
+    print(f"| {l['name']:52} | {l['images_per_s']:9.1f} | {l['ratio']:14.2f}x |")
+print()
+target = {l["name"]: l["ratio"] for l in x["loops"]}
+for m in ["gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam"]:
+    print(f"{m + ' / forward-only:':32} {target[m]:.2f}  (target >= 0.9, faithfulness off)")
+if x["ood_score"]:
+    cost = 1 - target[x["method"]] / target[x["method"] + ", no OOD score"]
+    print(f"{'OOD score cost:':32} {100 * cost:.1f} %  (target < 5 %)")
 print()
 print(f"Grad-CAM / forward-only (xcam, 1 copy):       {x['gradcam_images_per_s'] / x['forward_images_per_s']:.2f}  (target >= 0.9)")
 print(f"Grad-CAM / forward-only (xcam, default):      {a['gradcam_images_per_s'] / a['forward_images_per_s']:.2f}")

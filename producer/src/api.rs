@@ -769,7 +769,8 @@ impl std::str::FromStr for When {
             return Ok(When::At(t.with_timezone(&Utc)));
         }
         let fail = || format!("{raw:?} is neither an RFC 3339 time nor a duration like 24h or 7d");
-        let (digits, unit) = raw.split_at(raw.len().saturating_sub(1));
+        // The unit is the last character, which may be any character a client sends.
+        let (digits, unit) = raw.split_at(raw.char_indices().last().map_or(0, |(i, _)| i));
         let n: i64 = match digits.parse() {
             Ok(n) if (1..=9999).contains(&n) && !digits.starts_with(['0', '+']) => n,
             _ => return Err(fail()),
@@ -1129,6 +1130,14 @@ mod tests {
 
     fn now() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap()
+    }
+
+    #[test]
+    fn a_period_ending_in_any_character_is_refused_not_a_panic() {
+        for raw in ["Í@!", "7é", "é", "", "24h\u{90}"] {
+            assert!(raw.parse::<When>().is_err(), "{raw:?}");
+        }
+        assert!("24h".parse::<When>().is_ok());
     }
 
     #[test]

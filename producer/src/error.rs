@@ -58,7 +58,7 @@ pub enum ApiError {
     /// 408 `body_timeout`: the request body stopped arriving for longer than the server waits.
     #[error("the request body stopped arriving for more than {idle:?}")]
     BodyTimeout { idle: std::time::Duration },
-    /// 413 `field_too_large`: a text field of the upload form is over its cap.
+    /// 422 `field_too_large`: a text field of the upload form is over its cap.
     #[error("the form field {field:?} is longer than {limit} bytes")]
     FieldTooLarge { field: String, limit: usize },
     /// 422 `unknown_model`.
@@ -111,10 +111,10 @@ impl ApiError {
             }
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            ApiError::UploadTooLarge { .. } | ApiError::FieldTooLarge { .. } => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
-            ApiError::InvalidFilter(_)
+            ApiError::UploadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            // A field longer than its cap is a value the form refuses, not a body too large.
+            ApiError::FieldTooLarge { .. }
+            | ApiError::InvalidFilter(_)
             | ApiError::UnknownModel { .. }
             | ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) | ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,

@@ -167,7 +167,9 @@ impl FromStr for LabelSelection {
     type Err = String;
 
     /// Strict: names are separated by bare commas, none empty, none padded with spaces, so
-    /// what the API document's pattern calls valid is exactly what parses.
+    /// what the API document's pattern calls valid is exactly what parses. A name given twice
+    /// counts once (the pattern cannot say "no repeats"), so a selection never asks for more
+    /// maps than the model has labels.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "top1" => Ok(Self::Top1),
@@ -186,7 +188,15 @@ impl FromStr for LabelSelection {
                     }
                 })
                 .collect::<Result<Vec<_>, _>>()
-                .map(Self::Named),
+                .map(|names| {
+                    let mut unique: Vec<String> = Vec::with_capacity(names.len());
+                    for name in names {
+                        if !unique.contains(&name) {
+                            unique.push(name);
+                        }
+                    }
+                    Self::Named(unique)
+                }),
         }
     }
 }
@@ -278,5 +288,21 @@ impl LabelSelection {
                 .filter_map(|n| labels.iter().position(|l| l == n))
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_label_named_twice_counts_once() {
+        assert_eq!(
+            "nodule,opacity,nodule".parse::<LabelSelection>(),
+            Ok(LabelSelection::Named(vec![
+                "nodule".into(),
+                "opacity".into()
+            ]))
+        );
     }
 }

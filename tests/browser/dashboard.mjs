@@ -54,6 +54,12 @@ try {
   await page.waitForSelector("img.thumb");
   const thumbs = await page.locator("img.thumb").count();
   if (thumbs < 36) fail(`expected 36 overlay thumbnails, saw ${thumbs}`);
+  // Clean samples say "no finding" rather than a near-zero top label; every row says whether its
+  // image is like the model's training images (the demo bundle has a reference).
+  const noFinding = await page.locator("#results .no-finding").count();
+  if (noFinding < 1) fail("no sample says \"no finding\"");
+  const judged = await page.locator("#results tbody tr", { hasText: /in \(|out of distribution/ }).count();
+  if (judged !== 36) fail(`expected 36 rows with an out-of-distribution verdict, saw ${judged}`);
   await page.screenshot({ path: join(out, "batch.png"), fullPage: false });
 
   await page.locator("img.thumb").first().click();

@@ -902,3 +902,25 @@ pub async fn empty_batch(pool: &PgPool) -> Uuid {
     .expect("batch insert");
     id
 }
+
+/// A CSV's header and its rows as column → cell.
+pub fn parse_csv(text: &str) -> (Vec<String>, Vec<std::collections::BTreeMap<String, String>>) {
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let header: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    let rows = reader
+        .records()
+        .map(|r| {
+            header
+                .iter()
+                .cloned()
+                .zip(r.unwrap().iter().map(str::to_owned))
+                .collect()
+        })
+        .collect();
+    (header, rows)
+}

@@ -1,6 +1,7 @@
-//! `xcam-worker bench`: forward-only and Grad-CAM throughput of one bundle, from one run.
+//! `xcam-worker bench`: forward-only throughput of one bundle beside every CAM method, the
+//! out-of-distribution score's cost and each faithfulness setting's, from one run.
 //!
-//! The two loops alternate in short rounds so that a noisy neighbour slows both alike. Every
+//! The loops alternate in short rounds so that a noisy neighbour slows all alike. Every
 //! replica the worker would start runs them at once, so the figure is the engine's capacity. The
 //! Grad-CAM loop does everything an explanation needs up to the numbers: backbone, head
 //! backward, CAM weighting, upsampling to the input size, normalisation, peak and box.
@@ -18,7 +19,8 @@ use xcam_shared::bundle::Bundle;
 use crate::{
     device::Parallelism,
     engine::{
-        EngineError, LabelSelection, LoadedModel, Method, Target, preprocess::Geometry, summary,
+        EngineError, Faithfulness, LabelSelection, LoadedModel, Method, Target,
+        preprocess::Geometry, summary,
     },
 };
 
@@ -31,14 +33,80 @@ pub struct BenchReport {
     pub replicas: usize,
     /// libtorch intra-op threads per replica.
     pub threads: usize,
+    /// The method of the headline figures.
     pub method: String,
     pub forward_images_per_s: f64,
+    /// `method` with faithfulness off, as a worker runs it by default.
     pub gradcam_images_per_s: f64,
+    pub ratio: f64,
+    /// Whether the bundle has a reference, so that every CAM loop also computes the
+    /// out-of-distribution score.
+    pub ood_score: bool,
+    /// Every loop, forward-only first.
+    pub loops: Vec<LoopFigure>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LoopFigure {
+    pub name: String,
+    pub images_per_s: f64,
+    /// Against forward-only.
     pub ratio: f64,
 }
 
-/// Runs both loops for about `seconds` each on every replica at once; the figures are the
-/// replicas' sum, the engine's capacity when every replica is kept busy.
+/// What one loop runs on a batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Loop {
+    Forward,
+    Explain {
+        method: Method,
+        faithfulness: Faithfulness,
+        ood: bool,
+    },
+}
+
+impl Loop {
+    /// Forward only; every method as a worker runs it; the headline method without the
+    /// out-of-distribution score; the headline method at each faithfulness setting.
+    fn all(method: Method, has_reference: bool) -> Vec<Loop> {
+        let explain = |method, faithfulness, ood| Loop::Explain {
+            method,
+            faithfulness,
+            ood,
+        };
+        let mut loops = vec![Loop::Forward];
+        loops.extend(Method::ALL.map(|m| explain(m, Faithfulness::Off, has_reference)));
+        if has_reference {
+            loops.push(explain(method, Faithfulness::Off, false));
+        }
+        loops.push(explain(method, Faithfulness::Drop, has_reference));
+        loops.push(explain(method, Faithfulness::Full, has_reference));
+        loops
+    }
+
+    fn name(self) -> String {
+        match self {
+            Loop::Forward => "forward only".into(),
+            Loop::Explain {
+                method,
+                faithfulness,
+                ood,
+            } => {
+                let mut name = method.to_string();
+                if faithfulness != Faithfulness::Off {
+                    name += &format!(", faithfulness {faithfulness}");
+                }
+                if !ood {
+                    name += ", no OOD score";
+                }
+                name
+            }
+        }
+    }
+}
+
+/// Runs every loop for about `seconds` on every replica at once; the figures are the replicas'
+/// sum, the engine's capacity when every replica is kept busy.
 pub fn run(
     bundle: &Bundle,
     device: Device,
@@ -47,19 +115,21 @@ pub fn run(
     seconds: f64,
     method: Method,
 ) -> Result<BenchReport, EngineError> {
+    let has_reference = bundle.manifest.reference.is_some();
+    let loops = Loop::all(method, has_reference);
     let round = Duration::from_secs_f64((seconds / 5.0).clamp(0.2, 2.0));
     let rounds = (seconds / round.as_secs_f64()).ceil() as usize;
     // Every replica runs the same loop at the same time, from when all have loaded.
     let barrier = Barrier::new(parallelism.replicas);
-    let per_replica: Vec<Result<(Timed, Timed), EngineError>> = thread::scope(|scope| {
+    let per_replica: Vec<Result<Vec<Timed>, EngineError>> = thread::scope(|scope| {
         let replicas: Vec<_> = (0..parallelism.replicas)
             .map(|_| {
                 scope.spawn(|| {
                     parallelism.enter(device);
-                    let replica = Replica::load(bundle, device, batch, method);
+                    let replica = Replica::load(bundle, device, batch, &loops);
                     // Every thread arrives, loaded or not, so that none waits for ever.
                     barrier.wait();
-                    replica?.measure(round, rounds)
+                    replica?.measure(&loops, round, rounds)
                 })
             })
             .collect();
@@ -68,12 +138,22 @@ pub fn run(
             .map(|r| r.join().unwrap_or(Err(EngineError::Stopped)))
             .collect()
     });
-    let (mut forward_ips, mut gradcam_ips) = (0.0, 0.0);
+    let mut images_per_s = vec![0.0; loops.len()];
     for timings in per_replica {
-        let (fwd, cam) = timings?;
-        forward_ips += fwd.images_per_s(batch);
-        gradcam_ips += cam.images_per_s(batch);
+        for (sum, t) in images_per_s.iter_mut().zip(timings?) {
+            *sum += t.images_per_s(batch);
+        }
     }
+    let forward = images_per_s[0];
+    let headline = Loop::Explain {
+        method,
+        faithfulness: Faithfulness::Off,
+        ood: has_reference,
+    };
+    let gradcam = loops
+        .iter()
+        .position(|l| *l == headline)
+        .map_or(0.0, |i| images_per_s[i]);
     Ok(BenchReport {
         model: bundle.name().to_owned(),
         device: crate::device::describe(device),
@@ -81,30 +161,49 @@ pub fn run(
         replicas: parallelism.replicas,
         threads: parallelism.threads,
         method: method.to_string(),
-        forward_images_per_s: forward_ips,
-        gradcam_images_per_s: gradcam_ips,
-        ratio: gradcam_ips / forward_ips,
+        forward_images_per_s: forward,
+        gradcam_images_per_s: gradcam,
+        ratio: gradcam / forward,
+        ood_score: has_reference,
+        loops: loops
+            .iter()
+            .zip(&images_per_s)
+            .map(|(l, ips)| LoopFigure {
+                name: l.name(),
+                images_per_s: *ips,
+                ratio: ips / forward,
+            })
+            .collect(),
     })
 }
 
-/// One replica's inputs, ready to run either loop.
+/// One replica's inputs, ready to run any loop.
 struct Replica {
     model: LoadedModel,
+    /// The same model without its reference, for the loops without the OOD score.
+    plain: Option<LoadedModel>,
     x: Tensor,
-    targets: Vec<Target>,
     geometry: Geometry,
     device: String,
+    batch: usize,
 }
 
 impl Replica {
-    /// Loads the model and warms both paths at this batch size.
+    /// Loads the model and warms every loop at this batch size.
     fn load(
         bundle: &Bundle,
         device: Device,
         batch: usize,
-        method: Method,
+        loops: &[Loop],
     ) -> Result<Self, EngineError> {
         let model = LoadedModel::load(bundle.clone(), device)?;
+        let plain = if bundle.manifest.reference.is_some() {
+            let mut without = bundle.clone();
+            without.manifest.reference = None;
+            Some(LoadedModel::load(without, device)?)
+        } else {
+            None
+        };
         let spec = &model.bundle.manifest.input;
         tch::manual_seed(0);
         let x = Tensor::randn(
@@ -123,50 +222,67 @@ impl Replica {
         };
         let replica = Self {
             x,
-            targets: vec![
-                Target {
-                    method,
-                    labels: LabelSelection::Top1,
-                    ..Target::default()
-                };
-                batch
-            ],
             geometry,
             device: crate::device::describe(model.device),
             model,
+            plain,
+            batch,
         };
-        for _ in 0..2 {
-            replica.forward()?;
-            replica.gradcam()?;
+        for l in loops {
+            replica.run(*l)?;
         }
         Ok(replica)
     }
 
-    fn forward(&self) -> Result<(), EngineError> {
-        self.model.forward_only(&self.x).map(drop)
-    }
-
-    fn gradcam(&self) -> Result<(), EngineError> {
-        for output in self.model.explain(&self.x, &self.targets)? {
+    /// One batch of a loop. An explanation runs everything it needs up to the numbers:
+    /// backbone, head backward, CAM weighting, upsampling to the input size, normalisation,
+    /// peak and box, and the extra forwards of its faithfulness setting.
+    fn run(&self, l: Loop) -> Result<(), EngineError> {
+        let Loop::Explain {
+            method,
+            faithfulness,
+            ood,
+        } = l
+        else {
+            return self.model.forward_only(&self.x).map(drop);
+        };
+        let model = match (&self.plain, ood) {
+            (Some(plain), false) => plain,
+            _ => &self.model,
+        };
+        let target = Target {
+            method,
+            labels: LabelSelection::Top1,
+            faithfulness,
+        };
+        for output in model.explain(&self.x, &vec![target; self.batch])? {
             std::hint::black_box(summary::finish(
                 &output,
                 &self.geometry,
-                &self.model.bundle,
+                &model.bundle,
                 &self.device,
             ));
         }
         Ok(())
     }
 
-    /// The two loops alternating in rounds on a clock that starts now.
-    fn measure(&self, round: Duration, rounds: usize) -> Result<(Timed, Timed), EngineError> {
+    /// The loops in turn, in rounds on a clock that starts now.
+    fn measure(
+        &self,
+        loops: &[Loop],
+        round: Duration,
+        rounds: usize,
+    ) -> Result<Vec<Timed>, EngineError> {
         let start = Instant::now();
-        let (mut fwd, mut cam) = (Timed::default(), Timed::default());
-        for r in 0..rounds as u32 {
-            fwd.run_until(start + round * (2 * r + 1), &|| self.forward())?;
-            cam.run_until(start + round * (2 * r + 2), &|| self.gradcam())?;
+        let mut timed: Vec<Timed> = loops.iter().map(|_| Timed::default()).collect();
+        let mut end = start;
+        for _ in 0..rounds {
+            for (l, t) in loops.iter().zip(&mut timed) {
+                end += round;
+                t.run_until(end.max(Instant::now() + round / 4), &|| self.run(*l))?;
+            }
         }
-        Ok((fwd, cam))
+        Ok(timed)
     }
 }
 

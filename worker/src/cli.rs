@@ -167,15 +167,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     report.batch,
                     report.method
                 );
-                println!(
-                    "  forward only   {:>8.1} images/s",
-                    report.forward_images_per_s
-                );
-                println!(
-                    "  Grad-CAM       {:>8.1} images/s",
-                    report.gradcam_images_per_s
-                );
-                println!("  ratio          {:>8.2}× forward", report.ratio);
+                for l in &report.loops {
+                    println!(
+                        "  {:<36} {:>8.1} images/s  {:>5.2}× forward",
+                        l.name, l.images_per_s, l.ratio
+                    );
+                }
             }
             Ok(())
         }

@@ -60,8 +60,8 @@ const BUSY_RETRY_AFTER_S: u64 = 5;
         (status = 400, body = ErrorBody, description = "`invalid_zip`, `invalid_request`"),
         (status = 404, body = ErrorBody, description = "`project_not_found`: no such project, or one the token does not cover"),
         (status = 408, body = ErrorBody, description = "`body_timeout`: the upload stopped arriving for longer than `XCAM_BODY_IDLE_TIMEOUT`"),
-        (status = 413, body = ErrorBody, description = "`upload_too_large`, `field_too_large`, `too_many_entries`, `archive_too_large`, `entry_too_large`, `zip_bomb`"),
-        (status = 422, body = ErrorBody, description = "`no_images`, `duplicate_names`, `unknown_model`, `invalid_method`, `invalid_labels`, `invalid_faithfulness`, `unknown_label`, `pseudonym_key_missing`"),
+        (status = 413, body = ErrorBody, description = "`upload_too_large`, `too_many_entries`, `archive_too_large`, `entry_too_large`, `zip_bomb`"),
+        (status = 422, body = ErrorBody, description = "`no_images`, `duplicate_names`, `unknown_model`, `invalid_method`, `invalid_labels`, `invalid_faithfulness`, `field_too_large`, `unknown_label`, `pseudonym_key_missing`"),
         (status = 503, body = ErrorBody, description = "`busy`: the server is ingesting as many uploads as it may; try again after `Retry-After` seconds",
             headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     )

@@ -150,6 +150,10 @@ fn describe_upload(doc: &mut OpenApi, models: &BTreeMap<String, Bundle>) {
         RefOr::Ref(utoipa::openapi::Ref::from_schema_name("Method")),
     );
     object.properties.insert(
+        "faithfulness".into(),
+        RefOr::Ref(utoipa::openapi::Ref::from_schema_name("Faithfulness")),
+    );
+    object.properties.insert(
         "project".into(),
         ObjectBuilder::new()
             .schema_type(Type::String)

@@ -17,7 +17,7 @@ const DEADLINE: Duration = Duration::from_secs(240);
 /// replaced by `tamper` when given.
 async fn publish_demo(stack: &Stack, prefix: &str, tamper: Option<&[u8]>) {
     let store = stack.blobs.store();
-    let files = ["model.toml", "features.pt", "head.pt"];
+    let files = ["model.toml", "features.pt", "reference.npz", "head.pt"];
     for (i, file) in files.iter().enumerate() {
         let mut bytes = std::fs::read(repo_root().join("models/demo").join(file)).unwrap();
         if let Some(other) = tamper.filter(|_| i == files.len() - 1) {
@@ -89,8 +89,8 @@ async fn a_worker_loads_its_bundle_from_s3_checked_against_its_checksums() {
     let cached: Vec<_> = xcam_tests::files_under(cache.path());
     assert_eq!(
         cached.len(),
-        3,
-        "the bundle's three files are cached: {cached:?}"
+        4,
+        "the bundle's four files are cached: {cached:?}"
     );
 
     // A bundle whose file does not match its manifest is refused, and the worker says why.
@@ -239,7 +239,7 @@ async fn hosts_sharing_only_the_network_lose_nothing_when_one_is_cut_off() {
             // The producer's own copy of the catalogue, in its private directory.
             let models = producer.home.path().join("models/demo");
             std::fs::create_dir_all(&models).unwrap();
-            for file in ["model.toml", "features.pt", "head.pt"] {
+            for file in ["model.toml", "features.pt", "head.pt", "reference.npz"] {
                 std::fs::copy(
                     repo_root().join("models/demo").join(file),
                     models.join(file),

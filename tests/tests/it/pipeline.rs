@@ -1,38 +1,17 @@
 //! The batch pipeline end to end: HTTP upload → Redis (apalis) → `xcam-worker run` processes
 //! → Postgres, against real services. Polls with deadlines; never sleeps a fixed time.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 use serde_json::Value;
 use xcam_shared::{bundle::Bundle, heatmap, imaging};
-use xcam_tests::{Stack, Store, demo_bundle, demo_samples_zip, eventually, zip_of};
+use xcam_tests::{Stack, Store, demo_bundle, demo_samples_zip, eventually, parse_csv, zip_of};
 use xcam_worker::{
     device::DeviceSpec,
     engine::{Engine, EngineOptions, LabelSelection, Method, Target},
 };
 
 const BATCH_DEADLINE: Duration = Duration::from_secs(240);
-
-fn parse_csv(text: &str) -> (Vec<String>, Vec<BTreeMap<String, String>>) {
-    let mut reader = csv::Reader::from_reader(text.as_bytes());
-    let header: Vec<String> = reader
-        .headers()
-        .unwrap()
-        .iter()
-        .map(str::to_owned)
-        .collect();
-    let rows = reader
-        .records()
-        .map(|r| {
-            header
-                .iter()
-                .cloned()
-                .zip(r.unwrap().iter().map(str::to_owned))
-                .collect()
-        })
-        .collect();
-    (header, rows)
-}
 
 /// `n` small distinct grayscale PNGs named by `name(i)`.
 fn png_entries(n: usize, name: impl Fn(usize) -> String) -> Vec<(String, Vec<u8>)> {
