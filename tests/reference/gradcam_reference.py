@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models" / "tools"))
+import reference  # noqa: E402
 import synth  # noqa: E402
 
 
@@ -46,16 +46,6 @@ class Split(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x))
-
-
-def load_pixels(path: Path) -> np.ndarray:
-    img = Image.open(path)
-    arr = np.asarray(img)
-    if arr.dtype == np.uint16 or img.mode.startswith("I"):
-        return arr.astype(np.float32) / 65535.0
-    if arr.ndim == 3:
-        arr = (0.2126 * arr[..., 0] + 0.7152 * arr[..., 1] + 0.0722 * arr[..., 2])
-    return arr.astype(np.float32) / 255.0
 
 
 def to_input(pixels: np.ndarray, manifest: dict) -> torch.Tensor:
@@ -105,7 +95,7 @@ def compare(out: Path, bundle: Path, minimum: float) -> int:
         if record_path.name == "findings.json":
             continue
         record = json.loads(record_path.read_text())
-        x = to_input(load_pixels(Path(record["image"])), manifest)
+        x = to_input(reference.gray(Path(record["image"])), manifest)
         for cam_info, files in zip(record["cams"], record["files"]):
             ours = np.load(out / files["cam"])
             with methods[cam_info["method"]](model=model, target_layers=[model.features]) as cam:

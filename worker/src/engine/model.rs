@@ -102,11 +102,6 @@ impl LoadedModel {
         Ok(model)
     }
 
-    /// The score above which an image is out of distribution; `None` without a reference.
-    pub fn ood_threshold(&self) -> Option<f32> {
-        self.reference.as_ref().map(|r| r.threshold)
-    }
-
     fn model_error(&self, e: tch::TchError) -> EngineError {
         EngineError::Inference(format!("{}: {e}", self.bundle.name()))
     }

@@ -8,13 +8,11 @@ use xcam_shared::bundle::Bundle;
 
 use super::EngineError;
 
-/// A bundle's reference, on the model's device.
+/// A bundle's reference, on the model's device; its threshold stays in the manifest.
 #[derive(Debug)]
 pub struct Reference {
     mean: Tensor,
     precision: Tensor,
-    /// Scores above this were not seen in calibration.
-    pub threshold: f32,
 }
 
 impl Reference {
@@ -47,11 +45,7 @@ impl Reference {
                 precision.size()
             )));
         }
-        Ok(Some(Self {
-            mean,
-            precision,
-            threshold: spec.threshold,
-        }))
+        Ok(Some(Self { mean, precision }))
     }
 
     /// One score per image of a batch of activations (N×K×h×w).

@@ -312,7 +312,7 @@ async fn attempt(job: &GradCamJobV1, ctx: &JobContext, claimed: &mut bool) -> Re
 /// `out_of_distribution` when the image lies beyond the bundle reference's threshold.
 fn ood_warning(e: &Explanation) -> Option<Warning> {
     let (score, threshold) = e.ood_score.zip(e.ood_threshold)?;
-    (score > threshold).then(|| {
+    (e.out_of_distribution == Some(true)).then(|| {
         Warning::new(
             "out_of_distribution",
             format!(
