@@ -191,7 +191,17 @@ impl IntoResponse for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        if xcam_shared::db::is_outage(&e) {
+        // Postgres text holds no NUL character; a request that carries one into a query
+        // (a filter, a retry code) is the caller's mistake, whichever route it came by.
+        let refused_text = e
+            .as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|code| code == "22021");
+        if refused_text {
+            ApiError::InvalidRequest(
+                "a text value holds a character Postgres cannot store (NUL)".into(),
+            )
+        } else if xcam_shared::db::is_outage(&e) {
             ApiError::Unavailable(e.into())
         } else {
             ApiError::Internal(e.into())

@@ -525,6 +525,18 @@ async fn failed_items_are_retried_by_hand_as_new_attempts() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400, "unknown fields are refused");
+    let response = api
+        .client
+        .post(api.url(&format!("/v1/batches/{id}/retry")))
+        .json(&serde_json::json!({ "codes": ["a\0b"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        400,
+        "a NUL in a code is refused, not a 500"
+    );
 
     let (code, out, err) = cli.run(&["retry", &id]);
     assert_eq!(code, 0, "{err}");
