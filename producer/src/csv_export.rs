@@ -20,11 +20,21 @@ pub fn neutralise(cell: &str) -> Cow<'_, str> {
     }
 }
 
+/// CSV records through one writer, every cell neutralised.
+pub fn lines<R: AsRef<[String]>>(records: impl IntoIterator<Item = R>) -> Bytes {
+    let mut w = csv::WriterBuilder::new().from_writer(Vec::new());
+    for record in records {
+        for cell in record.as_ref() {
+            let _ = w.write_field(neutralise(cell).as_bytes());
+        }
+        let _ = w.write_record(None::<&[u8]>);
+    }
+    Bytes::from(w.into_inner().unwrap_or_default())
+}
+
 /// One CSV record, every cell neutralised.
 pub fn line(cells: &[String]) -> Bytes {
-    let mut w = csv::WriterBuilder::new().from_writer(Vec::new());
-    let _ = w.write_record(cells.iter().map(|c| neutralise(c).into_owned()));
-    Bytes::from(w.into_inner().unwrap_or_default())
+    lines([cells])
 }
 
 fn opt<T: ToString>(v: Option<T>) -> String {
@@ -231,10 +241,7 @@ pub fn audit_row(r: &AuditEntry) -> Vec<String> {
 /// A whole CSV answer: the header, then the rows.
 pub fn table(columns: &[&str], rows: impl Iterator<Item = Vec<String>>) -> Response {
     let header: Vec<String> = columns.iter().map(|c| (*c).to_owned()).collect();
-    let mut out = line(&header).to_vec();
-    for row in rows {
-        out.extend_from_slice(&line(&row));
-    }
+    let out = lines(std::iter::once(header).chain(rows));
     ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response()
 }
 

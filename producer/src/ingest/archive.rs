@@ -152,7 +152,9 @@ pub fn scan(path: &Path, limits: ArchiveLimits) -> Result<ScanResult, ArchiveErr
         let name = raw
             .name()
             .map(|n| n.into_owned())
-            .unwrap_or_else(|_| String::from_utf8_lossy(raw.name_raw()).into_owned());
+            .unwrap_or_else(|_| String::from_utf8_lossy(raw.name_raw()).into_owned())
+            // Postgres text cannot hold a NUL.
+            .replace('\0', "\u{FFFD}");
         let (size, compressed) = (raw.size(), raw.compressed_size());
         declared = declared.saturating_add(size);
         if size > limits.max_entry_bytes {

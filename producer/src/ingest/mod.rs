@@ -4,9 +4,11 @@
 //! 2. [`archive::scan`] checks the archive's directory against the caps and sniffs every entry,
 //!    before the upload is answered: a refused archive leaves nothing behind.
 //! 3. [`Ingestor::ingest`] (in the background) stores each image's validated pixel plane (never
-//!    the uploaded bytes) in the blob store under its content hash, writes the item rows and
-//!    opens the batch in one transaction, then pushes one job per item. The spool file is
-//!    removed when ingestion ends, whatever the outcome.
+//!    the uploaded bytes) in the blob store under its content hash and its item row to a file
+//!    beside the upload; then copies the rows into Postgres and opens the batch in one
+//!    transaction, and pushes one job per item, read back page by page. Memory holds a group of
+//!    entries, whatever the archive's size. The spool files are removed when ingestion ends,
+//!    whatever the outcome.
 
 pub mod archive;
 pub mod pseudonym;
@@ -16,7 +18,10 @@ pub mod upload;
 use std::sync::Arc;
 
 use sqlx::PgPool;
-use tokio::sync::mpsc;
+use tokio::{
+    io::{AsyncSeekExt, AsyncWriteExt},
+    sync::mpsc,
+};
 use uuid::Uuid;
 use xcam_shared::{
     blob::{BlobStore, plane_key, sha256_hex},
@@ -67,6 +72,47 @@ enum Ingested {
 const GROUP: usize = 64;
 /// Pixel bytes a group holds at most (a group of big images is smaller).
 const GROUP_BYTES: usize = 16 << 20;
+
+/// Queued items read back per page when their jobs are pushed.
+const JOB_PAGE: i64 = 2_000;
+
+/// The items of an ingestion so far, as `COPY` rows in a file beside the upload.
+struct ItemRows {
+    file: tokio::io::BufWriter<tokio::fs::File>,
+    line: Vec<u8>,
+}
+
+impl ItemRows {
+    async fn create(path: &std::path::Path) -> std::io::Result<Self> {
+        // Read back by the `COPY`, so opened for both.
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .await?;
+        Ok(Self {
+            file: tokio::io::BufWriter::new(file),
+            line: Vec::new(),
+        })
+    }
+
+    async fn add(&mut self, batch_id: Uuid, items: &[NewItem]) -> std::io::Result<()> {
+        self.line.clear();
+        for item in items {
+            db::items::copy_row(&mut self.line, batch_id, item);
+        }
+        self.file.write_all(&self.line).await
+    }
+
+    /// The rows written, read from their start.
+    async fn finish(mut self) -> std::io::Result<tokio::fs::File> {
+        self.file.flush().await?;
+        let mut file = self.file.into_inner();
+        file.seek(std::io::SeekFrom::Start(0)).await?;
+        Ok(file)
+    }
+}
 
 /// What ingestion needs: where items, images and jobs go, and the caps.
 #[derive(Clone)]
@@ -121,23 +167,29 @@ impl Ingestor {
         spool: Arc<tempfile::TempPath>,
         scan: ScanResult,
     ) -> anyhow::Result<Ingested> {
+        let ScanResult {
+            entries,
+            skipped,
+            total_entries,
+        } = scan;
+        // Items go to a file beside the upload as they are stored and into Postgres in one
+        // `COPY` at the end, so memory holds a group of them, whatever the archive's size.
+        let rows_path = tempfile::TempPath::try_from_path(spool.with_extension("items"))?;
+        let mut rows = ItemRows::create(&rows_path).await?;
+        // Entries refused by the scan (symlinks, nested archives, …) are items too, so the
+        // report and the CSV say what happened to every entry.
+        let refused: Vec<NewItem> = entries
+            .iter()
+            .filter_map(|e| Some(new_item(request, e, Err(e.rejection.clone()?))))
+            .collect();
+        rows.add(request.batch_id, &refused).await?;
         let (tx, mut rx) = mpsc::channel(4);
         let (limits, image_limits) = (self.limits, self.image_limits);
-        let entries = scan.entries.clone();
         // Inflation and decoding are CPU work: they run on a blocking thread and hand entries
         // over one by one, so memory holds a few entries at a time, whatever the archive's size.
         let reader = tokio::task::spawn_blocking(move || {
             archive::read_entries(&spool, &entries, limits, image_limits, &tx)
         });
-
-        let mut items = Vec::with_capacity(scan.entries.len());
-        // Entries refused by the scan (symlinks, nested archives, …) are items too, so the
-        // report and the CSV say what happened to every entry.
-        for entry in &scan.entries {
-            if let Some(rejection) = &entry.rejection {
-                items.push(new_item(request, entry, Err(rejection.clone())));
-            }
-        }
         // Entries go on in groups: one status look and one claim statement per group, so
         // Postgres costs a round trip per group, not per entry.
         loop {
@@ -159,10 +211,10 @@ impl Ingestor {
                 reader.await.ok();
                 return Ok(Ingested::Stopped(status));
             }
-            items.extend(self.store_group(request, group).await?);
+            let items = self.store_group(request, group).await?;
+            rows.add(request.batch_id, &items).await?;
         }
         reader.await??;
-        items.sort_by_key(|i| i.entry_index);
 
         let mut tx = self.db.begin().await?;
         // Locked first: a cancel or an interruption either waits for this commit, or has
@@ -171,9 +223,8 @@ impl Ingestor {
         if status != Some(BatchStatus::Ingesting) {
             return Ok(Ingested::Stopped(status));
         }
-        db::items::insert_all(&mut tx, request.batch_id, &items).await?;
-        let skipped: Vec<db::skipped::NewSkipped> = scan
-            .skipped
+        let items = db::items::copy_in(&mut tx, request.batch_id, rows.finish().await?).await?;
+        let skipped: Vec<db::skipped::NewSkipped> = skipped
             .iter()
             .map(|s| db::skipped::NewSkipped {
                 entry_index: s.index as i32,
@@ -185,7 +236,7 @@ impl Ingestor {
         db::batches::mark_ingested(
             &mut *tx,
             request.batch_id,
-            scan.total_entries as i32,
+            total_entries as i32,
             skipped.len() as i32,
         )
         .await?;
@@ -193,28 +244,39 @@ impl Ingestor {
         tx.commit().await?;
         db::batches::refresh(&self.db, request.batch_id).await?;
 
-        let jobs: Vec<GradCamJobV1> = items
-            .iter()
-            .filter(|i| i.status == ItemStatus::Queued)
-            .filter_map(|i| {
-                Some(GradCamJobV1 {
+        // A failure here leaves the items queued in Postgres; the reconciler pushes them later.
+        if let Err(e) = self.push_jobs(request).await {
+            tracing::warn!(batch_id = %request.batch_id, error = %e, "pushing jobs failed; the reconciler will retry");
+        }
+        tracing::info!(batch_id = %request.batch_id, items, skipped = skipped.len(), "batch ingested");
+        Ok(Ingested::Done)
+    }
+
+    /// Pushes the jobs of an opened batch's queued items, read back page by page in archive
+    /// order, so a batch of any size costs a page of jobs in memory.
+    async fn push_jobs(&self, request: &BatchRequest) -> anyhow::Result<()> {
+        let mut after = -1;
+        loop {
+            let page = db::items::queued_page(&self.db, request.batch_id, after, JOB_PAGE).await?;
+            let Some(&(last, _, _)) = page.last() else {
+                return Ok(());
+            };
+            after = last;
+            let jobs = page
+                .into_iter()
+                .map(|(_, item_id, blob_key)| GradCamJobV1 {
                     batch_id: request.batch_id,
-                    item_id: i.id,
-                    blob_key: i.blob_key.clone()?,
+                    item_id,
+                    blob_key,
                     model: request.model.clone(),
                     method: request.method,
                     labels: request.labels.clone(),
                     faithfulness: request.faithfulness,
                     request_id: request.request_id.clone(),
                 })
-            })
-            .collect();
-        // A failure here leaves the items queued in Postgres; the reconciler pushes them later.
-        if let Err(e) = self.queue.push(jobs).await {
-            tracing::warn!(batch_id = %request.batch_id, error = %e, "pushing jobs failed; the reconciler will retry");
+                .collect();
+            self.queue.push(jobs).await?;
         }
-        tracing::info!(batch_id = %request.batch_id, items = items.len(), skipped = skipped.len(), "batch ingested");
-        Ok(Ingested::Done)
     }
 
     /// Stores a group of read entries' planes; returns their items.

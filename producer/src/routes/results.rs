@@ -96,32 +96,44 @@ async fn export_results_csv(
         .map(|b| b.labels().to_vec())
         .unwrap_or_default();
     let header = csv_export::line(&csv_export::report_header(&labels));
-    let pages = stream::unfold(Some(-1), move |after| {
-        let (db, labels) = (state.db.clone(), labels.clone());
-        async move {
-            let after = after?;
-            match db::results::report_page(&db, id, after, CSV_PAGE, Cams::FirstWithoutGrid).await {
-                Ok(rows) if rows.is_empty() => None,
-                Ok(rows) => {
-                    let next = (rows.len() as i64 == CSV_PAGE)
-                        .then(|| rows.last().map(|r| r.entry_index))
-                        .flatten();
-                    let mut out = Vec::new();
-                    for r in rows {
-                        let row = csv_export::report_row(id, &ItemResult::new(id, r), &labels);
-                        out.extend_from_slice(&csv_export::line(&row));
-                    }
-                    Some((Ok(Bytes::from(out)), next))
-                }
-                // The response has started: the only honest signal left is to break the stream.
-                Err(e) => {
-                    tracing::error!(batch = %id, error = %e, "CSV export failed mid-stream");
-                    Some((Err(std::io::Error::other("database error")), None))
-                }
+    // The next page is read while this one is written out: Postgres and the formatting overlap.
+    let (pages, mut next_page) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        let mut after = -1;
+        loop {
+            let page =
+                db::results::report_page(&state.db, id, after, CSV_PAGE, Cams::FirstWithoutGrid)
+                    .await;
+            let last = match &page {
+                Ok(rows) => rows
+                    .last()
+                    .map(|r| r.entry_index)
+                    .filter(|_| rows.len() as i64 == CSV_PAGE),
+                Err(_) => None,
+            };
+            // The client went away when nobody receives.
+            if pages.send(page).await.is_err() {
+                return;
+            }
+            match last {
+                Some(last) => after = last,
+                None => return,
             }
         }
     });
-    let body = stream::once(async move { Ok::<Bytes, std::io::Error>(header) }).chain(pages);
+    let rows = stream::poll_fn(move |cx| next_page.poll_recv(cx)).map(move |page| match page {
+        Ok(rows) => {
+            Ok(csv_export::lines(rows.into_iter().map(|r| {
+                csv_export::report_row(id, &ItemResult::new(id, r), &labels)
+            })))
+        }
+        // The response has started: the only honest signal left is to break the stream.
+        Err(e) => {
+            tracing::error!(batch = %id, error = %e, "CSV export failed mid-stream");
+            Err(std::io::Error::other("database error"))
+        }
+    });
+    let body = stream::once(async move { Ok::<Bytes, std::io::Error>(header) }).chain(rows);
     Ok((
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),

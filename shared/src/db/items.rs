@@ -2,7 +2,9 @@
 //! queued → running → succeeded | failed, queued → cancelled, or rejected at ingestion.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgExecutor, PgPool, Postgres, QueryBuilder};
+use std::borrow::Cow;
+
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::{jobs::GradCamJobV1, status::ItemStatus};
@@ -41,36 +43,102 @@ pub struct ItemRecord {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-/// Inserts items in chunks (Postgres caps a statement at 65 535 bound parameters).
-pub async fn insert_all(
-    conn: &mut sqlx::PgConnection,
-    batch_id: Uuid,
-    items: &[NewItem],
-) -> sqlx::Result<()> {
-    for chunk in items.chunks(1000) {
-        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
-            "INSERT INTO items (id, batch_id, entry_index, entry_name, sha256, blob_key, byte_size, status, \
-             error_code, error_message, warnings, finished_at) ",
-        );
-        q.push_values(chunk, |mut row, it| {
-            row.push_bind(it.id)
-                .push_bind(batch_id)
-                .push_bind(it.entry_index)
-                .push_bind(&it.entry_name)
-                .push_bind(&it.sha256)
-                .push_bind(&it.blob_key)
-                .push_bind(it.byte_size)
-                .push_bind(it.status)
-                .push_bind(&it.error_code)
-                .push_bind(&it.error_message)
-                .push_bind(&it.warnings)
-                .push("CASE WHEN ")
-                .push_bind_unseparated(it.status)
-                .push_unseparated(" = 'rejected' THEN now() END");
-        });
-        q.build().execute(&mut *conn).await?;
+/// `items`' columns as ingestion writes them, in [`copy_row`]'s order.
+const COPY_ITEMS: &str = "COPY items (id, batch_id, entry_index, entry_name, sha256, blob_key, byte_size, \
+     status, error_code, error_message, warnings) FROM STDIN";
+
+/// Appends `item` to `out` as one line of `COPY`'s text format, the form [`copy_in`] reads.
+/// Ingestion spools its items this way, so memory holds a group of them whatever the batch's size.
+pub fn copy_row(out: &mut Vec<u8>, batch_id: Uuid, item: &NewItem) {
+    let fields: [Option<Cow<'_, str>>; 11] = [
+        Some(item.id.to_string().into()),
+        Some(batch_id.to_string().into()),
+        Some(item.entry_index.to_string().into()),
+        Some(item.entry_name.as_str().into()),
+        item.sha256.as_deref().map(Cow::from),
+        item.blob_key.as_deref().map(Cow::from),
+        item.byte_size.map(|b| b.to_string().into()),
+        Some(item.status.as_str().into()),
+        item.error_code.as_deref().map(Cow::from),
+        item.error_message.as_deref().map(Cow::from),
+        Some(item.warnings.to_string().into()),
+    ];
+    for (i, field) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(b'\t');
+        }
+        match field {
+            None => out.extend_from_slice(b"\\N"),
+            Some(text) => {
+                for b in text.bytes() {
+                    match b {
+                        b'\\' => out.extend_from_slice(b"\\\\"),
+                        b'\t' => out.extend_from_slice(b"\\t"),
+                        b'\n' => out.extend_from_slice(b"\\n"),
+                        b'\r' => out.extend_from_slice(b"\\r"),
+                        _ => out.push(b),
+                    }
+                }
+            }
+        }
     }
-    Ok(())
+    out.push(b'\n');
+}
+
+/// Copies the rows [`copy_row`] wrote to `rows` into `items` in one statement, however many
+/// there are, and stamps the rejected ones finished. Returns how many were copied.
+pub async fn copy_in(
+    conn: &mut PgConnection,
+    batch_id: Uuid,
+    rows: impl tokio::io::AsyncRead + Unpin,
+) -> sqlx::Result<u64> {
+    let mut copy = conn.copy_in_raw(COPY_ITEMS).await?;
+    // On an error the copy is dropped, which fails it on the server.
+    copy.read_from(rows).await?;
+    let copied = copy.finish().await?;
+    sqlx::query(
+        "UPDATE items SET finished_at = now() WHERE batch_id = $1 AND status = 'rejected' AND finished_at IS NULL",
+    )
+    .bind(batch_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(copied)
+}
+
+/// A page of a batch's queued items after `after` in archive order: (entry index, id, plane).
+/// Ingestion pushes their jobs page by page once the batch is open.
+pub async fn queued_page(
+    db: impl PgExecutor<'_>,
+    batch_id: Uuid,
+    after: i32,
+    limit: i64,
+) -> sqlx::Result<Vec<(i32, Uuid, String)>> {
+    entry_page(
+        db,
+        r#"SELECT entry_index, id, blob_key FROM items
+           WHERE batch_id = $1 AND entry_index > $2 AND status = 'queued' AND blob_key IS NOT NULL
+           ORDER BY entry_index LIMIT $3"#,
+        (batch_id, after, limit),
+    )
+    .await
+}
+
+/// Runs a query for a page of one batch's items in entry order, bound to (`$1` the batch,
+/// `$2` the entry the page starts after, `$3` its length).
+async fn entry_page<T>(
+    db: impl PgExecutor<'_>,
+    sql: &'static str,
+    (batch_id, after, limit): (Uuid, i32, i64),
+) -> sqlx::Result<Vec<T>>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    sqlx::query_as(sql)
+        .bind(batch_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(db)
+        .await
 }
 
 pub async fn get(
@@ -209,17 +277,15 @@ pub async fn problems(
     after: i32,
     limit: i64,
 ) -> sqlx::Result<Vec<Problem>> {
-    sqlx::query_as::<_, Problem>(
+    entry_page(
+        db,
         r#"SELECT id, entry_index, entry_name, status, error_code, error_message, warnings
            FROM items
            WHERE batch_id = $1 AND entry_index > $2
              AND (status IN ('rejected', 'failed') OR warnings <> '[]'::jsonb)
            ORDER BY entry_index LIMIT $3"#,
+        (batch_id, after, limit),
     )
-    .bind(batch_id)
-    .bind(after)
-    .bind(limit)
-    .fetch_all(db)
     .await
 }
 

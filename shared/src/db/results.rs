@@ -177,8 +177,8 @@ pub async fn report_page(
         r#"SELECT i.id AS item_id, i.entry_index, i.entry_name, i.sha256, i.status, i.error_code, i.error_message,
                   i.warnings, i.attempts, i.finished_at, r.model_name, r.model_version, r.predictions,
                   r.top_label, r.top_probability, r.method,
-                  CASE WHEN r.cams IS NULL OR $4 OR jsonb_array_length(r.cams) = 0 THEN r.cams
-                       ELSE jsonb_build_array(jsonb_set(r.cams -> 0, '{grid}', '{"h": 0, "w": 0, "values": []}'))
+                  CASE WHEN $4 OR r.report_cam IS NULL THEN r.cams
+                       ELSE jsonb_build_array(r.report_cam)
                   END AS cams,
                   r.image_width, r.image_height,
                   r.device, COALESCE(r.worker_id, i.worker_id) AS worker_id, r.processing_ms, r.queue_wait_ms,

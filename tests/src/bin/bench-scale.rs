@@ -362,6 +362,7 @@ async fn main() -> anyhow::Result<()> {
     .bind(serde_json::json!([cam("opacity"), cam("nodule")]))
     .execute(&pool)
     .await?;
+    println!("    streaming it");
     let started = Instant::now();
     let response = api
         .client

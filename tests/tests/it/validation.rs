@@ -437,6 +437,40 @@ async fn invalid_images_are_rejected_with_codes_in_counts_csv_and_report() {
             .len(),
         2
     );
+
+    // Names are kept as the archive has them, whatever characters they hold (a NUL, which
+    // Postgres cannot store, becomes U+FFFD), and a refused entry is finished when it is written.
+    let names = [
+        "tab\there.png",
+        "line\nbreak.png",
+        "back\\slash.png",
+        "nul\0.png",
+    ];
+    let mut entries: Vec<(&str, Vec<u8>)> = names.iter().map(|n| (*n, png(64, 64, 4))).collect();
+    entries.push(("small.png", png(8, 8, 5)));
+    let (status, created) = api.upload(zip_of(&entries), &[("model", "demo")]).await;
+    assert_eq!(status, 202, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let batch = api.wait_for_batch(&id, Duration::from_secs(60)).await;
+    assert_eq!(batch["status"], "completed_with_errors", "{batch}");
+    let (_, page) = api.get_json(&format!("/v1/batches/{id}/results")).await;
+    let items = page["items"].as_array().unwrap();
+    let stored: Vec<&str> = items
+        .iter()
+        .map(|i| i["entry_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        stored,
+        [
+            "tab\there.png",
+            "line\nbreak.png",
+            "back\\slash.png",
+            "nul\u{FFFD}.png",
+            "small.png"
+        ]
+    );
+    assert_eq!(items[4]["error_code"], "image_too_small");
+    assert!(items[4]["finished_at"].is_string(), "{}", items[4]);
     stack.finish().await;
 }
 
