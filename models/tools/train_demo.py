@@ -4,7 +4,9 @@
 The demo model is a small CNN that tells whether a synthetic chest radiograph (see synth.py)
 holds a nodule and/or an opacity. Its last feature map is 16x16, and its head is global average
 pooling and a linear layer, so Grad-CAM can localise what it sees. It trains in a few minutes on
-2 CPU cores, deterministically from its seed.
+2 CPU cores, deterministically from its seed. Half its training batches get random deletions
+filled as the engine's deletion measure fills them (delete_evidence), so that measure reads what
+the model uses rather than how it takes the fill.
 
   python models/tools/train_demo.py            # writes models/demo/
   python models/tools/train_demo.py --check    # only reports AUC on a fresh set
@@ -32,6 +34,8 @@ from export import GapLinearHead, write_bundle  # noqa: E402
 SIZE = 128
 MEAN, STD = 0.5, 0.25
 TRAIN_SEED, VAL_SEED, SAMPLES_SEED, REFERENCE_SEED = 1, 2, 2026, 3
+# Training batches given random deletions (see delete_evidence).
+DELETION_SHARE = 0.5
 
 
 def backbone() -> nn.Sequential:
@@ -47,15 +51,61 @@ def backbone() -> nn.Sequential:
     )
 
 
-def dataset(seed: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+def dataset(seed: int, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images, labels, and per label a mask of the planted finding's box (empty when absent)."""
     rng = np.random.default_rng(seed)
     xs = np.empty((count, 1, SIZE, SIZE), np.float32)
     ys = np.empty((count, len(synth.LABELS)), np.float32)
+    boxes = np.zeros((count, len(synth.LABELS), SIZE, SIZE), np.bool_)
     for i in range(count):
         img, findings = synth.draw(rng, SIZE, SIZE)
         xs[i, 0] = (img - MEAN) / STD
         ys[i] = synth.label_vector(findings)
-    return torch.from_numpy(xs), torch.from_numpy(ys)
+        for f in findings:
+            x0, y0, x1, y1 = f.box
+            boxes[i, synth.LABELS.index(f.label), y0:y1, x0:x1] = True
+    return torch.from_numpy(xs), torch.from_numpy(ys), torch.from_numpy(boxes)
+
+
+def deletion_orders(n: int) -> torch.Tensor:
+    """Random orders of removal, as the faithfulness measures remove pixels: most salient first
+    under a random coarse map, a random blob, or a map around a planted finding."""
+    coarse = torch.rand(n, 1, 16, 16)
+    yy, xx = torch.meshgrid(torch.arange(SIZE).float(), torch.arange(SIZE).float(), indexing="ij")
+    cy, cx = torch.rand(n, 1, 1) * SIZE, torch.rand(n, 1, 1) * SIZE
+    sd = 8 + torch.rand(n, 1, 1) * 40
+    blob = torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sd**2)).unsqueeze(1)
+    coarse = nn.functional.interpolate(coarse, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    pick = torch.rand(n, 1, 1, 1) < 0.5
+    return torch.where(pick, coarse, blob)
+
+
+def delete_evidence(x: torch.Tensor, y: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Removes a random share of each image's pixels in a random order, filling them as the
+    engine's deletion measure does (the mean of the kept pixels within an eighth of the side,
+    the blurred image where none is kept). A finding keeps its label in proportion to what is
+    left of its box, so the model learns that the fill is not evidence and a removed finding is
+    gone: the deletion measure then reads what the model uses, not how it takes the fill."""
+    n = len(x)
+    saliency = deletion_orders(n)
+    # Most of a finding is what a good map removes first: half the orders start on one.
+    on_finding = boxes.any(1, keepdim=True).float()
+    focus = torch.rand(n, 1, 1, 1) < 0.5
+    saliency = torch.where(focus, saliency + 2 * on_finding, saliency)
+    # Rank of every pixel (0 the most salient); the first `share` of them are removed.
+    rank = saliency.flatten(1).argsort(1, descending=True).argsort(1)
+    removed = (torch.rand(n, 1) * 0.9 * SIZE * SIZE).long()
+    kept = (rank >= removed).float().view(n, 1, SIZE, SIZE)
+    k = SIZE // 8 + 1
+    pool = lambda t: nn.functional.avg_pool2d(t, k, 1, k // 2, count_include_pad=False)
+    weight = pool(kept)
+    canvas = nn.functional.interpolate(nn.functional.adaptive_avg_pool2d(x, SIZE // 16), size=(SIZE, SIZE),
+                                       mode="bilinear", align_corners=False)
+    fill = torch.where(weight > 1e-3, pool(x * kept) / weight.clamp_min(1e-6), canvas)
+    deleted = x * kept + fill * (1 - kept)
+    area = boxes.flatten(2).float().sum(2).clamp_min(1)
+    left = (boxes.float() * kept).flatten(2).sum(2) / area
+    return deleted, y * left
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -87,8 +137,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     started = time.time()
 
-    x, y = dataset(TRAIN_SEED, args.train)
-    xv, yv = dataset(VAL_SEED, 1000)
+    x, y, boxes = dataset(TRAIN_SEED, args.train)
+    xv, yv, _ = dataset(VAL_SEED, 1000)
     print(f"train_demo: drew {len(x)} training and {len(xv)} validation images in {time.time() - started:.0f}s")
 
     features = backbone()
@@ -105,11 +155,13 @@ def main() -> None:
         total = 0.0
         for i in range(0, len(x), 32):
             idx = perm[i:i + 32]
-            xb = x[idx]
+            xb, yb, bb = x[idx], y[idx], boxes[idx]
             # Flips are fair augmentations here: findings may sit in either lung.
             if torch.rand(()) < 0.5:
-                xb = xb.flip(-1)
-            loss = loss_fn(head(features(xb)), y[idx])
+                xb, bb = xb.flip(-1), bb.flip(-1)
+            if torch.rand(()) < DELETION_SHARE:
+                xb, yb = delete_evidence(xb, yb, bb)
+            loss = loss_fn(head(features(xb)), yb)
             opt.zero_grad()
             loss.backward()
             opt.step()

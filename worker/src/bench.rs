@@ -17,7 +17,7 @@ use tch::{Device, Kind, Tensor};
 use xcam_shared::bundle::Bundle;
 
 use crate::{
-    device::Parallelism,
+    device::{Parallelism, Precision},
     engine::{
         EngineError, Faithfulness, LabelSelection, LoadedModel, Method, Target,
         preprocess::Geometry, summary,
@@ -28,6 +28,8 @@ use crate::{
 pub struct BenchReport {
     pub model: String,
     pub device: String,
+    /// What the backbone and head computed in.
+    pub precision: String,
     pub batch: usize,
     /// Copies of the model running side by side, as `xcam-worker run` starts them.
     pub replicas: usize,
@@ -109,7 +111,7 @@ impl Loop {
 /// sum, the engine's capacity when every replica is kept busy.
 pub fn run(
     bundle: &Bundle,
-    device: Device,
+    (device, precision): (Device, Precision),
     parallelism: Parallelism,
     batch: usize,
     seconds: f64,
@@ -126,7 +128,7 @@ pub fn run(
             .map(|_| {
                 scope.spawn(|| {
                     parallelism.enter(device);
-                    let replica = Replica::load(bundle, device, batch, &loops);
+                    let replica = Replica::load(bundle, (device, precision), batch, &loops);
                     // Every thread arrives, loaded or not, so that none waits for ever.
                     barrier.wait();
                     replica?.measure(&loops, round, rounds)
@@ -157,6 +159,7 @@ pub fn run(
     Ok(BenchReport {
         model: bundle.name().to_owned(),
         device: crate::device::describe(device),
+        precision: precision.to_string(),
         batch,
         replicas: parallelism.replicas,
         threads: parallelism.threads,
@@ -192,15 +195,15 @@ impl Replica {
     /// Loads the model and warms every loop at this batch size.
     fn load(
         bundle: &Bundle,
-        device: Device,
+        (device, precision): (Device, Precision),
         batch: usize,
         loops: &[Loop],
     ) -> Result<Self, EngineError> {
-        let model = LoadedModel::load(bundle.clone(), device)?;
+        let model = LoadedModel::load(bundle.clone(), device, precision)?;
         let plain = if bundle.manifest.reference.is_some() {
             let mut without = bundle.clone();
             without.manifest.reference = None;
-            Some(LoadedModel::load(without, device)?)
+            Some(LoadedModel::load(without, device, precision)?)
         } else {
             None
         };

@@ -92,6 +92,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let options = EngineOptions {
                 max_batch: args.max_batch.max(1),
                 replicas: args.model_args.replicas(),
+                precision: args.model_args.precision,
                 ..EngineOptions::default()
             };
             let engine = Engine::start(bundle, args.model_args.device, options)?;
@@ -148,7 +149,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let parallelism = Parallelism::resolve(args.model_args.replicas(), device);
             let report = bench::run(
                 &bundle,
-                device,
+                (device, args.model_args.precision_on(device)),
                 parallelism,
                 args.batch.max(1),
                 args.seconds,
@@ -159,9 +160,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 println!(
-                    "model {} on {} ({} replica(s) × {} thread(s)), batch {}, {}",
+                    "model {} on {} in {} ({} replica(s) × {} thread(s)), batch {}, {}",
                     report.model,
                     report.device,
+                    report.precision,
                     report.replicas,
                     report.threads,
                     report.batch,

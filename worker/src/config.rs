@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::Args;
 use xcam_shared::config::{BlobArgs, DatabaseArgs, RedisArgs};
 
-use crate::device::DeviceSpec;
+use crate::device::{DeviceSpec, Precision};
 
 /// Which model and where it runs.
 #[derive(Debug, Clone, Args)]
@@ -20,11 +20,21 @@ pub struct ModelArgs {
     /// [default: one per core, up to 4, on the CPU; one on a GPU].
     #[arg(long, env = "XCAM_REPLICAS", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub replicas: Option<u16>,
+    /// What the backbone and head compute in: fp32, fp16 or bf16 [default: fp32 on the CPU,
+    /// bf16 on a GPU]. Maps, probabilities and summaries are fp32 whatever it is.
+    #[arg(long, env = "XCAM_PRECISION", value_enum)]
+    pub precision: Option<Precision>,
 }
 
 impl ModelArgs {
     pub fn replicas(&self) -> Option<usize> {
         self.replicas.map(usize::from)
+    }
+
+    /// The precision asked for, or the device's default.
+    pub fn precision_on(&self, device: tch::Device) -> Precision {
+        self.precision
+            .unwrap_or_else(|| Precision::default_for(device))
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::{fmt, num::NonZero, str::FromStr};
 
-use tch::{Cuda, Device};
+use tch::{Cuda, Device, Kind};
 
 /// What the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +60,45 @@ impl DeviceSpec {
                 }
             }
         }
+    }
+}
+
+/// The arithmetic a model's backbone and head run in (`--precision`). Maps, probabilities,
+/// summaries and the out-of-distribution score are computed in fp32 whatever it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Precision {
+    Fp32,
+    Fp16,
+    Bf16,
+}
+
+impl Precision {
+    pub fn kind(self) -> Kind {
+        match self {
+            Self::Fp32 => Kind::Float,
+            Self::Fp16 => Kind::Half,
+            Self::Bf16 => Kind::BFloat16,
+        }
+    }
+
+    /// What a device runs unless told: fp32 on the CPU (its reduced-precision kernels are
+    /// emulated on most CPUs, slower rather than faster), bf16 on a GPU.
+    pub fn default_for(device: Device) -> Self {
+        if device.is_cuda() {
+            Self::Bf16
+        } else {
+            Self::Fp32
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Fp32 => "fp32",
+            Self::Fp16 => "fp16",
+            Self::Bf16 => "bf16",
+        })
     }
 }
 

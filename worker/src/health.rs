@@ -6,7 +6,8 @@
 //!   it is shutting down;
 //! - `GET /metrics`: this worker's counters in the Prometheus text format (images by outcome,
 //!   processing time, queue wait, dynamic batch sizes, jobs waiting out an outage), counted as
-//!   they happen: the fleet's work is the sum of its workers' (`--metrics-bind` is the same flag).
+//!   they happen: the fleet's work is the sum of its workers' (`--metrics-bind` is the same flag),
+//!   and its resident and peak memory, read at each scrape.
 //!
 //! It carries no data and takes no input, so it needs no token; bind it where only the
 //! cluster can reach it.
@@ -98,6 +99,26 @@ pub fn recorder() -> PrometheusHandle {
         .clone()
 }
 
+/// The process's resident and peak resident memory (Linux `/proc`), read as each scrape comes,
+/// so a worker that grows over a long batch shows it.
+fn record_memory() {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return;
+    };
+    for (field, gauge) in [
+        ("VmRSS:", "xcam_worker_resident_memory_bytes"),
+        ("VmHWM:", "xcam_worker_peak_resident_memory_bytes"),
+    ] {
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+        if let Some(kib) = kib {
+            metrics::gauge!(gauge).set(kib * 1024.0);
+        }
+    }
+}
+
 /// Binds `addr` (so a taken port stops the start) and serves until `stop`.
 pub async fn serve(
     addr: SocketAddr,
@@ -115,6 +136,7 @@ pub async fn serve(
             .route(
                 "/metrics",
                 get(move || {
+                    record_memory();
                     let text = metrics.render();
                     async move {
                         ([("content-type", "text/plain; version=0.0.4")], text).into_response()

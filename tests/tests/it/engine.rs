@@ -7,7 +7,10 @@ use xcam_shared::{bundle::Bundle, imaging};
 use xcam_tests::{demo_bundle, python, repo_root, synthetic_set};
 use xcam_worker::{
     device::DeviceSpec,
-    engine::{Engine, EngineError, EngineOptions, LabelSelection, Method, Target},
+    engine::{
+        Engine, EngineError, EngineOptions, LabelSelection, LoadedModel, Method, Precision, Target,
+        preprocess,
+    },
     explain,
 };
 
@@ -272,6 +275,84 @@ fn an_image_gets_the_same_map_alone_or_in_a_batch() {
             .fold(0f32, f32::max);
         assert!(worst < 1e-4, "{}: max |diff| {worst}", a.label);
         assert_eq!(a.peak, b.peak);
+    }
+}
+
+fn pearson(a: &[f32], b: &[f32]) -> f64 {
+    let n = a.len() as f64;
+    let (ma, mb) = (
+        a.iter().map(|&x| f64::from(x)).sum::<f64>() / n,
+        b.iter().map(|&x| f64::from(x)).sum::<f64>() / n,
+    );
+    let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (f64::from(x) - ma, f64::from(y) - mb);
+        (ab, aa, bb) = (ab + x * y, aa + x * x, bb + y * y);
+    }
+    ab / (aa * bb).sqrt().max(1e-12)
+}
+
+/// bf16 and fp16 against fp32 on the same inputs: the 36 demo samples, every label's map.
+/// Tolerances (README): probabilities within 0.05, maps at Pearson r ≥ 0.98 each.
+#[test]
+fn reduced_precision_maps_agree_with_fp32_on_the_same_input() {
+    let bundle = Bundle::load(&demo_bundle()).unwrap();
+    let spec = bundle.manifest.input.clone();
+    let zip = std::fs::read(repo_root().join("models/demo/samples/samples.zip")).unwrap();
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip)).unwrap();
+    let inputs: Vec<tch::Tensor> = (0..archive.len())
+        .map(|i| {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut archive.by_index(i).unwrap(), &mut bytes).unwrap();
+            preprocess::prepare(&imaging::decode(&bytes).unwrap(), &spec).input
+        })
+        .collect();
+    let x = tch::Tensor::stack(&inputs, 0);
+    let targets = vec![
+        Target {
+            labels: LabelSelection::All,
+            ..Target::default()
+        };
+        inputs.len()
+    ];
+    let run = |precision| {
+        LoadedModel::load(bundle.clone(), tch::Device::Cpu, precision)
+            .and_then(|model| model.explain(&x, &targets))
+    };
+    let full = run(Precision::Fp32).unwrap();
+    for precision in [Precision::Bf16, Precision::Fp16] {
+        let reduced = match run(precision) {
+            Ok(out) => out,
+            // libtorch builds without CPU kernels for a precision refuse it at load, clearly.
+            Err(e) => {
+                println!("{precision} on this CPU: refused at load ({e})");
+                assert!(matches!(e, EngineError::Inference(_)), "{e}");
+                continue;
+            }
+        };
+        let (mut worst_p, mut worst_r) = (0f32, 1f64);
+        for (a, b) in full.iter().zip(&reduced) {
+            for (pa, pb) in a.probabilities.iter().zip(&b.probabilities) {
+                worst_p = worst_p.max((pa - pb).abs());
+            }
+            for (ca, cb) in a.cams.iter().zip(&b.cams) {
+                assert_eq!(ca.label, cb.label);
+                if ca.raw_max > 0.0 {
+                    worst_r = worst_r.min(pearson(&ca.grid.values, &cb.grid.values));
+                }
+            }
+        }
+        println!(
+            "{precision} vs fp32 on the CPU: largest probability difference {worst_p:.4}, lowest map r {worst_r:.4}"
+        );
+        assert!(
+            worst_p <= 0.05,
+            "{precision}: probabilities differ by {worst_p}"
+        );
+        assert!(
+            worst_r >= 0.98,
+            "{precision}: a map correlates at r = {worst_r}"
+        );
     }
 }
 

@@ -86,6 +86,13 @@ async fn a_worker_loads_its_bundle_from_s3_checked_against_its_checksums() {
             "the worker's /metrics lacks {line}:\n{metrics}"
         );
     }
+    // Its memory, read at the scrape: a model is loaded, so well above a few MiB.
+    let resident: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("xcam_worker_resident_memory_bytes "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no resident memory in the worker's /metrics:\n{metrics}"));
+    assert!(resident > 16e6, "{resident}");
     let cached: Vec<_> = xcam_tests::files_under(cache.path());
     assert_eq!(
         cached.len(),

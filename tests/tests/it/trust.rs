@@ -10,8 +10,8 @@ use xcam_tests::{demo_bundle, demo_samples_zip, python, repo_root, synthetic_set
 use xcam_worker::{
     device::DeviceSpec,
     engine::{
-        Engine, EngineOptions, Faithfulness, LabelSelection, LoadedModel, Method, Target,
-        faithfulness, preprocess,
+        Engine, EngineOptions, Faithfulness, LabelSelection, LoadedModel, Method, Precision,
+        Target, faithfulness, preprocess,
     },
 };
 
@@ -113,7 +113,7 @@ fn grad_cam_deletes_the_evidence_faster_than_a_random_map_or_a_centred_blob() {
     let spec = bundle.manifest.input.clone();
     let labels = bundle.labels().to_vec();
     let thresholds = bundle.manifest.model.thresholds.clone();
-    let model = LoadedModel::load(bundle, Device::Cpu).unwrap();
+    let model = LoadedModel::load(bundle, Device::Cpu, Precision::Fp32).unwrap();
     tch::manual_seed(17);
     // Per label: true positives, Grad-CAM below the random map, below both baselines.
     let mut tally: BTreeMap<String, [usize; 3]> = BTreeMap::new();
@@ -163,15 +163,10 @@ fn grad_cam_deletes_the_evidence_faster_than_a_random_map_or_a_centred_blob() {
         );
         assert!(*n >= 8, "{label}: only {n} true positives");
         assert!(
-            *random as f64 >= 0.9 * *n as f64,
-            "{label}: {random} of {n}"
+            *both as f64 >= 0.9 * *n as f64,
+            "{label}: below both on {both} of {n}"
         );
     }
-    // The demo model's nodules are focal: removing the map's pixels first removes the finding.
-    // Its opacity is diffuse and saturated (p ≈ 1 on most), and the model reads any smoothing as
-    // more opacity, so no deletion order moves it much; the blob is not beaten there.
-    let [n, _, both] = tally["nodule"];
-    assert!(both as f64 >= 0.85 * n as f64, "nodule: {both} of {n}");
 }
 
 #[test]

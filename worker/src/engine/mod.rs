@@ -29,6 +29,7 @@ pub use cam::{Faithfulness, LabelSelection, Method};
 pub use model::{LoadedModel, Target};
 pub use summary::Explanation;
 
+pub use crate::device::Precision;
 use crate::device::{DeviceSpec, Parallelism, describe};
 
 /// What can go wrong in the engine. `is_permanent()` says whether retrying could help.
@@ -72,6 +73,8 @@ pub struct EngineOptions {
     pub max_wait: Duration,
     /// Copies of the model on the device; `None` picks per device ([`Parallelism::resolve`]).
     pub replicas: Option<usize>,
+    /// What the model computes in; `None` picks per device ([`Precision::default_for`]).
+    pub precision: Option<Precision>,
 }
 
 impl Default for EngineOptions {
@@ -80,6 +83,7 @@ impl Default for EngineOptions {
             max_batch: 8,
             max_wait: Duration::from_millis(20),
             replicas: None,
+            precision: None,
         }
     }
 }
@@ -106,6 +110,7 @@ pub struct Engine {
     tx: mpsc::Sender<Request>,
     bundle: Bundle,
     device: String,
+    precision: Precision,
     parallelism: Parallelism,
 }
 
@@ -114,6 +119,7 @@ impl std::fmt::Debug for Engine {
         f.debug_struct("Engine")
             .field("model", &self.bundle.name())
             .field("device", &self.device)
+            .field("precision", &self.precision)
             .field("parallelism", &self.parallelism)
             .finish()
     }
@@ -129,6 +135,9 @@ impl Engine {
     ) -> Result<Self, EngineError> {
         let device = device.resolve().map_err(EngineError::Device)?;
         let parallelism = Parallelism::resolve(options.replicas, device);
+        let precision = options
+            .precision
+            .unwrap_or_else(|| Precision::default_for(device));
         let (tx, rx) = mpsc::channel::<Request>();
         let shared = Arc::new(Shared {
             rx: Mutex::new(rx),
@@ -143,7 +152,7 @@ impl Engine {
                 .name(format!("infer-{}-{replica}", bundle.name()))
                 .spawn(move || {
                     parallelism.enter(device);
-                    match LoadedModel::load(bundle, device) {
+                    match LoadedModel::load(bundle, device, precision) {
                         Ok(model) => {
                             let _ = ready.send(Ok(()));
                             serve(&model, &shared);
@@ -164,6 +173,7 @@ impl Engine {
         tracing::info!(
             model = bundle.name(),
             device = describe(device),
+            %precision,
             replicas = parallelism.replicas,
             threads_per_replica = parallelism.threads,
             "engine ready"
@@ -172,8 +182,14 @@ impl Engine {
             tx,
             bundle,
             device: describe(device),
+            precision,
             parallelism,
         })
+    }
+
+    /// What the model computes in.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Replicas and threads per replica.

@@ -5,7 +5,7 @@ use tch::{CModule, Device, Kind, Tensor};
 use xcam_shared::{bundle::Bundle, heatmap::Grid};
 
 use super::{
-    EngineError,
+    EngineError, Precision,
     cam::{self, Faithfulness, LabelSelection, Method},
     faithfulness::{self, FaithfulnessScores, MapToScore},
     reference::Reference,
@@ -41,6 +41,8 @@ pub struct RawOutput {
 pub struct LoadedModel {
     pub bundle: Bundle,
     pub device: Device,
+    /// What the backbone and head compute in.
+    pub precision: Precision,
     features: CModule,
     head: CModule,
     reference: Option<Reference>,
@@ -51,6 +53,7 @@ impl std::fmt::Debug for LoadedModel {
         f.debug_struct("LoadedModel")
             .field("bundle", &self.bundle.dir)
             .field("device", &self.device)
+            .field("precision", &self.precision)
             .finish()
     }
 }
@@ -59,13 +62,16 @@ impl LoadedModel {
     /// Loads both halves onto `device` and warms them up: TorchScript's profiling executor makes
     /// the first calls several times slower, and a wrong-shaped bundle should fail here, not on
     /// the first job.
-    pub fn load(bundle: Bundle, device: Device) -> Result<Self, EngineError> {
+    pub fn load(bundle: Bundle, device: Device, precision: Precision) -> Result<Self, EngineError> {
         let load = |path: std::path::PathBuf| {
             let mut m = CModule::load_on_device(&path, device).map_err(|e| EngineError::Model {
                 bundle: bundle.dir.display().to_string(),
                 reason: format!("cannot load {}: {e}", path.display()),
             })?;
             m.set_eval();
+            if precision != Precision::Fp32 {
+                m.to(device, precision.kind(), false);
+            }
             Ok::<_, EngineError>(m)
         };
         let model = Self {
@@ -73,6 +79,7 @@ impl LoadedModel {
             head: load(bundle.head_path())?,
             reference: Reference::load(&bundle, device)?,
             device,
+            precision,
             bundle,
         };
         let spec = &model.bundle.manifest.input;
@@ -111,14 +118,19 @@ impl LoadedModel {
         tch::no_grad(|| {
             let a = self
                 .features
-                .forward_ts(&[x.to_device(self.device)])
+                .forward_ts(&[self.model_input(x)])
                 .map_err(|e| self.model_error(e))?;
             let logits = self
                 .head
                 .forward_ts(&[a])
                 .map_err(|e| self.model_error(e))?;
-            Ok(logits.sigmoid().to_device(Device::Cpu))
+            Ok(logits.to_kind(Kind::Float).sigmoid().to_device(Device::Cpu))
         })
+    }
+
+    /// `x` on the model's device, in its precision.
+    fn model_input(&self, x: &Tensor) -> Tensor {
+        x.to_device(self.device).to_kind(self.precision.kind())
     }
 
     /// Probabilities and CAMs for a batch (N×C×H×W on any device) with one target per image.
@@ -130,10 +142,12 @@ impl LoadedModel {
     pub fn explain(&self, x: &Tensor, targets: &[Target]) -> Result<Vec<RawOutput>, EngineError> {
         let n = targets.len();
         let x = x.to_device(self.device);
-        let activations =
-            tch::no_grad(|| self.features.forward_ts(&[&x])).map_err(|e| self.model_error(e))?;
+        let activations = tch::no_grad(|| self.features.forward_ts(&[self.model_input(&x)]))
+            .map_err(|e| self.model_error(e))?;
         let ood = match &self.reference {
-            Some(reference) => Some(tch::no_grad(|| reference.scores(&activations))?),
+            Some(reference) => Some(tch::no_grad(|| {
+                reference.scores(&activations.to_kind(Kind::Float))
+            })?),
             None => None,
         };
         let a = activations.detach().set_requires_grad(true);
@@ -141,7 +155,11 @@ impl LoadedModel {
             .head
             .forward_ts(&[&a])
             .map_err(|e| self.model_error(e))?;
-        let probs = logits.detach().sigmoid().to_device(Device::Cpu);
+        let probs = logits
+            .detach()
+            .to_kind(Kind::Float)
+            .sigmoid()
+            .to_device(Device::Cpu);
         let num_labels = logits.size()[1];
         let manifest = &self.bundle.manifest.model;
 
@@ -164,7 +182,7 @@ impl LoadedModel {
             })
             .collect();
         let slots = picks.iter().map(Vec::len).max().unwrap_or(0);
-        let a_cpu = a.detach().to_device(Device::Cpu);
+        let a_cpu = a.detach().to_device(Device::Cpu).to_kind(Kind::Float);
         // Gradient-free methods (EigenCAM) skip the backward of a slot no other image needs.
         let wants_gradient = |slot: usize| {
             picks
@@ -184,13 +202,14 @@ impl LoadedModel {
             }
             let mask = Tensor::from_slice(&mask)
                 .view([n as i64, num_labels])
-                .to_device(self.device);
+                .to_device(self.device)
+                .to_kind(logits.kind());
             let g = if wants_gradient(slot) {
                 let score = (&logits * mask).sum(Kind::Float);
                 let keep_graph = (slot + 1..slots).any(wants_gradient);
                 let grads = Tensor::f_run_backward(&[score], &[&a], keep_graph, false)
                     .map_err(|e| self.model_error(e))?;
-                Some(grads[0].to_device(Device::Cpu))
+                Some(grads[0].to_device(Device::Cpu).to_kind(Kind::Float))
             } else {
                 None
             };

@@ -51,6 +51,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         max_batch: args.max_batch.max(1),
         max_wait: Duration::from_millis(args.max_wait_ms),
         replicas: args.model_args.replicas(),
+        precision: args.model_args.precision,
     };
     let mut engines = BTreeMap::new();
     for spec in &args.models {
