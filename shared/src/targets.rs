@@ -87,45 +87,18 @@ impl FromStr for Method {
     }
 }
 
-/// Which faithfulness measures each map gets. Each costs forward passes, so they are asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Faithfulness {
-    /// None: the map costs one forward and one head backward.
-    #[default]
-    Off,
-    /// Confidence drop and increase: one more forward per explained label.
-    Drop,
-    /// Also deletion and insertion AUC: 2 × (steps + 1) more forwards per explained label.
-    Full,
-}
-
-impl Faithfulness {
-    pub const ALL: [Faithfulness; 3] = [Faithfulness::Off, Faithfulness::Drop, Faithfulness::Full];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Faithfulness::Off => "off",
-            Faithfulness::Drop => "drop",
-            Faithfulness::Full => "full",
-        }
-    }
-}
-
-impl fmt::Display for Faithfulness {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Faithfulness {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Faithfulness::ALL
-            .into_iter()
-            .find(|m| m.as_str() == s)
-            .ok_or_else(|| format!("unknown faithfulness {s:?}: use off, drop or full"))
+crate::status::text_enum! {
+    /// Which faithfulness measures each map gets. Each costs forward passes, so they are asked
+    /// for.
+    #[derive(Default)]
+    Faithfulness {
+        /// None: the map costs one forward and one head backward.
+        #[default]
+        Off = "off",
+        /// Confidence drop and increase: one more forward per explained label.
+        Drop = "drop",
+        /// Also deletion and insertion AUC: 2 × (steps + 1) more forwards per explained label.
+        Full = "full",
     }
 }
 

@@ -9,7 +9,7 @@ use xcam_shared::{bundle, config::TelemetryArgs};
 use crate::{
     bench,
     config::{ModelArgs, RunArgs},
-    device::Parallelism,
+    device::{Parallelism, Precision},
     engine::{Engine, EngineOptions, Faithfulness, LabelSelection, Method, Target},
     explain,
 };
@@ -149,7 +149,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let parallelism = Parallelism::resolve(args.model_args.replicas(), device);
             let report = bench::run(
                 &bundle,
-                (device, args.model_args.precision_on(device)),
+                (
+                    device,
+                    Precision::resolve(args.model_args.precision, device),
+                ),
                 parallelism,
                 args.batch.max(1),
                 args.seconds,

@@ -30,12 +30,6 @@ impl ModelArgs {
     pub fn replicas(&self) -> Option<usize> {
         self.replicas.map(usize::from)
     }
-
-    /// The precision asked for, or the device's default.
-    pub fn precision_on(&self, device: tch::Device) -> Precision {
-        self.precision
-            .unwrap_or_else(|| Precision::default_for(device))
-    }
 }
 
 #[derive(Debug, Clone, Args)]

@@ -81,24 +81,24 @@ impl Precision {
         }
     }
 
-    /// What a device runs unless told: fp32 on the CPU (its reduced-precision kernels are
-    /// emulated on most CPUs, slower rather than faster), bf16 on a GPU.
-    pub fn default_for(device: Device) -> Self {
-        if device.is_cuda() {
+    /// What was asked for, else what a device runs unless told: fp32 on the CPU (its
+    /// reduced-precision kernels are emulated on most CPUs, slower rather than faster), bf16 on
+    /// a GPU.
+    pub fn resolve(asked: Option<Self>, device: Device) -> Self {
+        asked.unwrap_or(if device.is_cuda() {
             Self::Bf16
         } else {
             Self::Fp32
-        }
+        })
     }
 }
 
 impl fmt::Display for Precision {
+    /// The name `--precision` takes.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Fp32 => "fp32",
-            Self::Fp16 => "fp16",
-            Self::Bf16 => "bf16",
-        })
+        use clap::ValueEnum;
+        let value = self.to_possible_value().ok_or(fmt::Error)?;
+        f.write_str(value.get_name())
     }
 }
 

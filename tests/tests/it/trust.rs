@@ -176,7 +176,8 @@ fn faithfulness_comes_with_the_maps_that_asked_for_it_and_changes_nothing_else()
     let (_, image, _) = samples.iter().find(|s| !s.2.is_empty()).unwrap();
     // Three settings in one dynamic batch: each image gets exactly what it asked for.
     let pending: Vec<_> = Faithfulness::ALL
-        .into_iter()
+        .iter()
+        .copied()
         .map(|f| {
             engine
                 .enqueue(image, gradcam(f, LabelSelection::All))

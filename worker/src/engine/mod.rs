@@ -73,7 +73,7 @@ pub struct EngineOptions {
     pub max_wait: Duration,
     /// Copies of the model on the device; `None` picks per device ([`Parallelism::resolve`]).
     pub replicas: Option<usize>,
-    /// What the model computes in; `None` picks per device ([`Precision::default_for`]).
+    /// What the model computes in; `None` picks per device ([`Precision::resolve`]).
     pub precision: Option<Precision>,
 }
 
@@ -135,9 +135,7 @@ impl Engine {
     ) -> Result<Self, EngineError> {
         let device = device.resolve().map_err(EngineError::Device)?;
         let parallelism = Parallelism::resolve(options.replicas, device);
-        let precision = options
-            .precision
-            .unwrap_or_else(|| Precision::default_for(device));
+        let precision = Precision::resolve(options.precision, device);
         let (tx, rx) = mpsc::channel::<Request>();
         let shared = Arc::new(Shared {
             rx: Mutex::new(rx),
