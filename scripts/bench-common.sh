@@ -1,7 +1,7 @@
 # Sourced by the pipeline benchmarks: the schema, and an admin token of the project `bench` for
 # this run (named after $prefix, revoked by bench_done), sent by `get` and by the CLI.
 target/release/xcam migrate >/dev/null
-target/release/xcam project list | grep -qx 'bench .*' || target/release/xcam project create bench >/dev/null
+target/release/xcam project list | grep -x 'bench .*' >/dev/null || target/release/xcam project create bench >/dev/null
 token=$(target/release/xcam token create --name "$prefix" --role admin --project bench --expires 1d | tail -n 1)
 export XCAM_TOKEN="$token"
 get() { curl -fsS -H "Authorization: Bearer $token" "$@"; }

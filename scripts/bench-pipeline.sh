@@ -1,21 +1,58 @@
 #!/usr/bin/env bash
 # `make bench-pipeline`: the whole pipeline against the engine alone, from one run.
-#   1. 500 synthetic radiographs through producer → Redis → one worker → Postgres, DenseNet-121
-#      bundle, batch 8; beside `xcam-worker bench` for the same bundle, batch size and replicas.
-#   2. The producer's peak memory while it ingests a 1 GiB ZIP.
+#   1. The demo bundle (an engine fast enough to stand in for a GPU): 3 000 synthetic radiographs
+#      through producer → Redis → one worker → Postgres, with the worker's Postgres statements
+#      and Redis round trips per image.
+#   2. DenseNet-121: 500 radiographs, batch 8, the same way.
+#   3. The producer's peak memory while it ingests a 1 GiB ZIP.
+# Each engine figure is `xcam-worker bench` for the same bundle, batch size and replicas, run
+# just before and just after its pipeline: on a shared machine a noisy neighbour during one of
+# them shows as a gap between the two, and the pipeline is held to their mean.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 : "${DATABASE_URL:?run through make bench-pipeline}" "${REDIS_URL:?run through make bench-pipeline}"
-images="${BENCH_IMAGES:-500}"
-batch="${BENCH_BATCH:-8}"
 work="$root/target/bench-pipeline"
 models="$root/target/bench-models"
-rm -rf "$work"; mkdir -p "$work"
+rm -rf "$work"; mkdir -p "$work/models"
 [[ -f "$models/densenet121/model.toml" ]] || python3 models/tools/export.py --arch densenet121 --num-classes 18 --out "$models/densenet121"
+ln -s "$models/densenet121" "$work/models/densenet121"
+ln -s "$root/models/demo" "$work/models/demo"
 
-echo "==> drawing $images radiographs"
-python3 - "$work" "$images" <<'PY'
+psql_() { PGOPTIONS=--client-min-messages=warning psql "$DATABASE_URL" -qtAX "$@"; }
+if [[ "$(psql_ -c 'SHOW shared_preload_libraries')" != *pg_stat_statements* ]]; then
+  echo "Postgres was started without pg_stat_statements, which counts the worker's statements:" >&2
+  echo "restart it with 'make down' and run 'make bench-pipeline' again." >&2
+  exit 1
+fi
+psql_ -c 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements'
+# The worker connects as a role of its own, so its statements are counted apart from the
+# producer's (which answers the client's polls meanwhile).
+psql_ -c "DO \$\$ BEGIN CREATE ROLE xcam_bench_worker LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END \$\$" \
+      -c "GRANT $(psql_ -c 'SELECT current_user') TO xcam_bench_worker"
+worker_db=$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(p._replace(netloc="xcam_bench_worker@" + p.netloc.rsplit("@", 1)[-1]).geturl())' "$DATABASE_URL")
+worker_statements() {
+  psql_ -c "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid WHERE r.rolname = 'xcam_bench_worker'"
+}
+
+prefix="bench$(date +%s)"
+export XCAM_QUEUE_PREFIX="$prefix" XCAM_BLOB_URL="file://$work/blobs" XCAM_MODELS_DIR="$work/models"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(free_port); metrics_port=$(free_port)
+api="http://127.0.0.1:$port"
+# Every request answers to a token: an admin of the project `bench`, made for this run.
+. scripts/bench-common.sh
+XCAM_BIND="127.0.0.1:$port" target/release/xcam serve > "$work/api.log" 2>&1 & api_pid=$!
+trap 'kill $api_pid ${worker_pid:-} 2>/dev/null || true' EXIT
+for _ in $(seq 100); do curl -fsS "$api/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
+round_trips() { curl -fsS "http://127.0.0.1:$metrics_port/metrics" | awk '$1 == "xcam_redis_round_trips_total" {print $2}'; }
+
+# pipeline NAME MODEL IMAGES BATCH: one run, its figures as a JSON line on stdout.
+pipeline() {
+  local name=$1 model=$2 images=$3 batch=$4 dir="$work/$1"
+  mkdir -p "$dir"
+  echo "==> $name: drawing $images radiographs" >&2
+  python3 - "$dir" "$images" <<'PY'
 import sys, zipfile
 from pathlib import Path
 sys.path.insert(0, "models/tools")
@@ -26,34 +63,38 @@ with zipfile.ZipFile(out / "images.zip", "w", zipfile.ZIP_STORED) as z:
     for f in sorted((out / "images").glob("cxr_*")):
         z.write(f, f.name)
 PY
+  echo "==> $name: engine alone (before)" >&2
+  target/release/xcam-worker bench --model "$model" --device cpu --batch "$batch" --seconds 10 --headline --json > "$dir/engine_before.json"
+  DATABASE_URL="$worker_db" target/release/xcam-worker run --model "$model" --device cpu --max-batch "$batch" \
+    --health-bind "127.0.0.1:$metrics_port" > "$dir/worker.log" 2>&1 & worker_pid=$!
+  for _ in $(seq 300); do curl -fsS "http://127.0.0.1:$metrics_port/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
+  local statements_before trips_before start end out id
+  statements_before=$(worker_statements); trips_before=$(round_trips)
+  echo "==> $name: pipeline, $images images, one worker, batch $batch" >&2
+  start=$(date +%s.%N)
+  # One long-lived client follows the batch, as a user would, rather than a process per poll.
+  out=$(XCAM_URL="$api" target/release/xcam submit --wait --model "$model" "$dir/images.zip") || [[ $? == 3 ]]
+  end=$(date +%s.%N)
+  local statements=$(( $(worker_statements) - statements_before ))
+  local trips=$(( $(round_trips) - trips_before ))
+  kill $worker_pid; wait $worker_pid 2>/dev/null || true; unset worker_pid
+  id=$(sed -n 's/^batch \([0-9a-f-]*\):.*/\1/p' <<<"$out" | head -1)
+  get "$api/v1/batches/$id" > "$dir/view.json"
+  echo "==> $name: engine alone (after)" >&2
+  target/release/xcam-worker bench --model "$model" --device cpu --batch "$batch" --seconds 10 --headline --json > "$dir/engine_after.json"
+  python3 - "$dir" "$name" "$start" "$end" "$statements" "$trips" <<'PY'
+import json, sys
+from pathlib import Path
+d = Path(sys.argv[1])
+view, before, after = (json.loads((d / f).read_text()) for f in ("view.json", "engine_before.json", "engine_after.json"))
+print(json.dumps(dict(name=sys.argv[2], view=view, before=before, after=after, wall=float(sys.argv[4]) - float(sys.argv[3]),
+                      statements=int(sys.argv[5]), round_trips=int(sys.argv[6]))))
+PY
+}
 
-prefix="bench$(date +%s)"
-export XCAM_QUEUE_PREFIX="$prefix" XCAM_BLOB_URL="file://$work/blobs" XCAM_MODELS_DIR="$models"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-api="http://127.0.0.1:$port"
-# Every request answers to a token: an admin of the project `bench`, made for this run.
-. scripts/bench-common.sh
-XCAM_BIND="127.0.0.1:$port" target/release/xcam serve > "$work/api.log" 2>&1 & api_pid=$!
-trap 'kill $api_pid ${worker_pid:-} 2>/dev/null || true' EXIT
-for _ in $(seq 100); do curl -fsS "$api/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
-# The engine alone, before and after the pipeline: on a shared machine a noisy neighbour during
-# one of them shows as a gap between the two, and the pipeline is held to their mean.
-echo "==> engine alone (before): xcam-worker bench, same bundle, batch size and replicas"
-engine_before=$(target/release/xcam-worker bench --model densenet121 --device cpu --batch "$batch" --seconds 10 --json)
-target/release/xcam-worker run --model densenet121 --device cpu --max-batch "$batch" > "$work/worker.log" 2>&1 & worker_pid=$!
-for _ in $(seq 300); do [[ "$(get "$api/v1/workers")" != "[]" ]] && break; sleep 0.2; done
-
-echo "==> pipeline: $images images, one worker, batch $batch"
-start=$(date +%s.%N)
-# One long-lived client follows the batch, as a user would, rather than a process per poll.
-out=$(XCAM_URL="$api" target/release/xcam submit --wait --model densenet121 "$work/images.zip") || [[ $? == 3 ]]
-end=$(date +%s.%N)
-id=$(sed -n 's/^batch \([0-9a-f-]*\):.*/\1/p' <<<"$out" | head -1)
-view=$(get "$api/v1/batches/$id")
-kill $worker_pid; wait $worker_pid 2>/dev/null || true; unset worker_pid
-
-echo "==> engine alone (after)"
-engine_after=$(target/release/xcam-worker bench --model densenet121 --device cpu --batch "$batch" --seconds 10 --json)
+runs=()
+runs+=("$(pipeline demo demo "${BENCH_DEMO_IMAGES:-3000}" "${BENCH_DEMO_BATCH:-32}")")
+runs+=("$(pipeline densenet densenet121 "${BENCH_IMAGES:-500}" "${BENCH_BATCH:-8}")")
 
 echo "==> producer memory while ingesting a 1 GiB ZIP"
 python3 - "$work/big.zip" <<'PY'
@@ -71,35 +112,43 @@ with zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_STORED) as z:
 PY
 rss() { awk '/^'"$1"':/ {print $2}' /proc/$api_pid/status; }
 before=$(rss VmRSS)
-# The worker has stopped by now: these jobs are only ingested, then the batch is deleted.
+# No worker runs now: these jobs are only ingested, then the batch is deleted.
 big=$(get -F model=densenet121 -F file=@"$work/big.zip" "$api/v1/batches" | json 'd["id"]')
 while [[ "$(get "$api/v1/batches/$big" | json 'd["status"]')" == ingesting ]]; do sleep 0.5; done
 get -X DELETE "$api/v1/batches/$big" >/dev/null
 peak=$(rss VmHWM)
 zip_bytes=$(stat -c %s "$work/big.zip")
 
-python3 - "$view" "$engine_before" "$engine_after" "$start" "$end" "$before" "$peak" "$zip_bytes" <<'PY'
+printf '%s\n' "${runs[@]}" | python3 - "$before" "$peak" "$zip_bytes" <<'PY'
 import json, sys, os, datetime
-view, engine, after = json.loads(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
-start, end, before, peak, zip_bytes = float(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8])
-n = view["counts"]["succeeded"]
-wall = end - start
-steady = view["throughput_per_s"]
+before, peak, zip_bytes = (int(a) for a in sys.argv[1:4])
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 print()
-print(f"DenseNet-121 (18 outputs), batch {engine['batch']}, {engine['device']}, {engine['replicas']} replica(s) × {engine['threads']} thread(s) — {cpu}, {os.cpu_count()} cores, {datetime.date.today()}")
-print(f"| {'':52} | {'images/s':>9} |")
-print(f"|{'-'*54}|{'-'*11}|")
-fwd = (engine['forward_images_per_s'] + after['forward_images_per_s']) / 2
-cam = (engine['gradcam_images_per_s'] + after['gradcam_images_per_s']) / 2
-print(f"| {'engine alone: forward only (mean of before/after)':52} | {fwd:9.1f} |")
-pair = f"{engine['gradcam_images_per_s']:.1f}/{after['gradcam_images_per_s']:.1f}"
-print(f"| {'engine alone: Grad-CAM (before/after)':52} | {pair:>9} |")
-print(f"| {'engine alone: Grad-CAM (mean)':52} | {cam:9.1f} |")
-print(f"| {f'pipeline, first start to last finish ({n} images)':52} | {steady:9.1f} |")
-print(f"| {'pipeline, upload to batch done':52} | {n / wall:9.1f} |")
+print(f"{cpu}, {os.cpu_count()} cores, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+targets = {"demo": 0.6, "densenet": 0.9}
+for line in sys.stdin:
+    r = json.loads(line)
+    view, engine, after = r["view"], r["before"], r["after"]
+    n = view["counts"]["succeeded"]
+    steady = view["throughput_per_s"]
+    fwd = (engine["forward_images_per_s"] + after["forward_images_per_s"]) / 2
+    cam = (engine["gradcam_images_per_s"] + after["gradcam_images_per_s"]) / 2
+    print()
+    print(f"{engine['model']} bundle, batch {engine['batch']}, {engine['device']} {engine['precision']}, "
+          f"{engine['replicas']} replica(s) × {engine['threads']} thread(s)")
+    print(f"| {'':52} | {'images/s':>11} |")
+    print(f"|{'-'*54}|{'-'*13}|")
+    print(f"| {'engine alone: forward only (mean of before/after)':52} | {fwd:11.1f} |")
+    pair = f"{engine['gradcam_images_per_s']:.1f}/{after['gradcam_images_per_s']:.1f}"
+    print(f"| {'engine alone: Grad-CAM (before/after)':52} | {pair:>11} |")
+    print(f"| {'engine alone: Grad-CAM (mean)':52} | {cam:11.1f} |")
+    print(f"| {f'pipeline, first start to last finish ({n} images)':52} | {steady:11.1f} |")
+    print(f"| {'pipeline, upload to batch done':52} | {n / r['wall']:11.1f} |")
+    print(f"pipeline / engine Grad-CAM: {steady / cam:.2f} (target >= {targets.get(r['name'], 0.9)}); "
+          f"with upload and ingestion: {n / r['wall'] / cam:.2f}")
+    print(f"worker per image: {r['statements'] / max(n, 1):.2f} Postgres statements, "
+          f"{r['round_trips'] / max(n, 1):.2f} Redis round trips (targets <= 1)")
 print()
-print(f"pipeline / engine Grad-CAM: {steady / cam:.2f} (target >= 0.9); with upload and ingestion: {n / wall / cam:.2f}")
 print(f"producer RSS: {before / 1024:.0f} MiB before, {peak / 1024:.0f} MiB peak while ingesting a {zip_bytes / 2**30:.2f} GiB ZIP")
 PY
 bench_done

@@ -105,8 +105,9 @@ start_postgres() {
     echo "==> initialising a private Postgres cluster in $data"
     pg "$pg_bin/initdb" -D "$data" -U xcam --auth=trust --encoding=UTF8 --no-locale >/dev/null
   fi
+  # pg_stat_statements: the pipeline benchmark counts a worker's statements with it.
   pg "$pg_bin/pg_ctl" -D "$data" -l "$state/pg/postgres.log" -w -t 30 start \
-    -o "-h 127.0.0.1 -p $XCAM_PG_PORT -k $state/pg -c max_connections=400" >/dev/null
+    -o "-h 127.0.0.1 -p $XCAM_PG_PORT -k $state/pg -c max_connections=400 -c shared_preload_libraries=pg_stat_statements" >/dev/null
   "$pg_bin/psql" -h 127.0.0.1 -p "$XCAM_PG_PORT" -U xcam -d postgres -tAc \
     "SELECT 1 FROM pg_database WHERE datname='xcam'" | grep -q 1 ||
     "$pg_bin/createdb" -h 127.0.0.1 -p "$XCAM_PG_PORT" -U xcam xcam

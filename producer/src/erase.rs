@@ -14,6 +14,7 @@ use xcam_shared::{
         self,
         erasure::{Deletion, Erasure},
     },
+    imaging::fitted,
 };
 
 use crate::queue::Queue;
@@ -118,7 +119,11 @@ pub async fn remove_planes(
         stream::iter(unreferenced)
             .map(|key| {
                 let blobs = blobs.clone();
-                async move { blobs.delete(&key).await }
+                async move {
+                    blobs.delete(&key).await?;
+                    // Its copies fitted to models' input sizes go with it.
+                    blobs.delete_prefix(&fitted::prefix(&key)).await.map(drop)
+                }
             })
             .buffer_unordered(BLOB_CONCURRENCY)
             .try_collect::<()>()

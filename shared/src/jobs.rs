@@ -7,7 +7,10 @@
 use std::time::Duration;
 
 use apalis_redis::{Config, ConnectionManager, RedisStorage};
-use redis::aio::ConnectionManagerConfig;
+use redis::{
+    Cmd, Pipeline, RedisFuture, Value,
+    aio::{ConnectionLike, ConnectionManagerConfig},
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -71,9 +74,36 @@ pub fn queue_config(queue: &str, tuning: QueueTuning) -> Config {
         .missed_heartbeats(3)
 }
 
+/// A Redis connection that counts its round trips (`xcam_redis_round_trips_total` in the
+/// process's `/metrics`): a command, a script or a whole pipeline is one. The pipeline benchmark
+/// divides a worker's count by the images it finished.
+#[derive(Clone)]
+pub struct Redis(ConnectionManager);
+
+impl ConnectionLike for Redis {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        metrics::counter!("xcam_redis_round_trips_total").increment(1);
+        self.0.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        metrics::counter!("xcam_redis_round_trips_total").increment(1);
+        self.0.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+}
+
 /// Connects to Redis with a 5 s response timeout. redis-rs' default of 500 ms turns one slow
 /// reply into a fatal worker error (apalis-redis #76).
-pub async fn connect(args: &RedisArgs) -> anyhow::Result<ConnectionManager> {
+pub async fn connect(args: &RedisArgs) -> anyhow::Result<Redis> {
     let url = required(&args.redis_url, "REDIS_URL", SERVICES_HINT)?;
     let client = redis::Client::open(url)
         .map_err(|e| anyhow::anyhow!("REDIS_URL is not a valid Redis URL: {e}"))?;
@@ -83,6 +113,7 @@ pub async fn connect(args: &RedisArgs) -> anyhow::Result<ConnectionManager> {
         .set_number_of_retries(2);
     ConnectionManager::new_with_config(client, config)
         .await
+        .map(Redis)
         .map_err(|e| {
             anyhow::Error::new(e).context(format!(
                 "cannot reach Redis at REDIS_URL ({}); {SERVICES_HINT}",
@@ -92,17 +123,13 @@ pub async fn connect(args: &RedisArgs) -> anyhow::Result<ConnectionManager> {
 }
 
 /// The storage handle for one model's queue.
-pub fn storage(
-    conn: ConnectionManager,
-    queue: &str,
-    tuning: QueueTuning,
-) -> RedisStorage<GradCamJobV1> {
+pub fn storage(conn: Redis, queue: &str, tuning: QueueTuning) -> RedisStorage<GradCamJobV1, Redis> {
     RedisStorage::new(conn).with_config(queue_config(queue, tuning))
 }
 
 /// Jobs waiting in a queue (pending plus scheduled retries), read straight from the keys
 /// because apalis-redis 1.0's own counters are broken.
-pub async fn queue_depth(conn: &mut ConnectionManager, queue: &str) -> redis::RedisResult<u64> {
+pub async fn queue_depth(conn: &mut Redis, queue: &str) -> redis::RedisResult<u64> {
     let config = queue_config(queue, QueueTuning::default());
     let (active, scheduled): (u64, u64) = redis::pipe()
         .llen(config.active_jobs_list())

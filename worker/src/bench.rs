@@ -69,13 +69,20 @@ enum Loop {
 
 impl Loop {
     /// Forward only; every method as a worker runs it; the headline method without the
-    /// out-of-distribution score; the headline method at each faithfulness setting.
-    fn all(method: Method, has_reference: bool) -> Vec<Loop> {
+    /// out-of-distribution score; the headline method at each faithfulness setting. Only the
+    /// first and the headline method as a worker runs it when `headline_only`.
+    fn all(method: Method, has_reference: bool, headline_only: bool) -> Vec<Loop> {
         let explain = |method, faithfulness, ood| Loop::Explain {
             method,
             faithfulness,
             ood,
         };
+        if headline_only {
+            return vec![
+                Loop::Forward,
+                explain(method, Faithfulness::Off, has_reference),
+            ];
+        }
         let mut loops = vec![Loop::Forward];
         loops.extend(Method::ALL.map(|m| explain(m, Faithfulness::Off, has_reference)));
         if has_reference {
@@ -116,9 +123,10 @@ pub fn run(
     batch: usize,
     seconds: f64,
     method: Method,
+    headline_only: bool,
 ) -> Result<BenchReport, EngineError> {
     let has_reference = bundle.manifest.reference.is_some();
-    let loops = Loop::all(method, has_reference);
+    let loops = Loop::all(method, has_reference, headline_only);
     let round = Duration::from_secs_f64((seconds / 5.0).clamp(0.2, 2.0));
     let rounds = (seconds / round.as_secs_f64()).ceil() as usize;
     // Every replica runs the same loop at the same time, from when all have loaded.

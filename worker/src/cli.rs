@@ -77,6 +77,10 @@ pub struct BenchArgs {
     pub seconds: f64,
     #[arg(long, default_value = "gradcam")]
     pub method: Method,
+    /// Only forward and --method as a worker runs it by default (what the pipeline benchmark
+    /// compares with), not every method and faithfulness setting.
+    #[arg(long)]
+    pub headline: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -95,7 +99,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 precision: args.model_args.precision,
                 ..EngineOptions::default()
             };
-            let engine = Engine::start(bundle, args.model_args.device, options)?;
+            let engine = Engine::start(bundle, &args.model_args.device, options)?;
             let target = Target {
                 method: args.method,
                 labels: args.labels,
@@ -144,7 +148,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let device = args
                 .model_args
                 .device
-                .resolve()
+                .resolve_one()
                 .map_err(anyhow::Error::msg)?;
             let parallelism = Parallelism::resolve(args.model_args.replicas(), device);
             let report = bench::run(
@@ -157,6 +161,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 args.batch.max(1),
                 args.seconds,
                 args.method,
+                args.headline,
             )
             .context("benchmarking the model")?;
             if args.json {

@@ -13,11 +13,12 @@ pub struct ModelArgs {
     /// Directory holding model bundles (each a subdirectory with model.toml).
     #[arg(long = "models-dir", env = "XCAM_MODELS_DIR", default_value = "models")]
     pub models_dir: PathBuf,
-    /// Device: auto (first GPU if any, else CPU), cpu, or cuda:N.
+    /// Devices: auto (every GPU libtorch sees, else the CPU), cpu, cuda:N, cuda:all, or a list
+    /// such as cuda:0,cuda:2; each GPU gets its own replicas and dynamic batcher.
     #[arg(long, env = "XCAM_DEVICE", default_value = "auto")]
     pub device: DeviceSpec,
-    /// Copies of the model run side by side, each with an even share of the cores
-    /// [default: one per core, up to 4, on the CPU; one on a GPU].
+    /// Copies of the model run side by side on each device, each with an even share of the
+    /// cores [default: one per core, up to 4, on the CPU; one per GPU].
     #[arg(long, env = "XCAM_REPLICAS", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub replicas: Option<u16>,
     /// What the backbone and head compute in: fp32, fp16 or bf16 [default: fp32 on the CPU,

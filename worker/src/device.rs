@@ -1,32 +1,50 @@
-//! Which device inference runs on (`auto`, `cpu` or `cuda:N`, and what was actually used), and
-//! how many copies of the model share it.
+//! Which devices inference runs on (`auto`, `cpu`, `cuda:N`, `cuda:all` or a list, and what was
+//! actually used), and how many copies of the model share each.
 
 use std::{fmt, num::NonZero, str::FromStr};
 
 use tch::{Cuda, Device, Kind};
 
 /// What the user asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceSpec {
-    /// The first GPU if libtorch sees one, else the CPU.
+    /// Every GPU libtorch sees, else the CPU.
     Auto,
     Cpu,
-    Cuda(usize),
+    /// Every GPU libtorch sees; none is an error.
+    CudaAll,
+    /// These GPUs, in this order.
+    Cuda(Vec<usize>),
 }
 
 impl FromStr for DeviceSpec {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            format!(
+                "unknown device {s:?} (set by --device or XCAM_DEVICE): use auto, cpu, cuda:N, \
+                 cuda:all or a list such as cuda:0,cuda:2"
+            )
+        };
         match s.trim().to_ascii_lowercase().as_str() {
             "auto" => Ok(Self::Auto),
             "cpu" => Ok(Self::Cpu),
-            "cuda" => Ok(Self::Cuda(0)),
-            other => other
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(Self::Cuda)
-                .ok_or_else(|| format!("unknown device {s:?} (set by --device or XCAM_DEVICE): use auto, cpu or cuda:N")),
+            "cuda" => Ok(Self::Cuda(vec![0])),
+            "cuda:all" => Ok(Self::CudaAll),
+            list => {
+                let mut gpus = Vec::new();
+                for one in list.split(',') {
+                    let n: usize = (one.trim().strip_prefix("cuda:"))
+                        .and_then(|n| n.parse().ok())
+                        .ok_or_else(bad)?;
+                    if gpus.contains(&n) {
+                        return Err(format!("{s:?} names cuda:{n} twice"));
+                    }
+                    gpus.push(n);
+                }
+                Ok(Self::Cuda(gpus))
+            }
         }
     }
 }
@@ -36,30 +54,41 @@ impl fmt::Display for DeviceSpec {
         match self {
             Self::Auto => f.write_str("auto"),
             Self::Cpu => f.write_str("cpu"),
-            Self::Cuda(n) => write!(f, "cuda:{n}"),
+            Self::CudaAll => f.write_str("cuda:all"),
+            Self::Cuda(gpus) => {
+                let names: Vec<String> = gpus.iter().map(|n| format!("cuda:{n}")).collect();
+                f.write_str(&names.join(","))
+            }
         }
     }
 }
 
 impl DeviceSpec {
-    /// The device to use; an explicit GPU that libtorch cannot see is an error, not a silent
+    /// The devices to use; an explicit GPU that libtorch cannot see is an error, not a silent
     /// fall-back to the CPU.
-    pub fn resolve(self) -> Result<Device, String> {
+    pub fn resolve(&self) -> Result<Vec<Device>, String> {
+        let count = usize::try_from(Cuda::device_count()).unwrap_or(0);
+        let every_gpu = || (0..count).map(Device::Cuda).collect::<Vec<_>>();
         match self {
-            Self::Cpu => Ok(Device::Cpu),
-            Self::Auto if Cuda::is_available() => Ok(Device::Cuda(0)),
-            Self::Auto => Ok(Device::Cpu),
-            Self::Cuda(n) => {
-                let count = usize::try_from(Cuda::device_count()).unwrap_or(0);
-                if n < count {
-                    Ok(Device::Cuda(n))
-                } else {
-                    Err(format!(
-                        "cuda:{n} was requested but libtorch sees {count} CUDA device(s)"
-                    ))
-                }
-            }
+            Self::Cpu => Ok(vec![Device::Cpu]),
+            Self::Auto if count > 0 && Cuda::is_available() => Ok(every_gpu()),
+            Self::Auto => Ok(vec![Device::Cpu]),
+            Self::CudaAll if count > 0 => Ok(every_gpu()),
+            Self::CudaAll => Err("cuda:all was requested but libtorch sees no CUDA device".into()),
+            Self::Cuda(gpus) => gpus
+                .iter()
+                .map(|&n| {
+                    (n < count).then_some(Device::Cuda(n)).ok_or_else(|| {
+                        format!("cuda:{n} was requested but libtorch sees {count} CUDA device(s)")
+                    })
+                })
+                .collect(),
         }
+    }
+
+    /// The one device a single-device command (`explain`, `bench`) runs on: the first.
+    pub fn resolve_one(&self) -> Result<Device, String> {
+        Ok(self.resolve()?[0])
     }
 }
 
@@ -102,6 +131,12 @@ impl fmt::Display for Precision {
     }
 }
 
+/// The names of several devices, as a worker registers them (`cuda:0,cuda:1`).
+pub fn describe_all(devices: &[Device]) -> String {
+    let names: Vec<String> = devices.iter().map(|&d| describe(d)).collect();
+    names.join(",")
+}
+
 /// The name a device is reported under (`cpu`, `cuda:0`).
 pub fn describe(device: Device) -> String {
     match device {
@@ -112,7 +147,7 @@ pub fn describe(device: Device) -> String {
     }
 }
 
-/// How many copies of a model run side by side on one device, and the CPU threads each gets.
+/// How many copies of a model run side by side on each device, and the CPU threads each gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Parallelism {
     pub replicas: usize,
@@ -149,6 +184,42 @@ impl Parallelism {
     pub fn enter(&self, device: Device) {
         if !device.is_cuda() {
             tch::set_num_threads(self.threads as i32);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_lists_parse_and_print_back() {
+        for (text, spec) in [
+            ("auto", DeviceSpec::Auto),
+            ("CPU", DeviceSpec::Cpu),
+            ("cuda", DeviceSpec::Cuda(vec![0])),
+            ("cuda:all", DeviceSpec::CudaAll),
+            ("cuda:0, cuda:2", DeviceSpec::Cuda(vec![0, 2])),
+        ] {
+            assert_eq!(text.parse::<DeviceSpec>(), Ok(spec.clone()), "{text}");
+            assert_eq!(spec.to_string().parse::<DeviceSpec>(), Ok(spec));
+        }
+        for bad in ["gpu", "cuda:x", "cuda:0,cpu", "cuda:1,cuda:1", ""] {
+            assert!(bad.parse::<DeviceSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn gpus_libtorch_cannot_see_are_an_error_not_the_cpu() {
+        let count = usize::try_from(Cuda::device_count()).unwrap_or(0);
+        let missing = DeviceSpec::Cuda(vec![count]);
+        assert!(missing.resolve().unwrap_err().contains("libtorch sees"));
+        assert_eq!(DeviceSpec::Cpu.resolve(), Ok(vec![Device::Cpu]));
+        if count == 0 {
+            assert!(DeviceSpec::CudaAll.resolve().is_err());
+            assert_eq!(DeviceSpec::Auto.resolve(), Ok(vec![Device::Cpu]));
+        } else {
+            assert_eq!(DeviceSpec::CudaAll.resolve().unwrap().len(), count);
         }
     }
 }

@@ -5,7 +5,10 @@
 use std::{fs::File, io::Read, path::Path};
 
 use tokio::sync::mpsc;
-use xcam_shared::imaging;
+use xcam_shared::imaging::{
+    self,
+    fitted::{self, Fit},
+};
 use zip::ZipArchive;
 
 /// Why a whole archive is refused. Each variant has a stable code; the HTTP layer decides the
@@ -108,8 +111,24 @@ impl Rejection {
     }
 }
 
-/// What reading one entry produced: its pixel plane (see [`imaging::plane`]) and warnings.
-pub type EntryRead = Result<(Vec<u8>, Vec<imaging::Warning>), Rejection>;
+/// What reading one entry produced.
+pub type EntryRead = Result<Planes, Rejection>;
+
+/// An entry's pixels as xcam keeps them, and its warnings.
+pub struct Planes {
+    /// The full-resolution plane (see [`imaging::plane`]), for overlays.
+    pub full: Vec<u8>,
+    /// The plane fitted to the batch's model (see [`imaging::fitted`]), for workers.
+    pub fitted: Vec<u8>,
+    pub warnings: Vec<imaging::Warning>,
+}
+
+impl Planes {
+    /// Bytes both planes take.
+    pub fn bytes(&self) -> usize {
+        self.full.len() + self.fitted.len()
+    }
+}
 
 /// Ratios are only judged above this size: tiny files compress absurdly well legitimately.
 const RATIO_FLOOR_BYTES: u64 = 1 << 20;
@@ -291,13 +310,14 @@ pub fn scan(path: &Path, limits: ArchiveLimits) -> Result<ScanResult, ArchiveErr
 }
 
 /// Inflates the candidate entries in order, decodes and validates each, and sends its pixel
-/// plane (never the entry's own bytes) over `tx`. A corrupt, oversized or invalid entry is a rejection of that entry, not a failure
-/// of the archive.
+/// planes, full and fitted to `fit` (never the entry's own bytes), over `tx`. A corrupt,
+/// oversized or invalid entry is a rejection of that entry, not a failure of the archive.
 pub fn read_entries(
     path: &Path,
     entries: &[Entry],
     limits: ArchiveLimits,
     image_limits: imaging::ImageLimits,
+    fit: Fit,
     tx: &mpsc::Sender<(Entry, EntryRead)>,
 ) -> anyhow::Result<()> {
     let mut zip = ZipArchive::new(File::open(path)?)?;
@@ -320,10 +340,15 @@ pub fn read_entries(
                 let decoded = imaging::decode_with(&bytes, &image_limits)
                     .map_err(|e| Rejection::new(e.code(), e.to_string()))?;
                 drop(bytes);
-                let plane = imaging::plane::encode(&decoded.image).map_err(|e| {
+                let full = imaging::plane::encode(&decoded.image).map_err(|e| {
                     Rejection::new("corrupt_image", format!("the pixels cannot be stored: {e}"))
                 })?;
-                Ok((plane, decoded.warnings))
+                let fitted = fitted::encode(&fitted::fit(&decoded.image, fit));
+                Ok(Planes {
+                    full,
+                    fitted,
+                    warnings: decoded.warnings,
+                })
             });
         if tx.blocking_send((entry.clone(), read)).is_err() {
             anyhow::bail!("ingestion stopped");
@@ -434,6 +459,11 @@ mod fuzz {
                         &entries,
                         LIMITS,
                         imaging::ImageLimits::default(),
+                        Fit {
+                            width: 64,
+                            height: 64,
+                            resize: xcam_shared::bundle::ResizePolicy::Letterbox,
+                        },
                         &tx,
                     )
                 }

@@ -26,7 +26,7 @@ use uuid::Uuid;
 use xcam_shared::{
     blob::{BlobStore, plane_key, sha256_hex},
     db::{self, items::NewItem},
-    imaging::{ImageLimits, Warning},
+    imaging::{ImageLimits, Warning, fitted::Fit},
     jobs::GradCamJobV1,
     status::{BatchStatus, ItemStatus},
     targets::{Faithfulness, LabelSelection, Method},
@@ -47,6 +47,8 @@ pub struct BatchRequest {
     /// The key to pseudonymise entry names with, when the batch asks for it.
     pub pseudonyms: Option<PseudonymKey>,
     pub request_id: Option<String>,
+    /// The model's input size: each plane is also stored fitted to it, for the workers.
+    pub fit: Fit,
 }
 
 impl BatchRequest {
@@ -184,11 +186,11 @@ impl Ingestor {
             .collect();
         rows.add(request.batch_id, &refused).await?;
         let (tx, mut rx) = mpsc::channel(4);
-        let (limits, image_limits) = (self.limits, self.image_limits);
+        let (limits, image_limits, fit) = (self.limits, self.image_limits, request.fit);
         // Inflation and decoding are CPU work: they run on a blocking thread and hand entries
         // over one by one, so memory holds a few entries at a time, whatever the archive's size.
         let reader = tokio::task::spawn_blocking(move || {
-            archive::read_entries(&spool, &entries, limits, image_limits, &tx)
+            archive::read_entries(&spool, &entries, limits, image_limits, fit, &tx)
         });
         // Entries go on in groups: one status look and one claim statement per group, so
         // Postgres costs a round trip per group, not per entry.
@@ -198,7 +200,7 @@ impl Ingestor {
                 let Some((entry, read)) = rx.recv().await else {
                     break;
                 };
-                bytes += read.as_ref().map_or(0, |(plane, _)| plane.len());
+                bytes += read.as_ref().map_or(0, archive::Planes::bytes);
                 group.push((entry, read));
             }
             if group.is_empty() {
@@ -290,10 +292,10 @@ impl Ingestor {
             group
                 .into_iter()
                 .map(|(entry, read)| {
-                    let read = read.map(|(plane, warnings)| {
-                        let sha = sha256_hex(&plane);
+                    let read = read.map(|planes| {
+                        let sha = sha256_hex(&planes.full);
                         let key = plane_key(&sha);
-                        (bytes::Bytes::from(plane), warnings, sha, key)
+                        (planes, sha, key)
                     });
                     (entry, read)
                 })
@@ -302,7 +304,7 @@ impl Ingestor {
         .await?;
         let keys: Vec<&str> = hashed
             .iter()
-            .filter_map(|(_, read)| read.as_ref().ok().map(|r| r.3.as_str()))
+            .filter_map(|(_, read)| read.as_ref().ok().map(|r| r.2.as_str()))
             .collect();
         // Claimed before they are written, so a delete of another batch with the same pixels
         // cannot remove them before this batch's items reference them.
@@ -310,15 +312,23 @@ impl Ingestor {
         // One at a time: a producer killed during a put can leave the file store's staging file
         // behind, and concurrent puts widen that window (the kill-mid-ingestion test found it).
         for (_, read) in &hashed {
-            if let Ok((plane, _, _, key)) = read {
-                self.blobs.put_if_absent(key, plane.clone()).await?;
+            if let Ok((planes, _, key)) = read {
+                self.blobs
+                    .put_if_absent(key, planes.full.clone().into())
+                    .await?;
+                // The fitted copy after its plane: a plane is never without it for long, and
+                // a worker that finds no copy reads the plane itself.
+                self.blobs
+                    .put_if_absent(&request.fit.key(key), planes.fitted.clone().into())
+                    .await?;
             }
         }
         Ok(hashed
             .into_iter()
             .map(|(entry, read)| {
-                let stored = read
-                    .map(|(plane, warnings, sha, key)| (sha, key, plane.len() as i64, warnings));
+                let stored = read.map(|(planes, sha, key)| {
+                    (sha, key, planes.full.len() as i64, planes.warnings)
+                });
                 new_item(request, &entry, stored)
             })
             .collect())

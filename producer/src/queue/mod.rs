@@ -5,7 +5,6 @@
 use std::{collections::BTreeMap, sync::LazyLock};
 
 use apalis::prelude::{TaskBuilder, TaskId, TaskSink};
-use apalis_redis::ConnectionManager;
 use futures::stream;
 use uuid::Uuid;
 use xcam_shared::jobs::{self, GradCamJobV1, QueueTuning};
@@ -33,7 +32,7 @@ pub struct Forgotten {
 /// A handle on every model's queue; cheap to clone.
 #[derive(Clone)]
 pub struct Queue {
-    pub redis: ConnectionManager,
+    pub redis: xcam_shared::jobs::Redis,
     pub prefix: String,
     pub tuning: QueueTuning,
 }

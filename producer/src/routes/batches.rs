@@ -11,6 +11,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 use xcam_shared::{
     db::{self, batches::NewBatch},
+    imaging::fitted::Fit,
     status::BatchStatus,
 };
 
@@ -149,6 +150,7 @@ async fn create_batch(
     .await?;
     let request = BatchRequest {
         batch_id,
+        fit: Fit::from(&bundle.manifest.input),
         model: bundle.name().to_owned(),
         method: form.method,
         labels: form.labels,

@@ -121,6 +121,15 @@ pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<Batch
 /// Inside a transaction: locks the batch row against every other change of its status (a
 /// cancel, a delete, an outcome, an interruption) until the transaction ends, and returns the
 /// status; `None` once it is deleted. Writers of a batch's rows take this lock first.
+/// Locks the batches of `ids` that still exist, in id order (so two writers of several batches
+/// never wait on each other in a circle); returns those ids.
+pub async fn lock_all(conn: &mut sqlx::PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar("SELECT id FROM batches WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
+        .bind(ids)
+        .fetch_all(conn)
+        .await
+}
+
 pub async fn lock(conn: &mut sqlx::PgConnection, id: Uuid) -> sqlx::Result<Option<BatchStatus>> {
     sqlx::query_scalar("SELECT status FROM batches WHERE id = $1 FOR NO KEY UPDATE")
         .bind(id)
@@ -254,6 +263,11 @@ pub async fn expired(
 /// succeeded), failed (none did) or completed_with_errors. Workers call this after every item;
 /// it reads the batch's own counts, never its items.
 pub async fn refresh(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<()> {
+    refresh_all(db, &[id]).await
+}
+
+/// [`refresh`] for several batches in one statement.
+pub async fn refresh_all(db: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<()> {
     sqlx::query(
         // Every expression reads the row being updated, never a separate scan of it: an
         // update that waits for another writer's lock is evaluated again on the row that
@@ -270,9 +284,9 @@ pub async fn refresh(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<()> {
                finished_at = CASE WHEN b.items_queued + b.items_running = 0 AND b.status <> 'ingesting'
                                   THEN COALESCE(b.finished_at, now()) END,
                updated_at = now()
-           WHERE b.id = $1"#,
+           WHERE b.id = ANY($1)"#,
     )
-    .bind(id)
+    .bind(ids)
     .execute(db)
     .await?;
     Ok(())

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use std::borrow::Cow;
 
-use sqlx::{PgConnection, PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use crate::{jobs::GradCamJobV1, status::ItemStatus};
@@ -167,35 +167,67 @@ pub struct Claim {
     pub open_claims: i32,
 }
 
-/// Marks an item running. A `fresh` claim is a new delivery of its job and counts as an attempt;
-/// a worker taking the item up again after waiting out an outage is not. Returns `None` when the
-/// item must not run: it was cancelled, or it already has its final outcome (a duplicate
-/// delivery). Locks the item's batch first, as every writer of items does (its counts change).
-pub async fn claim(
-    db: &PgPool,
-    batch: Uuid,
-    id: Uuid,
+/// One item a worker is about to run. A `fresh` claim is a new delivery of its job and counts
+/// as an attempt; a worker taking the item up again after waiting out an outage is not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimRequest {
+    pub batch_id: Uuid,
+    pub item_id: Uuid,
+    pub fresh: bool,
+}
+
+/// Marks items running, in one statement; answers, in their order, `None` for an item that must
+/// not run: it was cancelled, it already has its final outcome (a duplicate delivery), or it is
+/// named twice (only the first runs). Locks the items' batches first, in id order, as every
+/// writer of items does (their counts change).
+pub async fn claim_all(
+    db: impl PgExecutor<'_>,
+    requests: &[ClaimRequest],
     worker: &str,
-    fresh: bool,
-) -> sqlx::Result<Option<Claim>> {
-    let mut tx = db.begin().await?;
-    if super::batches::lock(&mut tx, batch).await?.is_none() {
-        return Ok(None);
-    }
-    let claim = sqlx::query_as::<_, Claim>(
-        r#"UPDATE items SET status = 'running', attempts = attempts + $3, open_claims = open_claims + $3,
-                  worker_id = $2, started_at = COALESCE(started_at, now())
-           WHERE id = $1 AND batch_id = $4 AND status IN ('queued', 'running')
-           RETURNING entry_name, queued_at, attempts, open_claims"#,
+) -> sqlx::Result<Vec<Option<Claim>>> {
+    let mut batch_ids: Vec<Uuid> = requests.iter().map(|r| r.batch_id).collect();
+    batch_ids.sort_unstable();
+    batch_ids.dedup();
+    let (items, fresh): (Vec<Uuid>, Vec<i32>) = requests
+        .iter()
+        .map(|r| (r.item_id, i32::from(r.fresh)))
+        .unzip();
+    let batches: Vec<Uuid> = requests.iter().map(|r| r.batch_id).collect();
+    // The CTE is materialised, so each batch is locked before any of its items.
+    let claimed: Vec<ClaimRow> = sqlx::query_as(
+        r#"WITH locked AS MATERIALIZED (
+               SELECT id FROM batches WHERE id = ANY($4) ORDER BY id FOR NO KEY UPDATE
+           ), wanted AS (
+               SELECT DISTINCT ON (id) id, batch_id, fresh
+               FROM unnest($1::uuid[], $2::uuid[], $3::int4[]) WITH ORDINALITY AS w(id, batch_id, fresh, n)
+               ORDER BY id, n
+           )
+           UPDATE items SET status = 'running', attempts = items.attempts + w.fresh,
+                  open_claims = items.open_claims + w.fresh, worker_id = $5,
+                  started_at = COALESCE(items.started_at, now())
+           FROM wanted w
+           WHERE items.id = w.id AND items.batch_id = w.batch_id
+             AND items.batch_id IN (SELECT id FROM locked)
+             AND items.status IN ('queued', 'running')
+           RETURNING items.id, items.entry_name, items.queued_at, items.attempts, items.open_claims"#,
     )
-    .bind(id)
+    .bind(&items)
+    .bind(&batches)
+    .bind(&fresh)
+    .bind(&batch_ids)
     .bind(worker)
-    .bind(i32::from(fresh))
-    .bind(batch)
-    .fetch_optional(&mut *tx)
+    .fetch_all(db)
     .await?;
-    tx.commit().await?;
-    Ok(claim)
+    let mut claimed: std::collections::HashMap<Uuid, Claim> =
+        claimed.into_iter().map(|r| (r.id, r.claim)).collect();
+    Ok(items.iter().map(|id| claimed.remove(id)).collect())
+}
+
+#[derive(sqlx::FromRow)]
+struct ClaimRow {
+    id: Uuid,
+    #[sqlx(flatten)]
+    claim: Claim,
 }
 
 /// An open item with what its job needs.

@@ -9,55 +9,64 @@ use uuid::Uuid;
 use crate::status::LogStatus;
 
 #[derive(Debug, Clone)]
-pub struct NewLogEntry<'a> {
-    pub model_name: &'a str,
-    pub model_version: &'a str,
-    pub prediction: Option<&'a str>,
+pub struct NewLogEntry {
+    pub model_name: String,
+    pub model_version: String,
+    pub prediction: Option<String>,
     pub probability: Option<f32>,
-    pub filename: &'a str,
+    pub filename: String,
     pub processing_time_ms: f32,
     pub queue_wait_ms: Option<f32>,
     pub batch_id: Uuid,
     pub item_id: Uuid,
     pub attempt: i32,
     pub status: LogStatus,
-    pub error_code: Option<&'a str>,
-    pub error_message: Option<&'a str>,
-    pub worker_id: &'a str,
-    pub device: &'a str,
+    pub error_code: Option<&'static str>,
+    pub error_message: Option<String>,
+    pub worker_id: String,
+    pub device: String,
     pub dynamic_batch_size: Option<i32>,
 }
 
-/// Logs one attempt of an item. Like [`crate::db::results::upsert`], writes nothing once the
-/// item is gone, so a deleted batch's entry names cannot come back through a late worker.
-pub async fn insert(db: impl PgExecutor<'_>, e: &NewLogEntry<'_>) -> sqlx::Result<()> {
-    sqlx::query(
-        r#"INSERT INTO inference_log (model_name, model_version, prediction, probability, filename,
-                                      processing_time_ms, queue_wait_ms, batch_id, item_id, attempt, status,
-                                      error_code, error_message, worker_id, device, dynamic_batch_size, project_id)
-           SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, b.project_id
-           FROM items i JOIN batches b ON b.id = i.batch_id
-           WHERE i.id = $9 AND b.id = $8
-           FOR KEY SHARE OF i"#,
-    )
-    .bind(e.model_name)
-    .bind(e.model_version)
-    .bind(e.prediction)
-    .bind(e.probability)
-    .bind(e.filename)
-    .bind(e.processing_time_ms)
-    .bind(e.queue_wait_ms)
-    .bind(e.batch_id)
-    .bind(e.item_id)
-    .bind(e.attempt)
-    .bind(e.status)
-    .bind(e.error_code)
-    .bind(e.error_message)
-    .bind(e.worker_id)
-    .bind(e.device)
-    .bind(e.dynamic_batch_size)
-    .execute(db)
-    .await?;
+/// Logs attempts, in one statement. Like [`crate::db::results::upsert_all`], writes nothing for
+/// an item that is gone, so a deleted batch's entry names cannot come back through a late worker.
+pub async fn insert_all(db: impl PgExecutor<'_>, entries: &[&NewLogEntry]) -> sqlx::Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut insert = QueryBuilder::<Postgres>::new(
+        "INSERT INTO inference_log (model_name, model_version, prediction, probability, filename, \
+         processing_time_ms, queue_wait_ms, batch_id, item_id, attempt, status, error_code, \
+         error_message, worker_id, device, dynamic_batch_size, project_id) \
+         SELECT v.*, b.project_id FROM (",
+    );
+    insert.push_values(entries, |mut row, e| {
+        row.push_bind(&e.model_name)
+            .push_bind(&e.model_version)
+            .push_bind(&e.prediction)
+            .push_bind(e.probability)
+            .push_bind(&e.filename)
+            .push_bind(e.processing_time_ms)
+            .push_bind(e.queue_wait_ms)
+            .push_bind(e.batch_id)
+            .push_bind(e.item_id)
+            .push_bind(e.attempt)
+            .push_bind(e.status)
+            .push_bind(e.error_code)
+            .push_bind(&e.error_message)
+            .push_bind(&e.worker_id)
+            .push_bind(&e.device)
+            .push_bind(e.dynamic_batch_size);
+    });
+    insert.push(
+        ") AS v (model_name, model_version, prediction, probability, filename, processing_time_ms, \
+         queue_wait_ms, batch_id, item_id, attempt, status, error_code, error_message, worker_id, \
+         device, dynamic_batch_size) \
+         JOIN items i ON i.id = v.item_id AND i.batch_id = v.batch_id \
+         JOIN batches b ON b.id = v.batch_id \
+         FOR KEY SHARE OF i",
+    );
+    insert.build().execute(db).await?;
     Ok(())
 }
 

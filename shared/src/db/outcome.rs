@@ -1,12 +1,17 @@
-//! An item's outcome: its result (when it succeeded), its final status, the attempt's log row,
-//! the batch's status and the worker's counters, written in one transaction, so no failure can
-//! leave some of them written and the rest not.
+//! Items' outcomes: each one's result (when it succeeded), final status and attempt's log row,
+//! with its batch's status and the worker's counters, written in one transaction, so no failure
+//! can leave some of them written and the rest not. A worker records the outcomes of a dynamic
+//! batch together: one multi-row statement per table, whatever the group's size.
 //!
-//! The batch row is locked first. That orders the writes of one batch's outcomes (each sees every
-//! outcome committed before it, so the last one ends the batch), and takes locks in the order a
-//! delete takes them (batch, then items), so the two never wait on each other in a circle.
+//! The batch rows are locked first, in id order. That orders the writes of one batch's outcomes
+//! (each sees every outcome committed before it, so the last one ends the batch), and takes locks
+//! in the order a delete takes them (batch, then items), so the two never wait on each other in a
+//! circle.
 
-use sqlx::{PgPool, types::Json};
+use std::collections::{BTreeMap, HashSet};
+
+use sqlx::{PgPool, Postgres, QueryBuilder, types::Json};
+use uuid::Uuid;
 
 use crate::{
     db::{batches, logs, logs::NewLogEntry, results, results::NewResult, workers},
@@ -15,18 +20,27 @@ use crate::{
 };
 
 /// What happened to one item, as a worker records it once it is done with it.
-#[derive(Debug)]
-pub struct Outcome<'a> {
+#[derive(Debug, Clone)]
+pub struct Outcome {
     /// Present when the item succeeded.
-    pub result: Option<NewResult<'a>>,
+    pub result: Option<NewResult>,
     /// Its log row; `status`, `error_code` and `error_message` say how the attempt ended.
-    pub log: NewLogEntry<'a>,
+    pub log: NewLogEntry,
     /// Warnings the model adds to those of ingestion (`out_of_distribution`).
     pub warnings: Vec<Warning>,
 }
 
-/// Whether [`record`] wrote anything.
-#[derive(Debug, PartialEq, Eq)]
+impl Outcome {
+    fn item_status(&self) -> ItemStatus {
+        match self.log.status {
+            LogStatus::Succeeded => ItemStatus::Succeeded,
+            _ => ItemStatus::Failed,
+        }
+    }
+}
+
+/// Whether [`record_all`] wrote an outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
     Written,
     /// The item had its outcome already (a duplicate delivery), or is gone (its batch was
@@ -34,48 +48,103 @@ pub enum Recorded {
     Nothing,
 }
 
-pub async fn record(db: &PgPool, outcome: &Outcome<'_>) -> sqlx::Result<Recorded> {
-    let log = &outcome.log;
-    let status = match log.status {
-        LogStatus::Succeeded => ItemStatus::Succeeded,
-        _ => ItemStatus::Failed,
-    };
+pub async fn record(db: &PgPool, outcome: &Outcome) -> sqlx::Result<Recorded> {
+    Ok(record_all(db, std::slice::from_ref(outcome)).await?[0])
+}
+
+/// Records `outcomes` in one transaction; says, in their order, which were written. An item
+/// named twice is written once, by its first outcome.
+pub async fn record_all(db: &PgPool, outcomes: &[Outcome]) -> sqlx::Result<Vec<Recorded>> {
+    let mut seen = HashSet::new();
+    let firsts: Vec<bool> = outcomes
+        .iter()
+        .map(|o| seen.insert(o.log.item_id))
+        .collect();
+    let mut batch_ids: Vec<Uuid> = outcomes.iter().map(|o| o.log.batch_id).collect();
+    batch_ids.sort_unstable();
+    batch_ids.dedup();
+
     let mut tx = db.begin().await?;
-    if batches::lock(&mut tx, log.batch_id).await?.is_none() {
-        return Ok(Recorded::Nothing);
+    let live = batches::lock_all(&mut tx, &batch_ids).await?;
+    let open: Vec<&Outcome> = outcomes
+        .iter()
+        .zip(&firsts)
+        .filter(|(o, first)| **first && live.binary_search(&o.log.batch_id).is_ok())
+        .map(|(o, _)| o)
+        .collect();
+    if open.is_empty() {
+        return Ok(vec![Recorded::Nothing; outcomes.len()]);
     }
-    let error = log.error_code.zip(log.error_message);
-    let finished = sqlx::query(
-        r#"UPDATE items SET status = $2, error_code = $3, error_message = $4, worker_id = $5,
-                  finished_at = now(), open_claims = 0, warnings = warnings || $6
-           WHERE id = $1 AND status IN ('queued', 'running')"#,
-    )
-    .bind(log.item_id)
-    .bind(status)
-    .bind(error.map(|e| e.0))
-    .bind(error.map(|e| e.1))
-    .bind(log.worker_id)
-    .bind(Json(&outcome.warnings))
-    .execute(&mut *tx)
-    .await?;
-    if finished.rows_affected() == 0 {
-        return Ok(Recorded::Nothing);
+    // Only items still open take an outcome: one already finished was a duplicate delivery.
+    let mut finish = QueryBuilder::<Postgres>::new(
+        "UPDATE items SET status = v.status, error_code = v.error_code, \
+         error_message = v.error_message, worker_id = v.worker_id, finished_at = now(), \
+         open_claims = 0, warnings = items.warnings || v.warnings FROM (",
+    );
+    finish.push_values(&open, |mut row, o| {
+        row.push_bind(o.log.item_id)
+            .push_bind(o.log.batch_id)
+            .push_bind(o.item_status())
+            .push_bind(o.log.error_code)
+            .push_bind(&o.log.error_message)
+            .push_bind(&o.log.worker_id)
+            .push_bind(Json(&o.warnings));
+    });
+    finish.push(
+        ") AS v (id, batch_id, status, error_code, error_message, worker_id, warnings) \
+         WHERE items.id = v.id AND items.batch_id = v.batch_id \
+           AND items.status IN ('queued', 'running') \
+         RETURNING items.id",
+    );
+    let finished: HashSet<Uuid> = finish
+        .build_query_scalar()
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+    if finished.is_empty() {
+        return Ok(vec![Recorded::Nothing; outcomes.len()]);
     }
-    if let Some(result) = &outcome.result {
-        results::upsert(&mut *tx, result).await?;
+    let written: Vec<&Outcome> = open
+        .into_iter()
+        .filter(|o| finished.contains(&o.log.item_id))
+        .collect();
+    let new_results: Vec<&NewResult> = written.iter().filter_map(|o| o.result.as_ref()).collect();
+    results::upsert_all(&mut tx, &new_results).await?;
+    let entries: Vec<&NewLogEntry> = written.iter().map(|o| &o.log).collect();
+    logs::insert_all(&mut *tx, &entries).await?;
+    batches::refresh_all(&mut *tx, &live).await?;
+    // (succeeded, failed) per worker: one worker's in practice.
+    let mut counts: BTreeMap<&str, (i32, i32)> = BTreeMap::new();
+    for o in &written {
+        let count = counts.entry(&o.log.worker_id).or_default();
+        match o.item_status() {
+            ItemStatus::Succeeded => count.0 += 1,
+            _ => count.1 += 1,
+        }
     }
-    logs::insert(&mut *tx, log).await?;
-    batches::refresh(&mut *tx, log.batch_id).await?;
-    workers::count_job(&mut *tx, log.worker_id, status == ItemStatus::Succeeded).await?;
+    for (worker, (succeeded, failed)) in counts {
+        workers::count_jobs(&mut *tx, worker, succeeded, failed).await?;
+    }
     tx.commit().await?;
-    Ok(Recorded::Written)
+    Ok(outcomes
+        .iter()
+        .zip(&firsts)
+        .map(|(o, first)| {
+            if *first && finished.contains(&o.log.item_id) {
+                Recorded::Written
+            } else {
+                Recorded::Nothing
+            }
+        })
+        .collect())
 }
 
 /// Logs an attempt that failed for a reason that may pass; the queue tries the item again. The
 /// attempt was settled (its worker lived to say so), so it does not count towards a crash loop.
-pub async fn retrying(db: &PgPool, log: &NewLogEntry<'_>) -> sqlx::Result<()> {
+pub async fn retrying(db: &PgPool, log: &NewLogEntry) -> sqlx::Result<()> {
     let mut tx = db.begin().await?;
-    logs::insert(&mut *tx, log).await?;
+    logs::insert_all(&mut *tx, &[log]).await?;
     sqlx::query("UPDATE items SET open_claims = 0 WHERE id = $1 AND status = 'running'")
         .bind(log.item_id)
         .execute(&mut *tx)

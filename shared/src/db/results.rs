@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgExecutor, types::Json};
+use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder, types::Json};
 use uuid::Uuid;
 
 use crate::{
@@ -57,40 +57,63 @@ pub struct FaithfulnessScores {
 }
 
 #[derive(Debug, Clone)]
-pub struct NewResult<'a> {
+pub struct NewResult {
     pub item_id: Uuid,
     pub batch_id: Uuid,
-    pub model_name: &'a str,
-    pub model_version: &'a str,
+    pub model_name: String,
+    pub model_version: String,
     /// Label → probability.
     pub predictions: serde_json::Value,
-    pub top_label: &'a str,
+    pub top_label: String,
     pub top_probability: f32,
     pub method: Method,
-    pub cams: &'a [StoredCam],
-    pub positive_labels: &'a [String],
+    pub cams: Vec<StoredCam>,
+    pub positive_labels: Vec<String>,
     pub ood_score: Option<f32>,
     pub ood_threshold: Option<f32>,
     pub geometry: Geometry,
-    pub device: &'a str,
-    pub worker_id: &'a str,
+    pub device: String,
+    pub worker_id: String,
     pub attempt: i32,
     pub processing_ms: f32,
     pub queue_wait_ms: f32,
 }
 
-/// Writes an item's result. Writes nothing once the item is gone: the item row is locked while
-/// the result is written, so a batch deleted meanwhile waits, and a batch deleted before leaves a
-/// late worker nothing to attach its result to.
-pub async fn upsert(db: impl PgExecutor<'_>, r: &NewResult<'_>) -> sqlx::Result<()> {
-    sqlx::query(
-        r#"INSERT INTO results (item_id, batch_id, model_name, model_version, predictions, top_label,
-                                top_probability, method, cams, image_width, image_height, letterbox_side,
-                                device, worker_id, attempt, processing_ms, queue_wait_ms,
-                                positive_labels, ood_score, ood_threshold)
-           SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20
-           FROM items WHERE id = $1 FOR KEY SHARE
-           ON CONFLICT (item_id) DO UPDATE SET
+/// Writes the results of items this transaction has locked (their outcomes are being recorded),
+/// in one statement. An upsert: a job delivered twice still leaves one result per item.
+pub async fn upsert_all(db: &mut PgConnection, results: &[&NewResult]) -> sqlx::Result<()> {
+    if results.is_empty() {
+        return Ok(());
+    }
+    let mut insert = QueryBuilder::<Postgres>::new(
+        "INSERT INTO results (item_id, batch_id, model_name, model_version, predictions, top_label, \
+         top_probability, method, cams, image_width, image_height, letterbox_side, device, worker_id, \
+         attempt, processing_ms, queue_wait_ms, positive_labels, ood_score, ood_threshold) ",
+    );
+    insert.push_values(results, |mut row, r| {
+        row.push_bind(r.item_id)
+            .push_bind(r.batch_id)
+            .push_bind(&r.model_name)
+            .push_bind(&r.model_version)
+            .push_bind(&r.predictions)
+            .push_bind(&r.top_label)
+            .push_bind(r.top_probability)
+            .push_bind(r.method.as_str())
+            .push_bind(Json(&r.cams))
+            .push_bind(r.geometry.width as i32)
+            .push_bind(r.geometry.height as i32)
+            .push_bind(r.geometry.square as i32)
+            .push_bind(&r.device)
+            .push_bind(&r.worker_id)
+            .push_bind(r.attempt)
+            .push_bind(r.processing_ms)
+            .push_bind(r.queue_wait_ms)
+            .push_bind(Json(&r.positive_labels))
+            .push_bind(r.ood_score)
+            .push_bind(r.ood_threshold);
+    });
+    insert.push(
+        r#" ON CONFLICT (item_id) DO UPDATE SET
                predictions = EXCLUDED.predictions, top_label = EXCLUDED.top_label,
                top_probability = EXCLUDED.top_probability, method = EXCLUDED.method, cams = EXCLUDED.cams,
                letterbox_side = EXCLUDED.letterbox_side, device = EXCLUDED.device,
@@ -98,29 +121,8 @@ pub async fn upsert(db: impl PgExecutor<'_>, r: &NewResult<'_>) -> sqlx::Result<
                processing_ms = EXCLUDED.processing_ms, queue_wait_ms = EXCLUDED.queue_wait_ms,
                positive_labels = EXCLUDED.positive_labels, ood_score = EXCLUDED.ood_score,
                ood_threshold = EXCLUDED.ood_threshold, updated_at = now()"#,
-    )
-    .bind(r.item_id)
-    .bind(r.batch_id)
-    .bind(r.model_name)
-    .bind(r.model_version)
-    .bind(&r.predictions)
-    .bind(r.top_label)
-    .bind(r.top_probability)
-    .bind(r.method.as_str())
-    .bind(Json(r.cams))
-    .bind(r.geometry.width as i32)
-    .bind(r.geometry.height as i32)
-    .bind(r.geometry.square as i32)
-    .bind(r.device)
-    .bind(r.worker_id)
-    .bind(r.attempt)
-    .bind(r.processing_ms)
-    .bind(r.queue_wait_ms)
-    .bind(Json(r.positive_labels))
-    .bind(r.ood_score)
-    .bind(r.ood_threshold)
-    .execute(db)
-    .await?;
+    );
+    insert.build().execute(db).await?;
     Ok(())
 }
 

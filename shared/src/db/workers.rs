@@ -85,15 +85,21 @@ impl ClockSkew {
     }
 }
 
-/// Counts one finished job against the worker.
-pub async fn count_job(db: impl PgExecutor<'_>, id: &str, succeeded: bool) -> sqlx::Result<()> {
+/// Counts finished jobs against the worker.
+pub async fn count_jobs(
+    db: impl PgExecutor<'_>,
+    id: &str,
+    succeeded: i32,
+    failed: i32,
+) -> sqlx::Result<()> {
     sqlx::query(
         r#"UPDATE workers
-           SET jobs_done = jobs_done + $2::int, jobs_failed = jobs_failed + (1 - $2::int), last_seen = now()
+           SET jobs_done = jobs_done + $2, jobs_failed = jobs_failed + $3, last_seen = now()
            WHERE id = $1"#,
     )
     .bind(id)
-    .bind(i32::from(succeeded))
+    .bind(succeeded)
+    .bind(failed)
     .execute(db)
     .await?;
     Ok(())

@@ -12,6 +12,7 @@
 
 pub mod dicom;
 mod dicom_lengths;
+pub mod fitted;
 pub mod plane;
 pub mod raster;
 

@@ -17,7 +17,7 @@ use xcam_worker::{
 fn engine(bundle: &Path) -> Engine {
     Engine::start(
         Bundle::load(bundle).expect("bundle loads"),
-        DeviceSpec::Cpu,
+        &DeviceSpec::Cpu,
         EngineOptions::default(),
     )
     .expect("engine starts")

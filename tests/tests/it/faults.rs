@@ -77,16 +77,17 @@ async fn an_outcome_is_written_whole_or_not_at_all() {
         .await
         .unwrap();
     assert!(faulted > 1, "the fault fired");
-    let second_tries: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM results WHERE batch_id = $1 AND attempt = 2")
-            .bind(batch)
-            .fetch_one(&stack.db.pool)
-            .await
-            .unwrap();
-    assert_eq!(
-        second_tries, 1,
-        "the faulted item's second attempt wrote its outcome"
-    );
+    // The faulted group was rolled back whole and its outcomes written again: one result and
+    // one succeeded log row per item, none left over from the failed try.
+    let (results, logged): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM results WHERE batch_id = $1), \
+                (SELECT count(*) FROM inference_log WHERE batch_id = $1 AND status = 'succeeded')",
+    )
+    .bind(batch)
+    .fetch_one(&stack.db.pool)
+    .await
+    .unwrap();
+    assert_eq!((results, logged), (12, 12));
     stack.finish().await;
 }
 
@@ -115,36 +116,44 @@ async fn jobs_apalis_gave_up_on_are_run_again() {
         let meta = format!("{}:{id}", config.job_meta_hash());
         let _: () = conn.hset(meta, "attempts", 24).await.unwrap();
     }
-    // The failure: Postgres refuses each item's first claim with an error that is not an
-    // outage, so the worker hands the job back to apalis as failed.
+    // The failure: Postgres refuses every claim with an error that is not an outage, so the
+    // worker hands each job back to apalis as failed, until the fault is lifted below.
     sqlx::raw_sql(
-        r#"CREATE SEQUENCE claim_faults;
-           CREATE FUNCTION fail_first_claims() RETURNS trigger LANGUAGE plpgsql AS $$
+        r#"CREATE FUNCTION fail_claims() RETURNS trigger LANGUAGE plpgsql AS $$
            BEGIN
-               IF nextval('claim_faults') <= 20 THEN
-                   RAISE EXCEPTION 'injected fault';
-               END IF;
-               RETURN NEW;
+               RAISE EXCEPTION 'injected fault';
            END $$;
-           CREATE TRIGGER fail_first_claims BEFORE UPDATE ON items FOR EACH ROW
+           CREATE TRIGGER fail_claims BEFORE UPDATE ON items FOR EACH ROW
                WHEN (OLD.status = 'queued' AND NEW.status = 'running')
-               EXECUTE FUNCTION fail_first_claims();"#,
+               EXECUTE FUNCTION fail_claims();"#,
     )
     .execute(&stack.db.pool)
     .await
     .unwrap();
     let _worker = stack.worker("a", &[]);
+    // Every job goes through the dead set: the sweeper takes each out of it, and the
+    // reconciler pushes its item again.
+    let forgotten = || async {
+        let (_, metrics) = api.get_text("/metrics").await;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(r#"xcam_redis_jobs_forgotten_total{set="dead"} "#))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    eventually(
+        DEADLINE,
+        "every job to be taken out of the dead set",
+        || async { (forgotten().await? >= 20.0).then_some(()) },
+    )
+    .await;
+    sqlx::raw_sql("DROP TRIGGER fail_claims ON items")
+        .execute(&stack.db.pool)
+        .await
+        .unwrap();
     let view = api.wait_for_batch(&batch.to_string(), DEADLINE).await;
     assert_eq!(view["status"], "succeeded", "{view}");
     stack.assert_each_item_done_once(batch, 20).await;
-    // Every job went through the dead set: the sweeper took each out of it, and the
-    // reconciler pushed its item again.
-    let (_, metrics) = api.get_text("/metrics").await;
-    let forgotten = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(r#"xcam_redis_jobs_forgotten_total{set="dead"} "#))
-        .and_then(|v| v.trim().parse::<f64>().ok());
-    assert_eq!(forgotten, Some(20.0), "{metrics}");
+    assert_eq!(forgotten().await, Some(20.0), "each job died once");
     let dead: usize = conn.scard(config.dead_jobs_set()).await.unwrap();
     assert_eq!(dead, 0, "the dead set is emptied");
     stack.finish().await;

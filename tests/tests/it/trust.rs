@@ -18,7 +18,7 @@ use xcam_worker::{
 fn engine(bundle: &std::path::Path) -> Engine {
     Engine::start(
         Bundle::load(bundle).expect("bundle loads"),
-        DeviceSpec::Cpu,
+        &DeviceSpec::Cpu,
         EngineOptions::default(),
     )
     .expect("engine starts")

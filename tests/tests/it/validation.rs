@@ -600,10 +600,15 @@ async fn no_patient_identifier_is_held(store: Store) {
             assert!(!contains(bytes, value), "{value:?} leaked into {place}");
         }
     }
-    // What is stored of an image is its pixel plane: a 16-bit grayscale PNG, never the DICOM.
+    // What is stored of an image is its pixel plane, a 16-bit grayscale PNG, and copies of it
+    // fitted to models: never the DICOM.
     for (name, bytes) in blobs.iter().filter(|(name, _)| name.contains("planes/")) {
         assert!(!contains(bytes, "DICM"), "{name} is a DICOM");
-        xcam_shared::imaging::plane::decode(bytes).expect("a plane");
+        if name.ends_with(".fit") {
+            xcam_shared::imaging::fitted::decode(bytes).expect("a fitted plane");
+        } else {
+            xcam_shared::imaging::plane::decode(bytes).expect("a plane");
+        }
     }
     let csv_of = |i: usize| {
         haystacks

@@ -16,21 +16,29 @@ pub mod summary;
 
 use std::{
     panic::AssertUnwindSafe,
-    sync::{Arc, Mutex, PoisonError, mpsc},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+        mpsc,
+    },
     thread,
     time::{Duration, Instant},
 };
 
 use tch::Tensor;
 use tokio::sync::oneshot;
-use xcam_shared::{bundle::Bundle, heatmap::Geometry, imaging::GrayImage};
+use xcam_shared::{
+    bundle::Bundle,
+    heatmap::Geometry,
+    imaging::{GrayImage, fitted::Fitted},
+};
 
 pub use cam::{Faithfulness, LabelSelection, Method};
 pub use model::{LoadedModel, Target};
 pub use summary::Explanation;
 
 pub use crate::device::Precision;
-use crate::device::{DeviceSpec, Parallelism, describe};
+use crate::device::{DeviceSpec, Parallelism, describe, describe_all};
 
 /// What can go wrong in the engine. `is_permanent()` says whether retrying could help.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -96,6 +104,8 @@ pub struct Inferred {
     pub batch_size: usize,
     /// Wall time of that batch on the inference thread.
     pub batch_ms: f64,
+    /// The device it ran on (`cpu`, `cuda:1`): one engine may drive several.
+    pub device: Arc<str>,
 }
 
 struct Request {
@@ -130,24 +140,35 @@ impl Engine {
     /// it) and returns once every replica is warm.
     pub fn start(
         bundle: Bundle,
-        device: DeviceSpec,
+        devices: &DeviceSpec,
         options: EngineOptions,
     ) -> Result<Self, EngineError> {
-        let device = device.resolve().map_err(EngineError::Device)?;
-        let parallelism = Parallelism::resolve(options.replicas, device);
-        let precision = Precision::resolve(options.precision, device);
+        let devices = devices.resolve().map_err(EngineError::Device)?;
+        // Every device is of one kind (the CPU, or GPUs): the first speaks for all.
+        let parallelism = Parallelism::resolve(options.replicas, devices[0]);
+        let precision = Precision::resolve(options.precision, devices[0]);
+        let replicas = parallelism.replicas * devices.len();
         let (tx, rx) = mpsc::channel::<Request>();
         let shared = Arc::new(Shared {
             rx: Mutex::new(rx),
             figures: Mutex::new(Figures::new()),
             options,
-            replicas: parallelism.replicas,
+            replicas,
+            serving: AtomicUsize::new(replicas),
         });
         let (ready_tx, ready_rx) = mpsc::channel();
-        for replica in 0..parallelism.replicas {
+        // Each replica gathers its own batches from the one queue: a faster device takes more.
+        let placements = devices
+            .iter()
+            .flat_map(|&device| (0..parallelism.replicas).map(move |r| (device, r)));
+        for (device, replica) in placements {
             let (bundle, shared, ready) = (bundle.clone(), shared.clone(), ready_tx.clone());
             thread::Builder::new()
-                .name(format!("infer-{}-{replica}", bundle.name()))
+                .name(format!(
+                    "infer-{}-{}-{replica}",
+                    bundle.name(),
+                    describe(device)
+                ))
                 .spawn(move || {
                     parallelism.enter(device);
                     match LoadedModel::load(bundle, device, precision) {
@@ -165,21 +186,22 @@ impl Engine {
                 })?;
         }
         drop(ready_tx);
-        for _ in 0..parallelism.replicas {
+        for _ in 0..replicas {
             ready_rx.recv().map_err(|_| EngineError::Stopped)??;
         }
+        let device = describe_all(&devices);
         tracing::info!(
             model = bundle.name(),
-            device = describe(device),
+            %device,
             %precision,
-            replicas = parallelism.replicas,
+            replicas_per_device = parallelism.replicas,
             threads_per_replica = parallelism.threads,
             "engine ready"
         );
         Ok(Self {
             tx,
             bundle,
-            device: describe(device),
+            device,
             precision,
             parallelism,
         })
@@ -245,7 +267,23 @@ impl Engine {
     /// Prepares one decoded image for the model (resize, letterbox, normalise: CPU work, on
     /// the caller's thread) and queues it. The one way into the engine for every caller.
     pub fn enqueue(&self, image: &GrayImage, target: Target) -> Result<Pending, EngineError> {
-        let prepared = preprocess::prepare(image, &self.bundle.manifest.input);
+        self.enqueue_prepared(
+            preprocess::prepare(image, &self.bundle.manifest.input),
+            target,
+        )
+    }
+
+    /// Queues an image fitted to this model's input at ingestion; only normalising is left.
+    pub fn enqueue_fitted(&self, fitted: &Fitted, target: Target) -> Result<Pending, EngineError> {
+        let spec = &self.bundle.manifest.input;
+        self.enqueue_prepared(preprocess::prepare_fitted(fitted, spec), target)
+    }
+
+    fn enqueue_prepared(
+        &self,
+        prepared: preprocess::Prepared,
+        target: Target,
+    ) -> Result<Pending, EngineError> {
         let reply = self.submit(prepared.input, target)?;
         Ok(Pending {
             reply,
@@ -326,6 +364,8 @@ struct Shared {
     figures: Mutex<Figures>,
     options: EngineOptions,
     replicas: usize,
+    /// Replicas not retired for a failing device.
+    serving: AtomicUsize,
 }
 
 /// Batching figures since they were last logged, over all replicas.
@@ -347,12 +387,47 @@ impl Figures {
     }
 }
 
+/// Batches in a row a GPU replica may fail before it stops taking work.
+const RETIRE_AFTER: u32 = 3;
+
 /// A replica's loop: gather a batch, run it, reply, until every sender is gone.
+///
+/// A batch that fails is answered with the error (a transient one: its jobs go back to the
+/// queue) and counted in `xcam_worker_device_errors_total`. A GPU that fails [`RETIRE_AFTER`]
+/// batches in a row (lost, out of memory for good) is retired: its replica stops taking work
+/// and the others go on, unless it is the last.
 fn serve(model: &LoadedModel, shared: &Shared) {
     let options = shared.options;
+    let device = describe(model.device);
+    let name: Arc<str> = device.as_str().into();
+    let mut failures = 0;
     while let Some(batch) = gather(shared) {
         let size = batch.len() as u64;
-        let busy = run_batch(model, batch);
+        let (busy, ok) = run_batch(model, batch, &name);
+        if ok {
+            failures = 0;
+        } else {
+            failures += 1;
+            metrics::counter!("xcam_worker_device_errors_total", "device" => device.clone())
+                .increment(1);
+            let others_serve = || {
+                (shared.serving)
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                        (n > 1).then(|| n - 1)
+                    })
+                    .is_ok()
+            };
+            if model.device.is_cuda() && failures >= RETIRE_AFTER && others_serve() {
+                tracing::error!(
+                    model = model.bundle.name(),
+                    %device,
+                    failures,
+                    "this device failed every batch of its last few; its replica stops taking work"
+                );
+                metrics::gauge!("xcam_worker_device_retired", "device" => device.clone()).set(1.0);
+                return;
+            }
+        }
         let mut f = shared
             .figures
             .lock()
@@ -404,8 +479,9 @@ fn gather(shared: &Shared) -> Option<Vec<Request>> {
     }
 }
 
-/// Runs one batch and replies to each request; returns the time the batch took.
-fn run_batch(model: &LoadedModel, batch: Vec<Request>) -> Duration {
+/// Runs one batch and replies to each request; returns the time the batch took and whether it
+/// ran.
+fn run_batch(model: &LoadedModel, batch: Vec<Request>, device: &Arc<str>) -> (Duration, bool) {
     let started = Instant::now();
     let size = batch.len();
     let (inputs, rest): (Vec<Tensor>, Vec<(Target, oneshot::Sender<_>)>) = batch
@@ -442,14 +518,17 @@ fn run_batch(model: &LoadedModel, batch: Vec<Request>) -> Duration {
                     output,
                     batch_size: size,
                     batch_ms,
+                    device: device.clone(),
                 }));
             }
+            (elapsed, true)
         }
         Err(e) => {
+            tracing::warn!(model = model.bundle.name(), %device, batch = size, error = %e, "a batch failed");
             for (_, reply) in rest {
                 let _ = reply.send(Err(e.clone()));
             }
+            (elapsed, false)
         }
     }
-    elapsed
 }

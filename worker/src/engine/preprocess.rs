@@ -1,18 +1,14 @@
 //! From decoded pixels to the model's input tensor, remembering (as a [`Geometry`]) how to map a
 //! map at the model's resolution back onto the original image.
 
-use std::borrow::Cow;
-
-use fast_image_resize::{
-    FilterType, ResizeAlg, ResizeOptions, Resizer,
-    images::{TypedImage, TypedImageRef},
-    pixels::F32,
-};
 use tch::Tensor;
 pub use xcam_shared::heatmap::Geometry;
 use xcam_shared::{
-    bundle::{InputSpec, Normalization, ResizePolicy},
-    imaging::GrayImage,
+    bundle::{InputSpec, Normalization},
+    imaging::{
+        GrayImage,
+        fitted::{self, Fitted},
+    },
 };
 
 /// One image ready for the model: a C×H×W float tensor on the CPU.
@@ -27,50 +23,21 @@ pub struct Prepared {
 /// Plain Rust on purpose: this runs on the callers' threads, beside the inference thread, and a
 /// libtorch op here would start a second OpenMP team competing with the model's for the cores.
 pub fn prepare(image: &GrayImage, spec: &InputSpec) -> Prepared {
-    let mut geometry = Geometry {
-        width: image.width,
-        height: image.height,
-        square: 0,
-    };
-    let mut plane = Cow::Borrowed(image.pixels.as_slice());
-    let (mut width, mut height) = (image.width, image.height);
-    if spec.resize == ResizePolicy::Letterbox && width != height {
-        let side = width.max(height);
-        // Pad with the image's own minimum: with zeros, a bright-background image would get
-        // dark bars the model has never seen.
-        let fill = image.pixels.iter().copied().fold(f32::INFINITY, f32::min);
-        let mut square = vec![fill; side as usize * side as usize];
-        let (left, top) = ((side - width) / 2, (side - height) / 2);
-        for (y, row) in image.pixels.chunks_exact(width as usize).enumerate() {
-            let at = (top as usize + y) * side as usize + left as usize;
-            square[at..at + row.len()].copy_from_slice(row);
-        }
-        plane = Cow::Owned(square);
-        (width, height, geometry.square) = (side, side, side);
-    }
-    if (width, height) != (spec.width, spec.height) {
-        plane = Cow::Owned(resize(&plane, (width, height), (spec.width, spec.height)));
-    }
-    let data = normalise(&plane, &spec.normalize, spec.channels);
-    let input = Tensor::from_slice(&data).view([
-        i64::from(spec.channels),
-        i64::from(spec.height),
-        i64::from(spec.width),
-    ]);
-    Prepared { input, geometry }
+    prepare_fitted(&fitted::fit(image, spec.into()), spec)
 }
 
-/// Bilinear convolution whose support widens with the scale when shrinking (Pillow's and
-/// torchvision's antialiased resize), SIMD-accelerated.
-fn resize(plane: &[f32], from: (u32, u32), to: (u32, u32)) -> Vec<f32> {
-    let src = TypedImageRef::<F32>::new(from.0, from.1, bytemuck::cast_slice(plane))
-        .expect("the plane holds width × height pixels");
-    let mut dst = TypedImage::<F32>::new(to.0, to.1);
-    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
-    Resizer::new()
-        .resize_typed(&src, &mut dst, &options)
-        .expect("single-channel f32 images of non-zero size always resize");
-    bytemuck::cast_slice(dst.pixels()).to_vec()
+/// Normalises an image already fitted to the model's input size (at ingestion).
+pub fn prepare_fitted(fitted: &Fitted, spec: &InputSpec) -> Prepared {
+    let data = normalise(&fitted.image.pixels, &spec.normalize, spec.channels);
+    let input = Tensor::from_slice(&data).view([
+        i64::from(spec.channels),
+        i64::from(fitted.image.height),
+        i64::from(fitted.image.width),
+    ]);
+    Prepared {
+        input,
+        geometry: fitted.geometry,
+    }
 }
 
 fn normalise(plane: &[f32], norm: &Normalization, channels: u32) -> Vec<f32> {
@@ -87,7 +54,10 @@ fn normalise(plane: &[f32], norm: &Normalization, channels: u32) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
-    use xcam_shared::heatmap::{Grid, upsample};
+    use xcam_shared::{
+        bundle::ResizePolicy,
+        heatmap::{Grid, upsample},
+    };
 
     use super::*;
 

@@ -31,16 +31,21 @@ use xcam_shared::{
     blob::{BlobError, BlobStore},
     db::{
         self,
-        items::Claim,
+        items::{Claim, ClaimRequest},
         logs::NewLogEntry,
         outcome::{self, Outcome, Recorded},
         results::NewResult,
     },
-    imaging::{Warning, plane},
+    imaging::{
+        DecodeError, Warning,
+        fitted::{self, Fit},
+        plane,
+    },
     jobs::GradCamJobV1,
     status::LogStatus,
 };
 
+use super::group::{GroupError, Grouped};
 use crate::{
     engine::{Engine, EngineError, Explanation, Inferred, Target, preprocess::Geometry},
     health::Health,
@@ -49,6 +54,10 @@ use crate::{
 /// What every job of one model's queue shares.
 pub struct JobContext {
     pub db: PgPool,
+    /// Claims items for the jobs starting together, in one statement.
+    pub claims: Grouped<ClaimRequest, Option<Claim>>,
+    /// Records the outcomes of the jobs finishing together, in one transaction.
+    pub outcomes: Grouped<Outcome, Recorded>,
     pub blobs: BlobStore,
     pub engine: Engine,
     pub worker_id: String,
@@ -77,16 +86,28 @@ enum JobError {
     Outage(String),
     /// Postgres refused a statement for a reason that is not an outage: the queue retries.
     #[error("postgres: {0}")]
-    Database(sqlx::Error),
+    Database(String),
+}
+
+impl From<&sqlx::Error> for JobError {
+    fn from(e: &sqlx::Error) -> Self {
+        if db::is_outage(e) {
+            JobError::Outage(format!("postgres: {e}"))
+        } else {
+            JobError::Database(e.to_string())
+        }
+    }
 }
 
 impl From<sqlx::Error> for JobError {
     fn from(e: sqlx::Error) -> Self {
-        if db::is_outage(&e) {
-            JobError::Outage(format!("postgres: {e}"))
-        } else {
-            JobError::Database(e)
-        }
+        JobError::from(&e)
+    }
+}
+
+impl From<GroupError> for JobError {
+    fn from(e: GroupError) -> Self {
+        JobError::from(&*e)
     }
 }
 
@@ -175,15 +196,12 @@ async fn until_done(job: &GradCamJobV1, ctx: &JobContext) -> Result<(), BoxDynEr
 /// database refusals are returned.
 async fn attempt(job: &GradCamJobV1, ctx: &JobContext, claimed: &mut bool) -> Result<(), JobError> {
     let started = Instant::now();
-    let Some(claim) = db::items::claim(
-        &ctx.db,
-        job.batch_id,
-        job.item_id,
-        &ctx.worker_id,
-        !*claimed,
-    )
-    .await?
-    else {
+    let request = ClaimRequest {
+        batch_id: job.batch_id,
+        item_id: job.item_id,
+        fresh: !*claimed,
+    };
+    let Some(claim) = ctx.claims.send(request).await? else {
         tracing::debug!("item is cancelled or already finished; skipping");
         return Ok(());
     };
@@ -205,11 +223,11 @@ async fn attempt(job: &GradCamJobV1, ctx: &JobContext, claimed: &mut bool) -> Re
     let processing_ms = started.elapsed().as_secs_f64() as f32 * 1e3;
     let manifest = &ctx.engine.bundle().manifest.model;
     let log = NewLogEntry {
-        model_name: &manifest.name,
-        model_version: &manifest.version,
+        model_name: manifest.name.clone(),
+        model_version: manifest.version.clone(),
         prediction: None,
         probability: None,
-        filename: &claim.entry_name,
+        filename: claim.entry_name.clone(),
         processing_time_ms: processing_ms,
         queue_wait_ms: Some(queue_wait_ms),
         batch_id: job.batch_id,
@@ -218,54 +236,58 @@ async fn attempt(job: &GradCamJobV1, ctx: &JobContext, claimed: &mut bool) -> Re
         status: LogStatus::Succeeded,
         error_code: None,
         error_message: None,
-        worker_id: &ctx.worker_id,
-        device: ctx.engine.device(),
+        worker_id: ctx.worker_id.clone(),
+        device: ctx.engine.device().to_owned(),
         dynamic_batch_size: None,
     };
     let (code, message) = match result {
-        Ok(explained) => {
-            let e = &explained.explanation;
+        Ok(Explained {
+            explanation: e,
+            inferred,
+            geometry,
+        }) => {
+            let warnings = ood_warning(&e).into_iter().collect();
             let outcome = Outcome {
+                log: NewLogEntry {
+                    prediction: Some(e.top_label.clone()),
+                    probability: Some(e.top_probability),
+                    dynamic_batch_size: Some(inferred.batch_size as i32),
+                    device: inferred.device.to_string(),
+                    ..log
+                },
                 result: Some(NewResult {
                     item_id: job.item_id,
                     batch_id: job.batch_id,
-                    model_name: &manifest.name,
-                    model_version: &manifest.version,
+                    model_name: manifest.name.clone(),
+                    model_version: manifest.version.clone(),
                     predictions: serde_json::to_value(&e.predictions)
                         .expect("label → probability maps serialise"),
-                    top_label: &e.top_label,
-                    top_probability: e.top_probability,
                     method: e.cams.first().map_or(job.method, |c| c.method),
-                    cams: &e.cams,
-                    positive_labels: &e.positive_labels,
+                    top_label: e.top_label,
+                    top_probability: e.top_probability,
+                    cams: e.cams,
+                    positive_labels: e.positive_labels,
                     ood_score: e.ood_score,
                     ood_threshold: e.ood_threshold,
-                    geometry: explained.geometry,
-                    device: ctx.engine.device(),
-                    worker_id: &ctx.worker_id,
+                    geometry,
+                    device: inferred.device.to_string(),
+                    worker_id: ctx.worker_id.clone(),
                     attempt: claim.attempts,
                     processing_ms,
                     queue_wait_ms,
                 }),
-                log: NewLogEntry {
-                    prediction: Some(&e.top_label),
-                    probability: Some(e.top_probability),
-                    dynamic_batch_size: Some(explained.inferred.batch_size as i32),
-                    ..log
-                },
-                warnings: ood_warning(e).into_iter().collect(),
+                warnings,
             };
-            let recorded = outcome::record(&ctx.db, &outcome).await?;
+            let recorded = ctx.outcomes.send(outcome).await?;
             count(&manifest.name, "succeeded", processing_ms);
             let model = manifest.name.clone();
             metrics::histogram!("xcam_worker_queue_wait_seconds", "model" => model.clone())
                 .record(f64::from(queue_wait_ms) / 1e3);
             metrics::histogram!("xcam_worker_dynamic_batch_size", "model" => model)
-                .record(explained.inferred.batch_size as f64);
+                .record(inferred.batch_size as f64);
             if recorded == Recorded::Written {
                 tracing::debug!(
-                    label = %e.top_label,
-                    batch_size = explained.inferred.batch_size,
+                    batch_size = inferred.batch_size,
                     ms = processing_ms,
                     "explained"
                 );
@@ -286,7 +308,7 @@ async fn attempt(job: &GradCamJobV1, ctx: &JobContext, claimed: &mut bool) -> Re
             let log = NewLogEntry {
                 status: LogStatus::Retrying,
                 error_code: Some(code),
-                error_message: Some(&message),
+                error_message: Some(message.clone()),
                 ..log
             };
             outcome::retrying(&ctx.db, &log).await?;
@@ -299,12 +321,12 @@ async fn attempt(job: &GradCamJobV1, ctx: &JobContext, claimed: &mut bool) -> Re
         log: NewLogEntry {
             status: LogStatus::Failed,
             error_code: Some(code),
-            error_message: Some(&message),
+            error_message: Some(message),
             ..log
         },
         warnings: Vec::new(),
     };
-    outcome::record(&ctx.db, &outcome).await?;
+    ctx.outcomes.send(outcome).await?;
     count(&manifest.name, "failed", processing_ms);
     Ok(())
 }
@@ -344,16 +366,27 @@ async fn explain(ctx: &JobContext, job: &GradCamJobV1) -> Result<Explained, JobE
     };
     ctx.engine.check_target(&target)?;
 
-    let bytes = ctx.blobs.get(&job.blob_key).await?;
+    // The copy fitted to this model at ingestion: a worker never decodes a full-size
+    // radiograph. Planes stored before xcam fitted them have none; their full plane serves.
+    let fitted_key = Fit::from(&ctx.engine.bundle().manifest.input).key(&job.blob_key);
+    let (bytes, fitted) = match ctx.blobs.get(&fitted_key).await {
+        Ok(bytes) => (bytes, true),
+        Err(BlobError::NotFound { .. }) => (ctx.blobs.get(&job.blob_key).await?, false),
+        Err(e) => return Err(e.into()),
+    };
     let engine = ctx.engine.clone();
-    // The plane was validated at upload; reading it back is a PNG inflate. That and resizing
-    // are CPU work: a blocking thread, never the executor.
+    // Reading a plane back (a copy, or a PNG inflate and a resize for an old one) is CPU
+    // work: a blocking thread, never the executor.
     let pending = tokio::task::spawn_blocking(move || {
-        let image = plane::decode(&bytes).map_err(|e| JobError::Permanent {
+        let unreadable = |e: DecodeError| JobError::Permanent {
             code: "image_missing",
             message: format!("the stored pixel plane is unreadable: {e}"),
-        })?;
-        Ok::<_, JobError>(engine.enqueue(&image, target)?)
+        };
+        Ok::<_, JobError>(if fitted {
+            engine.enqueue_fitted(&fitted::decode(&bytes).map_err(unreadable)?, target)?
+        } else {
+            engine.enqueue(&plane::decode(&bytes).map_err(unreadable)?, target)?
+        })
     })
     .await??;
     let ran = tokio::time::timeout(ctx.job_timeout, pending.ran())

@@ -6,6 +6,7 @@
 //! leaves one result. A worker killed mid-job has its jobs re-queued by its peers once it has
 //! missed its heartbeats for `--orphan-after`.
 
+mod group;
 mod handler;
 
 use std::{
@@ -22,7 +23,7 @@ use apalis::prelude::*;
 use xcam_shared::{
     blob::{BlobError, BlobStore},
     bundle::{self, remote},
-    db::{self, workers::ClockSkew},
+    db::{self, items::ClaimRequest, outcome::Outcome, workers::ClockSkew},
     jobs::{self, QueueTuning},
     patience::{outage_in, through_outages},
 };
@@ -33,6 +34,7 @@ use crate::{
     health::Health,
 };
 
+use group::Grouped;
 pub use handler::JobContext;
 
 /// Runs until SIGINT/SIGTERM: in-flight jobs finish, nothing new is taken.
@@ -58,8 +60,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let bundle = locate(spec, &args).await?;
         let name = bundle.name().to_owned();
         // Model loading and warm-up are CPU work: keep them off the executor.
-        let device = args.model_args.device;
-        let engine = tokio::task::spawn_blocking(move || Engine::start(bundle, device, options))
+        let devices = args.model_args.device.clone();
+        let engine = tokio::task::spawn_blocking(move || Engine::start(bundle, &devices, options))
             .await?
             .with_context(|| format!("loading model {spec}"))?;
         engines.insert(name, engine);
@@ -91,12 +93,29 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         orphan_after: args.redis.orphan_after,
         fetch_batch: options.max_batch,
     };
+    // One writer of claims and one of outcomes for the whole process: a group may span models.
+    let claims = Grouped::spawn({
+        let (db, worker) = (db.clone(), worker_id.clone());
+        move |requests: Arc<[ClaimRequest]>| {
+            let (db, worker) = (db.clone(), worker.clone());
+            async move { db::items::claim_all(&db, &requests, &worker).await }
+        }
+    });
+    let outcomes = Grouped::spawn({
+        let db = db.clone();
+        move |outcomes: Arc<[Outcome]>| {
+            let db = db.clone();
+            async move { db::outcome::record_all(&db, &outcomes).await }
+        }
+    });
     let mut monitor = Monitor::new().shutdown_timeout(Duration::from_secs(120));
     for (model, engine) in engines {
         // Every replica's batch in flight, and one more being fetched and decoded meanwhile.
         let concurrency = options.max_batch * (engine.parallelism().replicas + 1);
         let ctx = Arc::new(JobContext {
             db: db.clone(),
+            claims: claims.clone(),
+            outcomes: outcomes.clone(),
             blobs: blobs.clone(),
             engine,
             worker_id: worker_id.clone(),
