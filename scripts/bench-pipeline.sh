@@ -4,7 +4,8 @@
 #      through producer → Redis → one worker → Postgres, with the worker's Postgres statements
 #      and Redis round trips per image.
 #   2. DenseNet-121: 500 radiographs, batch 8, the same way.
-#   3. The producer's peak memory while it ingests a 1 GiB ZIP.
+#   3. A worker's resident memory over 100 000 images (BENCH_MEMORY_IMAGES), demo bundle.
+#   4. The producer's peak memory while it ingests a 1 GiB ZIP.
 # Each engine figure is `xcam-worker bench` for the same bundle, batch size and replicas, run
 # just before and just after its pipeline: on a shared machine a noisy neighbour during one of
 # them shows as a gap between the two, and the pipeline is held to their mean.
@@ -96,6 +97,42 @@ runs=()
 runs+=("$(pipeline demo demo "${BENCH_DEMO_IMAGES:-3000}" "${BENCH_DEMO_BATCH:-32}")")
 runs+=("$(pipeline densenet densenet121 "${BENCH_IMAGES:-500}" "${BENCH_BATCH:-8}")")
 
+# A worker's memory over a long run: its resident set sampled while it explains
+# $BENCH_MEMORY_IMAGES small images (distinct, so none is deduplicated), demo bundle.
+memory_images="${BENCH_MEMORY_IMAGES:-100000}"
+echo "==> memory: drawing $memory_images images"
+python3 - "$work/memory.zip" "$memory_images" <<'PY'
+import sys, zipfile, zlib, struct
+import numpy as np
+rng = np.random.default_rng(11)
+def png(pixels):
+    h, w = pixels.shape
+    raw = b"".join(b"\0" + row.tobytes() for row in pixels)
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)) \
+        + chunk(b"IDAT", zlib.compress(raw, 1)) + chunk(b"IEND", b"")
+base = rng.integers(0, 256, (96, 96), dtype=np.uint8)
+with zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_STORED) as z:
+    for i in range(int(sys.argv[2])):
+        img = base.copy(); img.flat[i % img.size] ^= 1 + (i // img.size) % 255; img[0, :4] = np.frombuffer(struct.pack(">I", i), np.uint8)
+        z.writestr(f"m_{i:06d}.png", png(img))
+PY
+DATABASE_URL="$worker_db" target/release/xcam-worker run --model demo --device cpu --max-batch 32 \
+  --health-bind "127.0.0.1:$metrics_port" > "$work/memory-worker.log" 2>&1 & worker_pid=$!
+for _ in $(seq 300); do curl -fsS "http://127.0.0.1:$metrics_port/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
+memory_batch=$(get -F model=demo -F file=@"$work/memory.zip" "$api/v1/batches" | json 'd["id"]')
+: > "$work/memory.tsv"
+while :; do
+  view=$(get "$api/v1/batches/$memory_batch")
+  done_count=$(json 'd["counts"]["succeeded"] + d["counts"]["failed"]' <<<"$view")
+  echo -e "$done_count\t$(awk '/^VmRSS:/ {print $2}' /proc/$worker_pid/status)" >> "$work/memory.tsv"
+  [[ "$(json 'd["status"]' <<<"$view")" =~ ^(succeeded|failed|completed_with_errors)$ ]] && break
+  sleep 2
+done
+memory_peak=$(awk '/^VmHWM:/ {print $2}' /proc/$worker_pid/status)
+kill $worker_pid; wait $worker_pid 2>/dev/null || true; unset worker_pid
+get -X DELETE "$api/v1/batches/$memory_batch" >/dev/null
+
 echo "==> producer memory while ingesting a 1 GiB ZIP"
 python3 - "$work/big.zip" <<'PY'
 import sys, zipfile, numpy as np
@@ -119,9 +156,11 @@ get -X DELETE "$api/v1/batches/$big" >/dev/null
 peak=$(rss VmHWM)
 zip_bytes=$(stat -c %s "$work/big.zip")
 
-printf '%s\n' "${runs[@]}" | python3 - "$before" "$peak" "$zip_bytes" <<'PY'
+printf '%s\n' "${runs[@]}" | python3 - "$before" "$peak" "$zip_bytes" "$work/memory.tsv" "$memory_peak" <<'PY'
 import json, sys, os, datetime
 before, peak, zip_bytes = (int(a) for a in sys.argv[1:4])
+memory = [tuple(int(v) for v in l.split()) for l in open(sys.argv[4]) if len(l.split()) == 2]
+memory_peak = int(sys.argv[5])
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 print()
 print(f"{cpu}, {os.cpu_count()} cores, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
@@ -150,5 +189,10 @@ for line in sys.stdin:
           f"{r['round_trips'] / max(n, 1):.2f} Redis round trips (targets <= 1)")
 print()
 print(f"producer RSS: {before / 1024:.0f} MiB before, {peak / 1024:.0f} MiB peak while ingesting a {zip_bytes / 2**30:.2f} GiB ZIP")
+if memory:
+    total = memory[-1][0]
+    at = lambda share: next((rss for n, rss in memory if n >= share * total), memory[-1][1])
+    print(f"worker RSS over {total} images (demo, batch 32): {at(0.1) / 1024:.0f} MiB at 10 %, "
+          f"{at(0.5) / 1024:.0f} MiB at 50 %, {memory[-1][1] / 1024:.0f} MiB at the end, peak {memory_peak / 1024:.0f} MiB")
 PY
 bench_done

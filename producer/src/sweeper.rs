@@ -88,6 +88,10 @@ impl Sweeper {
     pub async fn pass(&self) -> Swept {
         let mut swept = Swept::default();
         for model in &self.models {
+            let queue = self.eraser.queue.name(model);
+            if let Err(e) = self.eraser.queue.promote(&queue).await {
+                tracing::warn!(%model, error = %e, "moving due jobs to the active list failed");
+            }
             match self.eraser.queue.sweep(model).await {
                 Ok(s) => {
                     swept.finished_jobs += s.done;

@@ -18,6 +18,8 @@ static FORGET: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("forget.lua")));
 static SWEEP: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("sweep.lua")));
+static PROMOTE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("promote.lua")));
 
 /// How many finished jobs one sweep of a queue forgot.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -66,9 +68,33 @@ impl Queue {
                     .await
                     .map_err(|e| anyhow::anyhow!("pushing to {queue}: {e}"))?;
                 pushed += chunk.len();
+                self.promote(&queue).await?;
             }
         }
         Ok(pushed)
+    }
+
+    /// Moves the due jobs of a queue from its scheduled set to its active list, a chunk per
+    /// call (see `promote.lua`: apalis' own fetch fails past about 8 000 due jobs). After each
+    /// push, and in every sweep for the retries apalis schedules.
+    pub async fn promote(&self, queue: &str) -> redis::RedisResult<u64> {
+        let config = jobs::queue_config(queue, self.tuning);
+        let now = chrono::Utc::now().timestamp();
+        let mut moved = 0;
+        loop {
+            let n: u64 = PROMOTE
+                .key(config.scheduled_jobs_set())
+                .key(config.active_jobs_list())
+                .key(config.signal_list())
+                .arg(now)
+                .arg(FORGET_CHUNK)
+                .invoke_async(&mut self.redis.clone())
+                .await?;
+            moved += n;
+            if n < FORGET_CHUNK as u64 {
+                return Ok(moved);
+            }
+        }
     }
 
     /// Removes the jobs of these items from a model's queue, except those a worker is running

@@ -92,6 +92,32 @@ async fn an_outcome_is_written_whole_or_not_at_all() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_jobs_wait_in_the_active_list_not_the_scheduled_set() {
+    // apalis-redis 1.0 schedules every pushed job and its fetch moves every due one in a single
+    // Lua `unpack`, which fails past about 8 000 and kills the fetching worker: a worker started
+    // after a big batch was pushed would die at once, and every one after it. The producer moves
+    // its pushed jobs to the active list itself, a bounded chunk at a time.
+    let stack = Stack::new().await;
+    let api = stack.producer(&["--reconcile-every=1h"]).await;
+    upload(&api, 30).await;
+    let (config, conn) = (queue(&stack), redis(&stack).await);
+    eventually(
+        DEADLINE,
+        "30 jobs in the active list, none scheduled",
+        || {
+            let (mut conn, config) = (conn.clone(), config.clone());
+            async move {
+                let scheduled: usize = conn.zcard(config.scheduled_jobs_set()).await.ok()?;
+                let active: usize = conn.llen(config.active_jobs_list()).await.ok()?;
+                (scheduled == 0 && active == 30).then_some(())
+            }
+        },
+    )
+    .await;
+    stack.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_apalis_gave_up_on_are_run_again() {
     let stack = Stack::new().await;
     let api = stack
