@@ -22,7 +22,7 @@ help:
 	@echo "make demo    run the whole job end to end on local Redis and Postgres"
 	@echo "make test    the whole test suite (lint included)"
 	@echo "make bench   every CAM method, faithfulness setting and the OOD score vs forward-only and pytorch-grad-cam, one run"
-	@echo "make bench-pipeline  the whole pipeline vs the engine alone; producer memory on a 1 GiB ZIP"
+	@echo "make bench-pipeline  the pipeline vs the engine alone (demo, DenseNet-121), Postgres statements and Redis round trips per image, worker memory over 100 000 images, producer memory on a 1 GiB ZIP"
 	@echo "make bench-redis     Redis keys and memory before, during and after a 10 000-image batch"
 	@echo "make bench-scale     operator queries, /metrics, stats, a 100 000-entry ingest and CSV over 10M log rows (~15 min)"
 	@echo "make chaos   1 000 images through killed workers and Postgres, Redis, blob-store and producer faults (~20 min)"

@@ -93,13 +93,18 @@ print(json.dumps(dict(name=sys.argv[2], view=view, before=before, after=after, w
 PY
 }
 
-runs=()
-runs+=("$(pipeline demo demo "${BENCH_DEMO_IMAGES:-3000}" "${BENCH_DEMO_BATCH:-32}")")
-runs+=("$(pipeline densenet densenet121 "${BENCH_IMAGES:-500}" "${BENCH_BATCH:-8}")")
+runs="$work/runs.jsonl"
+pipeline demo demo "${BENCH_DEMO_IMAGES:-3000}" "${BENCH_DEMO_BATCH:-32}" >> "$runs"
+# BENCH_QUICK=1: the demo pipeline only.
+quick="${BENCH_QUICK:-}"
+[[ -n "$quick" ]] || pipeline densenet densenet121 "${BENCH_IMAGES:-500}" "${BENCH_BATCH:-8}" >> "$runs"
 
 # A worker's memory over a long run: its resident set sampled while it explains
 # $BENCH_MEMORY_IMAGES small images (distinct, so none is deduplicated), demo bundle.
 memory_images="${BENCH_MEMORY_IMAGES:-100000}"
+[[ -z "$quick" ]] || memory_images=0
+: > "$work/memory.tsv"; memory_peak=0; before=0; peak=0; zip_bytes=0
+if (( memory_images > 0 )); then
 echo "==> memory: drawing $memory_images images"
 python3 - "$work/memory.zip" "$memory_images" <<'PY'
 import sys, zipfile, zlib, struct
@@ -155,8 +160,9 @@ while [[ "$(get "$api/v1/batches/$big" | json 'd["status"]')" == ingesting ]]; d
 get -X DELETE "$api/v1/batches/$big" >/dev/null
 peak=$(rss VmHWM)
 zip_bytes=$(stat -c %s "$work/big.zip")
+fi
 
-printf '%s\n' "${runs[@]}" | python3 - "$before" "$peak" "$zip_bytes" "$work/memory.tsv" "$memory_peak" <<'PY'
+python3 - "$before" "$peak" "$zip_bytes" "$work/memory.tsv" "$memory_peak" "$runs" <<'PY'
 import json, sys, os, datetime
 before, peak, zip_bytes = (int(a) for a in sys.argv[1:4])
 memory = [tuple(int(v) for v in l.split()) for l in open(sys.argv[4]) if len(l.split()) == 2]
@@ -165,7 +171,7 @@ cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.start
 print()
 print(f"{cpu}, {os.cpu_count()} cores, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
 targets = {"demo": 0.6, "densenet": 0.9}
-for line in sys.stdin:
+for line in open(sys.argv[6]):
     r = json.loads(line)
     view, engine, after = r["view"], r["before"], r["after"]
     n = view["counts"]["succeeded"]
@@ -188,7 +194,8 @@ for line in sys.stdin:
     print(f"worker per image: {r['statements'] / max(n, 1):.2f} Postgres statements, "
           f"{r['round_trips'] / max(n, 1):.2f} Redis round trips (targets <= 1)")
 print()
-print(f"producer RSS: {before / 1024:.0f} MiB before, {peak / 1024:.0f} MiB peak while ingesting a {zip_bytes / 2**30:.2f} GiB ZIP")
+if zip_bytes:
+    print(f"producer RSS: {before / 1024:.0f} MiB before, {peak / 1024:.0f} MiB peak while ingesting a {zip_bytes / 2**30:.2f} GiB ZIP")
 if memory:
     total = memory[-1][0]
     at = lambda share: next((rss for n, rss in memory if n >= share * total), memory[-1][1])

@@ -201,10 +201,22 @@ async fn two_workers_share_a_queue_and_each_item_gets_one_result() {
         stack.worker("a", &["--max-batch=4"]),
         stack.worker("b", &["--max-batch=4"]),
     );
-    // Both ready before the batch, or the first could finish it alone.
-    eventually(BATCH_DEADLINE, "both workers to register", || async {
-        let (_, workers) = api.get_json("/v1/workers").await;
-        (workers.as_array()?.len() == 2).then_some(())
+    // Both consuming the queue before the batch, or the first could finish it alone.
+    let consumers = xcam_shared::jobs::queue_config(
+        &xcam_shared::jobs::queue_name(&stack.prefix, "demo"),
+        Default::default(),
+    )
+    .workers_set();
+    let redis = redis::Client::open(stack.redis_url.as_str()).unwrap();
+    eventually(BATCH_DEADLINE, "both workers to consume the queue", || {
+        let (redis, consumers) = (redis.clone(), consumers.clone());
+        async move {
+            let mut conn = redis.get_multiplexed_async_connection().await.ok()?;
+            let n: usize = redis::AsyncCommands::zcard(&mut conn, consumers)
+                .await
+                .ok()?;
+            (n == 2).then_some(())
+        }
     })
     .await;
     let entries = png_entries(160, |i| format!("img_{i:04}.png"));
