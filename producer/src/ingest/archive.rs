@@ -117,9 +117,9 @@ pub type EntryRead = Result<Planes, Rejection>;
 /// An entry's pixels as xcam keeps them, and its warnings.
 pub struct Planes {
     /// The full-resolution plane (see [`imaging::plane`]), for overlays.
-    pub full: Vec<u8>,
+    pub full: bytes::Bytes,
     /// The plane fitted to the batch's model (see [`imaging::fitted`]), for workers.
-    pub fitted: Vec<u8>,
+    pub fitted: bytes::Bytes,
     pub warnings: Vec<imaging::Warning>,
 }
 
@@ -345,8 +345,8 @@ pub fn read_entries(
                 })?;
                 let fitted = fitted::encode(&fitted::fit(&decoded.image, fit));
                 Ok(Planes {
-                    full,
-                    fitted,
+                    full: full.into(),
+                    fitted: fitted.into(),
                     warnings: decoded.warnings,
                 })
             });

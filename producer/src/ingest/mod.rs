@@ -313,13 +313,11 @@ impl Ingestor {
         // behind, and concurrent puts widen that window (the kill-mid-ingestion test found it).
         for (_, read) in &hashed {
             if let Ok((planes, _, key)) = read {
-                self.blobs
-                    .put_if_absent(key, planes.full.clone().into())
-                    .await?;
+                self.blobs.put_if_absent(key, planes.full.clone()).await?;
                 // The fitted copy after its plane: a plane is never without it for long, and
                 // a worker that finds no copy reads the plane itself.
                 self.blobs
-                    .put_if_absent(&request.fit.key(key), planes.fitted.clone().into())
+                    .put_if_absent(&request.fit.key(key), planes.fitted.clone())
                     .await?;
             }
         }

@@ -13,6 +13,8 @@ use xcam_shared::jobs::{self, GradCamJobV1, QueueTuning};
 const PUSH_CHUNK: usize = 500;
 /// Jobs forgotten per Lua call, for the same reason.
 const FORGET_CHUNK: usize = 1000;
+/// Due jobs moved to the active list per Lua call, for the same reason.
+const PROMOTE_CHUNK: usize = 1000;
 
 static FORGET: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("forget.lua")));
@@ -87,11 +89,11 @@ impl Queue {
                 .key(config.active_jobs_list())
                 .key(config.signal_list())
                 .arg(now)
-                .arg(FORGET_CHUNK)
+                .arg(PROMOTE_CHUNK)
                 .invoke_async(&mut self.redis.clone())
                 .await?;
             moved += n;
-            if n < FORGET_CHUNK as u64 {
+            if n < PROMOTE_CHUNK as u64 {
                 return Ok(moved);
             }
         }

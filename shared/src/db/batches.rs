@@ -121,19 +121,20 @@ pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<Batch
 /// Inside a transaction: locks the batch row against every other change of its status (a
 /// cancel, a delete, an outcome, an interruption) until the transaction ends, and returns the
 /// status; `None` once it is deleted. Writers of a batch's rows take this lock first.
-/// Locks the batches of `ids` that still exist, in id order (so two writers of several batches
-/// never wait on each other in a circle); returns those ids.
-pub async fn lock_all(conn: &mut sqlx::PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar("SELECT id FROM batches WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
-        .bind(ids)
-        .fetch_all(conn)
-        .await
-}
-
 pub async fn lock(conn: &mut sqlx::PgConnection, id: Uuid) -> sqlx::Result<Option<BatchStatus>> {
     sqlx::query_scalar("SELECT status FROM batches WHERE id = $1 FOR NO KEY UPDATE")
         .bind(id)
         .fetch_optional(conn)
+        .await
+}
+
+/// [`lock`] for the batches of `ids` (in any order, repeats allowed), taken in id order so two
+/// writers of several batches never wait on each other in a circle; returns the ids of those
+/// that still exist, in that order.
+pub async fn lock_all(conn: &mut sqlx::PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar("SELECT id FROM batches WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
+        .bind(ids)
+        .fetch_all(conn)
         .await
 }
 

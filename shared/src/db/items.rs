@@ -185,9 +185,6 @@ pub async fn claim_all(
     requests: &[ClaimRequest],
     worker: &str,
 ) -> sqlx::Result<Vec<Option<Claim>>> {
-    let mut batch_ids: Vec<Uuid> = requests.iter().map(|r| r.batch_id).collect();
-    batch_ids.sort_unstable();
-    batch_ids.dedup();
     let (items, fresh): (Vec<Uuid>, Vec<i32>) = requests
         .iter()
         .map(|r| (r.item_id, i32::from(r.fresh)))
@@ -196,14 +193,14 @@ pub async fn claim_all(
     // The CTE is materialised, so each batch is locked before any of its items.
     let claimed: Vec<ClaimRow> = sqlx::query_as(
         r#"WITH locked AS MATERIALIZED (
-               SELECT id FROM batches WHERE id = ANY($4) ORDER BY id FOR NO KEY UPDATE
+               SELECT id FROM batches WHERE id = ANY($2) ORDER BY id FOR NO KEY UPDATE
            ), wanted AS (
                SELECT DISTINCT ON (id) id, batch_id, fresh
                FROM unnest($1::uuid[], $2::uuid[], $3::int4[]) WITH ORDINALITY AS w(id, batch_id, fresh, n)
                ORDER BY id, n
            )
            UPDATE items SET status = 'running', attempts = items.attempts + w.fresh,
-                  open_claims = items.open_claims + w.fresh, worker_id = $5,
+                  open_claims = items.open_claims + w.fresh, worker_id = $4,
                   started_at = COALESCE(items.started_at, now())
            FROM wanted w
            WHERE items.id = w.id AND items.batch_id = w.batch_id
@@ -214,7 +211,6 @@ pub async fn claim_all(
     .bind(&items)
     .bind(&batches)
     .bind(&fresh)
-    .bind(&batch_ids)
     .bind(worker)
     .fetch_all(db)
     .await?;

@@ -48,10 +48,6 @@ pub enum Recorded {
     Nothing,
 }
 
-pub async fn record(db: &PgPool, outcome: &Outcome) -> sqlx::Result<Recorded> {
-    Ok(record_all(db, std::slice::from_ref(outcome)).await?[0])
-}
-
 /// Records `outcomes` in one transaction; says, in their order, which were written. An item
 /// named twice is written once, by its first outcome.
 pub async fn record_all(db: &PgPool, outcomes: &[Outcome]) -> sqlx::Result<Vec<Recorded>> {
@@ -60,16 +56,13 @@ pub async fn record_all(db: &PgPool, outcomes: &[Outcome]) -> sqlx::Result<Vec<R
         .iter()
         .map(|o| seen.insert(o.log.item_id))
         .collect();
-    let mut batch_ids: Vec<Uuid> = outcomes.iter().map(|o| o.log.batch_id).collect();
-    batch_ids.sort_unstable();
-    batch_ids.dedup();
-
+    let batch_ids: Vec<Uuid> = outcomes.iter().map(|o| o.log.batch_id).collect();
     let mut tx = db.begin().await?;
     let live = batches::lock_all(&mut tx, &batch_ids).await?;
     let open: Vec<&Outcome> = outcomes
         .iter()
         .zip(&firsts)
-        .filter(|(o, first)| **first && live.binary_search(&o.log.batch_id).is_ok())
+        .filter(|(o, first)| **first && live.contains(&o.log.batch_id))
         .map(|(o, _)| o)
         .collect();
     if open.is_empty() {

@@ -398,17 +398,16 @@ const RETIRE_AFTER: u32 = 3;
 /// and the others go on, unless it is the last.
 fn serve(model: &LoadedModel, shared: &Shared) {
     let options = shared.options;
-    let device = describe(model.device);
-    let name: Arc<str> = device.as_str().into();
+    let device: Arc<str> = describe(model.device).into();
     let mut failures = 0;
     while let Some(batch) = gather(shared) {
         let size = batch.len() as u64;
-        let (busy, ok) = run_batch(model, batch, &name);
+        let (busy, ok) = run_batch(model, batch, &device);
         if ok {
             failures = 0;
         } else {
             failures += 1;
-            metrics::counter!("xcam_worker_device_errors_total", "device" => device.clone())
+            metrics::counter!("xcam_worker_device_errors_total", "device" => device.to_string())
                 .increment(1);
             let others_serve = || {
                 (shared.serving)
@@ -424,7 +423,8 @@ fn serve(model: &LoadedModel, shared: &Shared) {
                     failures,
                     "this device failed every batch of its last few; its replica stops taking work"
                 );
-                metrics::gauge!("xcam_worker_device_retired", "device" => device.clone()).set(1.0);
+                metrics::gauge!("xcam_worker_device_retired", "device" => device.to_string())
+                    .set(1.0);
                 return;
             }
         }
