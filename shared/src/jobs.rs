@@ -129,6 +129,39 @@ pub async fn connect(args: &RedisArgs) -> anyhow::Result<Redis> {
         })
 }
 
+/// How an idle worker looks for new jobs: once every interval. apalis-core 1.0's own
+/// `IntervalStrategy` arms no timer after a tick, so a worker whose next fetch came back empty
+/// slept until its heartbeat (a third of `XCAM_ORPHAN_AFTER`): a worker started beside a busy
+/// one could take none of a batch. This one arms the next tick every time.
+pub struct EveryInterval(tokio::time::Interval);
+
+impl EveryInterval {
+    pub fn new(interval: Duration) -> Self {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self(ticks)
+    }
+}
+
+impl apalis::prelude::PollStrategy for EveryInterval {
+    fn poll_drive(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        _: &apalis::prelude::PollSnapshot,
+    ) -> std::task::Poll<Option<()>> {
+        let mut ticked = false;
+        // Polled until pending, so the waker is registered for the next tick.
+        while self.0.poll_tick(cx).is_ready() {
+            ticked = true;
+        }
+        if ticked {
+            std::task::Poll::Ready(Some(()))
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+}
+
 /// The storage handle for one model's queue.
 pub fn storage(conn: Redis, queue: &str, tuning: QueueTuning) -> RedisStorage<GradCamJobV1, Redis> {
     RedisStorage::new(conn).with_config(queue_config(queue, tuning))

@@ -131,7 +131,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         monitor = monitor.register(move |restarts| {
             // A fresh apalis name per restart: re-registering a name seen moments ago is refused.
             WorkerBuilder::new(format!("{name}-{restarts}"))
-                .backend(jobs::storage(conn.clone(), &queue, tuning).poll_with_interval(poll))
+                .backend(
+                    jobs::storage(conn.clone(), &queue, tuning)
+                        .poll_with_strategy(jobs::EveryInterval::new(poll)),
+                )
                 .concurrency(concurrency)
                 .parallelize(tokio::spawn)
                 .catch_panic()
