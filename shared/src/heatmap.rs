@@ -65,63 +65,137 @@ pub fn full_map(grid: &Grid, raw_max: f32, geometry: &Geometry) -> Vec<f32> {
 /// Maps a grid onto the original image's pixels (H×W), bilinearly with half-pixel centres
 /// (align_corners = false, as cv2.resize and pytorch-grad-cam do).
 pub fn upsample(grid: &Grid, geometry: &Geometry) -> Vec<f32> {
-    let (h, w) = (grid.h, grid.w);
-    let (width, height) = (geometry.width as usize, geometry.height as usize);
-    let (out_w, out_h, left, top) = if geometry.square == 0 {
-        (width, height, 0, 0)
-    } else {
-        let (left, top) = geometry.offset();
-        (
-            geometry.square as usize,
-            geometry.square as usize,
-            left as usize,
-            top as usize,
-        )
-    };
-    // Source coordinate and blend weight of each output column and row.
-    let axis = |n_out: usize, n_in: usize, from: usize, count: usize| -> Vec<(usize, usize, f32)> {
-        let scale = n_in as f32 / n_out as f32;
-        (from..from + count)
-            .map(|i| {
-                let src = ((i as f32 + 0.5) * scale - 0.5).max(0.0);
-                let i0 = (src.floor() as usize).min(n_in - 1);
-                let i1 = (i0 + 1).min(n_in - 1);
-                (i0, i1, src - i0 as f32)
-            })
-            .collect()
-    };
-    let cols = axis(out_w, w, left, width);
-    let rows = axis(out_h, h, top, height);
-    // Separable: each source row is widened once, then every output row blends two of them.
-    let wide: Vec<f32> = grid
-        .values
-        .chunks_exact(w)
-        .flat_map(|src| {
-            cols.iter()
-                .map(|&(x0, x1, fx)| src[x0] + (src[x1] - src[x0]) * fx)
-        })
-        .collect();
-    let mut out = Vec::with_capacity(width * height);
-    for &(y0, y1, fy) in &rows {
-        let (upper, lower) = (&wide[y0 * width..][..width], &wide[y1 * width..][..width]);
-        out.extend(upper.iter().zip(lower).map(|(&a, &b)| a + (b - a) * fy));
+    let rows = Upsampled::new(grid, geometry);
+    let mut out = vec![0.0; rows.width() * rows.height()];
+    for (y, row) in out.chunks_exact_mut(rows.width()).enumerate() {
+        rows.row(y, row);
     }
     out
 }
 
+/// A grid upsampled onto the original image, one row at a time: a summary reads a full-size map
+/// without holding it (a 2 500 × 2 000 radiograph's map is 20 MB a label).
+pub struct Upsampled {
+    width: usize,
+    /// Each grid row widened to the image's width.
+    wide: Vec<f32>,
+    /// Per output row: the two widened rows it blends, and the weight of the second.
+    rows: Vec<(usize, usize, f32)>,
+}
+
+impl Upsampled {
+    pub fn new(grid: &Grid, geometry: &Geometry) -> Self {
+        let (h, w) = (grid.h, grid.w);
+        let (width, height) = (geometry.width as usize, geometry.height as usize);
+        let (out_w, out_h, left, top) = if geometry.square == 0 {
+            (width, height, 0, 0)
+        } else {
+            let (left, top) = geometry.offset();
+            (
+                geometry.square as usize,
+                geometry.square as usize,
+                left as usize,
+                top as usize,
+            )
+        };
+        // Source coordinate and blend weight of each output column and row.
+        let axis =
+            |n_out: usize, n_in: usize, from: usize, count: usize| -> Vec<(usize, usize, f32)> {
+                let scale = n_in as f32 / n_out as f32;
+                (from..from + count)
+                    .map(|i| {
+                        let src = ((i as f32 + 0.5) * scale - 0.5).max(0.0);
+                        let i0 = (src.floor() as usize).min(n_in - 1);
+                        let i1 = (i0 + 1).min(n_in - 1);
+                        (i0, i1, src - i0 as f32)
+                    })
+                    .collect()
+            };
+        let cols = axis(out_w, w, left, width);
+        // Separable: each source row is widened once, then every output row blends two of them.
+        let wide = grid
+            .values
+            .chunks_exact(w)
+            .flat_map(|src| {
+                cols.iter()
+                    .map(|&(x0, x1, fx)| src[x0] + (src[x1] - src[x0]) * fx)
+            })
+            .collect();
+        Self {
+            width,
+            wide,
+            rows: axis(out_h, h, top, height),
+        }
+    }
+
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    pub fn height(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Writes row `y` (`width` values) into `out`.
+    pub fn row(&self, y: usize, out: &mut [f32]) {
+        let (y0, y1, fy) = self.rows[y];
+        let w = self.width;
+        let (upper, lower) = (&self.wide[y0 * w..][..w], &self.wide[y1 * w..][..w]);
+        for ((o, &a), &b) in out.iter_mut().zip(upper).zip(lower) {
+            *o = a + (b - a) * fy;
+        }
+    }
+
+    /// The lowest and highest value of each row, without writing the rows out.
+    pub fn row_ranges(&self) -> Vec<(f32, f32)> {
+        // Independent lanes, so the compiler keeps eight minima and maxima in one register each.
+        const LANES: usize = 8;
+        let w = self.width;
+        self.rows
+            .iter()
+            .map(|&(y0, y1, fy)| {
+                let (upper, lower) = (&self.wide[y0 * w..][..w], &self.wide[y1 * w..][..w]);
+                let (mut lo, mut hi) = ([f32::INFINITY; LANES], [f32::NEG_INFINITY; LANES]);
+                let (uppers, lowers) = (upper.chunks_exact(LANES), lower.chunks_exact(LANES));
+                let rest = uppers.remainder().iter().zip(lowers.remainder());
+                for (a, b) in uppers.zip(lowers) {
+                    for i in 0..LANES {
+                        let v = a[i] + (b[i] - a[i]) * fy;
+                        lo[i] = lo[i].min(v);
+                        hi[i] = hi[i].max(v);
+                    }
+                }
+                let lanes = lo.into_iter().zip(hi);
+                rest.map(|(&a, &b)| {
+                    let v = a + (b - a) * fy;
+                    (v, v)
+                })
+                .chain(lanes)
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), (l, h)| {
+                    (lo.min(l), hi.max(h))
+                })
+            })
+            .collect()
+    }
+}
+
+/// The affine map [`normalise`] applies: `(x − lo) · scale`, None for a blank map.
+pub fn normaliser((lo, hi): (f32, f32), raw_max: f32) -> Option<impl Fn(f32) -> f32 + Copy> {
+    let scale = 1.0 / (hi - lo + 1e-7);
+    (raw_max > 0.0).then_some(move |x: f32| (x - lo) * scale)
+}
+
 /// Per-image min–max normalisation, as pytorch-grad-cam does; a blank map stays all zeros.
 pub fn normalise(mut v: Vec<f32>, raw_max: f32) -> Vec<f32> {
-    if raw_max <= 0.0 {
-        v.iter_mut().for_each(|x| *x = 0.0);
-        return v;
-    }
-    let (lo, hi) = v
+    let range = v
         .iter()
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
             (lo.min(x), hi.max(x))
         });
-    let scale = 1.0 / (hi - lo + 1e-7);
-    v.iter_mut().for_each(|x| *x = (*x - lo) * scale);
+    match normaliser(range, raw_max) {
+        Some(f) => v.iter_mut().for_each(|x| *x = f(*x)),
+        None => v.iter_mut().for_each(|x| *x = 0.0),
+    }
     v
 }
 

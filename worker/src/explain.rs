@@ -67,7 +67,7 @@ fn write_outputs(
         bail!("{}: cannot name outputs after this file", path.display());
     };
     let mut files = Vec::new();
-    for (i, (cam, map)) in explanation.cams.iter().zip(&explanation.maps).enumerate() {
+    for (i, cam) in explanation.cams.iter().enumerate() {
         // The first explained label gets the plain names the README promises.
         let base = if i == 0 {
             stem.to_owned()
@@ -75,7 +75,12 @@ fn write_outputs(
             format!("{stem}.{}", safe(&cam.label))
         };
         let (overlay, npy) = (format!("{base}.overlay.png"), format!("{base}.cam.npy"));
-        write_cam(image, map, &out.join(&overlay), &out.join(&npy))?;
+        write_cam(
+            image,
+            &explanation.map(i),
+            &out.join(&overlay),
+            &out.join(&npy),
+        )?;
         files.push(CamFiles {
             label: cam.label.clone(),
             overlay,

@@ -263,6 +263,7 @@ impl OpenItem {
 
 /// Items that should have a job in Redis, queued before `older_than` ago, in (queued_at, id)
 /// order after `after`: a caller pages through all of them with the last one's [`OpenItem::key`].
+/// Its status test is written as `items_open_idx`'s predicate (see `0011_open_items_index.sql`).
 pub async fn open_before(
     db: impl PgExecutor<'_>,
     older_than: std::time::Duration,
@@ -272,7 +273,7 @@ pub async fn open_before(
     sqlx::query_as(
         r#"SELECT i.id, i.batch_id, i.blob_key, i.queued_at, b.model_name, b.method, b.labels, b.faithfulness
            FROM items i JOIN batches b ON b.id = i.batch_id
-           WHERE i.status IN ('queued', 'running') AND i.blob_key IS NOT NULL
+           WHERE (i.status IN ('queued', 'running')) IS TRUE AND i.blob_key IS NOT NULL
              AND i.queued_at < now() - make_interval(secs => $1)
              AND ($2::timestamptz IS NULL OR (i.queued_at, i.id) > ($2, $3))
            ORDER BY i.queued_at, i.id LIMIT $4"#,

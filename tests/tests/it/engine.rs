@@ -262,15 +262,11 @@ fn an_image_gets_the_same_map_alone_or_in_a_batch() {
         });
     }
     let together = first.unwrap();
-    for ((a, b), (map_a, map_b)) in alone
-        .cams
-        .iter()
-        .zip(&together.cams)
-        .zip(alone.maps.iter().zip(&together.maps))
-    {
-        let worst = map_a
+    for (i, (a, b)) in alone.cams.iter().zip(&together.cams).enumerate() {
+        let worst = alone
+            .map(i)
             .iter()
-            .zip(map_b)
+            .zip(&together.map(i))
             .map(|(x, y)| (x - y).abs())
             .fold(0f32, f32::max);
         assert!(worst < 1e-4, "{}: max |diff| {worst}", a.label);

@@ -101,7 +101,7 @@ async fn demo_samples_through_the_pipeline(store: Store) {
         assert_eq!(got, bbox, "{}", row["entry_name"]);
         assert_eq!(row["device"], "cpu");
         if i == 0 {
-            first = Some((image, e.maps[0].clone()));
+            first = Some((image, e.map(0)));
         }
     }
 

@@ -346,3 +346,89 @@ fn assert_no_seq_scan(form: &str, plan: &[String]) {
         plan.join("\n")
     );
 }
+
+/// Statements that name an open status, run while the statistics still say a fresh batch's
+/// items are not there (as they do until autovacuum analyses): each must probe a key, not scan
+/// every open item through the partial index the reconciler uses.
+#[tokio::test]
+async fn statements_on_a_fresh_batch_probe_keys_not_every_open_item() {
+    let db = TestDb::create().await;
+    let size = Size {
+        log_rows: 2_000,
+        items: 3_000,
+        items_per_batch: 100,
+        big_batch: 10,
+        small_batch: 10,
+        days: 90,
+    };
+    let loaded = scale::load(&db.pool, size).await;
+    sqlx::query("ANALYZE items")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let fresh = loaded.small_batch;
+    sqlx::query(
+        r#"INSERT INTO items (id, batch_id, entry_index, entry_name, sha256, blob_key, status)
+           SELECT gen_random_uuid(), $1, 1000 + g, format('img_%s.png', g), md5(g::text),
+                  format('planes/%s.png', md5(g::text)), 'queued'
+           FROM generate_series(0, 19999) g"#,
+    )
+    .bind(fresh)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let some: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM items WHERE batch_id = $1 AND entry_index >= 1000 LIMIT 32",
+    )
+    .bind(fresh)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let forms = [
+        (
+            "a group's claims or outcomes",
+            "UPDATE items SET status = 'running' FROM unnest($1::uuid[]) AS w(id)
+             WHERE items.id = w.id AND items.batch_id = $2 AND items.status IN ('queued', 'running')",
+        ),
+        (
+            "a retried attempt",
+            "UPDATE items SET open_claims = 0 WHERE id = ($1::uuid[])[1] AND batch_id = $2 AND status = 'running'",
+        ),
+        (
+            "a push page",
+            "SELECT entry_index, id, blob_key FROM items
+             WHERE batch_id = $2 AND entry_index > cardinality($1::uuid[]) AND status = 'queued'
+               AND blob_key IS NOT NULL ORDER BY entry_index LIMIT 1000",
+        ),
+        (
+            "a cancel",
+            "UPDATE items SET status = 'cancelled' WHERE batch_id = $2 AND status = 'queued' AND id <> ALL($1)",
+        ),
+    ];
+    for (what, sql) in forms {
+        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")))
+            .bind(&some)
+            .bind(fresh)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+        assert!(
+            !plan.iter().any(|l| l.contains("items_open_idx")),
+            "{what}: scans every open item\n{}",
+            plan.join("\n")
+        );
+    }
+    // The reconciler still walks open items in queue order through the index.
+    let mut conn = db.pool.acquire().await.unwrap();
+    sqlx::query("SET enable_seqscan = off")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let open =
+        xcam_shared::db::items::open_before(&mut *conn, std::time::Duration::ZERO, None, 100)
+            .await
+            .unwrap();
+    assert_eq!(open.len(), 100);
+    drop(conn);
+    db.drop_db().await;
+}

@@ -7,7 +7,7 @@ use serde::Serialize;
 use xcam_shared::{
     bundle::Bundle,
     db::results::StoredCam,
-    heatmap::{self, Geometry},
+    heatmap::{self, Geometry, Grid, Upsampled},
 };
 
 use super::model::RawOutput;
@@ -33,10 +33,18 @@ pub struct Explanation {
     /// Each explained label: peak and box in original-image pixels, the raw maximum and the
     /// grid it was drawn from, exactly as a result stores it.
     pub cams: Vec<StoredCam>,
-    /// Each explained label's map over the original image (H×W, row-major, in [0, 1]), in
-    /// the order of `cams`.
+    /// How the image sat in the model's input.
     #[serde(skip)]
-    pub maps: Vec<Vec<f32>>,
+    pub geometry: Geometry,
+}
+
+impl Explanation {
+    /// The map of `cams[i]` over the original image (H×W, row-major, in [0, 1]), drawn from its
+    /// grid as the API draws overlays.
+    pub fn map(&self, i: usize) -> Vec<f32> {
+        let cam = &self.cams[i];
+        heatmap::full_map(&cam.grid, cam.raw_max, &self.geometry)
+    }
 }
 
 /// Upsamples and summarises every CAM of one image.
@@ -56,21 +64,12 @@ pub fn finish(raw: &RawOutput, geometry: &Geometry, bundle: &Bundle, device: &st
         .enumerate()
         .max_by(|a, b| a.1.total_cmp(&b.1))
         .unwrap_or((0, 0.0));
-    let (cams, maps) = raw
+    let cams = raw
         .cams
         .iter()
         .map(|c| {
-            let map = heatmap::full_map(&c.grid, c.raw_max, geometry);
-            let (peak, bbox) = if c.raw_max > 0.0 {
-                let peak = peak(&map, geometry.width);
-                (
-                    Some(peak),
-                    Some(strongest_region(&map, geometry.width, geometry.height, 0.5)),
-                )
-            } else {
-                (None, None)
-            };
-            let cam = StoredCam {
+            let (peak, bbox) = locate(&c.grid, c.raw_max, geometry).unzip();
+            StoredCam {
                 label: labels[c.label].clone(),
                 method: c.method,
                 peak,
@@ -79,10 +78,9 @@ pub fn finish(raw: &RawOutput, geometry: &Geometry, bundle: &Bundle, device: &st
                 grid: c.grid.clone(),
                 positive: Some(is_positive(c.label)),
                 faithfulness: c.faithfulness,
-            };
-            (cam, map)
+            }
         })
-        .unzip();
+        .collect();
     Explanation {
         width: geometry.width,
         height: geometry.height,
@@ -99,34 +97,73 @@ pub fn finish(raw: &RawOutput, geometry: &Geometry, bundle: &Bundle, device: &st
         out_of_distribution: raw.ood_score.zip(ood_threshold).map(|(s, t)| s > t),
         device: device.to_owned(),
         cams,
-        maps,
+        geometry: *geometry,
     }
 }
 
-/// [x, y] of the first maximum.
-pub fn peak(map: &[f32], width: u32) -> [u32; 2] {
-    let i = map
+/// The peak ([x, y] of the first maximum) and the strongest region of a CAM's map over the
+/// original image (`heatmap::full_map`), or None for a blank map.
+///
+/// The map is never held whole: a first pass takes each row's range, and only the rows that
+/// reach the region's cut are drawn again. Normalising is monotone, so the map's maximum is the
+/// normalised highest value and a row reaches a level exactly when its own highest value does.
+fn locate(grid: &Grid, raw_max: f32, geometry: &Geometry) -> Option<([u32; 2], [u32; 4])> {
+    let map = Upsampled::new(grid, geometry);
+    let ranges = map.row_ranges();
+    let range = ranges
         .iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &x)| {
-            if x > best.1 { (i, x) } else { best }
-        })
-        .0 as u32;
-    [i % width, i / width]
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &(l, h)| {
+            (lo.min(l), hi.max(h))
+        });
+    let normalise = heatmap::normaliser(range, raw_max)?;
+    let top = normalise(range.1);
+    let mut regions = RegionScan::new(0.5 * top);
+    let (mut row, mut peak) = (vec![0.0; map.width()], None);
+    for (y, &(_, row_high)) in ranges.iter().enumerate() {
+        let row_top = normalise(row_high);
+        if row_top < regions.cut {
+            regions.gap();
+            continue;
+        }
+        map.row(y, &mut row);
+        row.iter_mut().for_each(|v| *v = normalise(*v));
+        if peak.is_none() && row_top == top {
+            peak = row
+                .iter()
+                .position(|&v| v == top)
+                .map(|x| [x as u32, y as u32]);
+        }
+        regions.push(&row, y);
+    }
+    Some((peak?, regions.largest_box()))
 }
 
-/// Box of the largest 8-connected region where `map >= threshold × max`.
+/// Finds the box of the largest 8-connected region where the map is at least `cut`, fed one
+/// row at a time.
 ///
 /// Labels runs of qualifying pixels rather than pixels: a CAM upsampled to a full radiograph is
 /// a few smooth blobs, so a row holds a handful of runs where it holds thousands of pixels.
-pub fn strongest_region(map: &[f32], width: u32, height: u32, threshold: f32) -> [u32; 4] {
-    let w = width as usize;
-    let cut = threshold * map.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut regions = Regions::default();
-    let mut above: Vec<Run> = Vec::new();
-    let mut current: Vec<Run> = Vec::new();
-    for (y, row) in map.chunks_exact(w).take(height as usize).enumerate() {
-        current.clear();
+struct RegionScan {
+    cut: f32,
+    regions: Regions,
+    above: Vec<Run>,
+    current: Vec<Run>,
+}
+
+impl RegionScan {
+    fn new(cut: f32) -> Self {
+        Self {
+            cut,
+            regions: Regions::default(),
+            above: Vec::new(),
+            current: Vec::new(),
+        }
+    }
+
+    /// Row `y`, after row `y - 1`.
+    fn push(&mut self, row: &[f32], y: usize) {
+        let (w, cut) = (row.len(), self.cut);
+        self.current.clear();
         let mut x = 0;
         while x < w {
             let Some(start) = row[x..].iter().position(|&v| v >= cut).map(|i| x + i) else {
@@ -136,21 +173,33 @@ pub fn strongest_region(map: &[f32], width: u32, height: u32, threshold: f32) ->
                 .iter()
                 .position(|&v| v < cut)
                 .map_or(w, |i| start + i);
-            let id = regions.add(start, end, y);
+            let id = self.regions.add(start, end, y);
             // 8-connected: runs touch when their column spans overlap or meet diagonally.
-            for run in above.iter().filter(|r| r.start <= end && start <= r.end) {
-                regions.join(id, run.region);
+            for run in self
+                .above
+                .iter()
+                .filter(|r| r.start <= end && start <= r.end)
+            {
+                self.regions.join(id, run.region);
             }
-            current.push(Run {
+            self.current.push(Run {
                 start,
                 end,
                 region: id,
             });
             x = end;
         }
-        std::mem::swap(&mut above, &mut current);
+        std::mem::swap(&mut self.above, &mut self.current);
     }
-    regions.largest_box()
+
+    /// A row with no pixel at the cut.
+    fn gap(&mut self) {
+        self.above.clear();
+    }
+
+    fn largest_box(mut self) -> [u32; 4] {
+        self.regions.largest_box()
+    }
 }
 
 /// A horizontal run `[start, end)` of qualifying pixels in one row.
@@ -221,6 +270,20 @@ mod tests {
 
     use super::*;
 
+    /// Box of the largest 8-connected region where `map >= threshold × max`.
+    fn strongest_region(map: &[f32], width: u32, height: u32, threshold: f32) -> [u32; 4] {
+        let cut = threshold * map.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut scan = RegionScan::new(cut);
+        for (y, row) in map
+            .chunks_exact(width as usize)
+            .take(height as usize)
+            .enumerate()
+        {
+            scan.push(row, y);
+        }
+        scan.largest_box()
+    }
+
     #[test]
     fn strongest_region_picks_the_largest_blob_not_the_first() {
         // A 1-pixel hot spot at (0,0) and a 2×3 warm block at x 3..5, y 1..4.
@@ -233,7 +296,6 @@ mod tests {
             }
         }
         assert_eq!(strongest_region(&map, w, h, 0.5), [3, 1, 5, 4]);
-        assert_eq!(peak(&map, w), [0, 0]);
     }
 
     /// Pixel by pixel: the definition the run labelling must agree with.
@@ -280,6 +342,29 @@ mod tests {
                 strongest_region(&map, w as u32, h as u32, 0.5),
                 flood_fill_box(&map, w, h, cut)
             );
+        }
+    }
+
+    proptest::proptest! {
+        /// The row-at-a-time summary is the summary of the whole map, to the bit.
+        #[test]
+        fn locating_row_by_row_agrees_with_the_full_map(
+            (h, w, values) in (1usize..9, 1usize..9).prop_flat_map(|(h, w)| {
+                (proptest::strategy::Just(h), proptest::strategy::Just(w), proptest::collection::vec(0f32..2.0, h * w))
+            }),
+            (width, height) in (1u32..80, 1u32..80),
+            letterbox in proptest::bool::ANY,
+        ) {
+            let geometry = Geometry { width, height, square: if letterbox { width.max(height) } else { 0 } };
+            let grid = Grid { h, w, values };
+            let raw_max = grid.values.iter().copied().fold(0.0, f32::max);
+            let map = heatmap::full_map(&grid, raw_max, &geometry);
+            let first_max = map.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as u32;
+            proptest::prop_assert_eq!(
+                locate(&grid, raw_max, &geometry),
+                Some(([first_max % width, first_max / width], strongest_region(&map, width, height, 0.5)))
+            );
+            proptest::prop_assert_eq!(locate(&grid, 0.0, &geometry), None);
         }
     }
 
