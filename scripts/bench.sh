@@ -54,3 +54,52 @@ print(f"Grad-CAM / forward-only (xcam, default):      {a['gradcam_images_per_s']
 print(f"xcam Grad-CAM / pytorch-grad-cam, like for like: {x['gradcam_images_per_s'] / r['gradcam_images_per_s']:.2f}  (target >= 2.5)")
 print(f"xcam worker default / pytorch-grad-cam:          {a['gradcam_images_per_s'] / r['gradcam_images_per_s']:.2f}")
 PY
+
+# On a GPU: DenseNet-121 at 224 and 512 px, batch 1 to 64, fp32 and bf16 — forward only, xcam
+# Grad-CAM and pytorch-grad-cam on the same GPU, one model copy each, in one run.
+# BENCH_GRID_DEVICE=cpu runs the same grid on the CPU (slowly), to try the grid without a GPU.
+grid_device="${BENCH_GRID_DEVICE:-}"
+if [[ -z "$grid_device" ]] && python3 -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  grid_device=cuda:0
+fi
+if [[ -z "$grid_device" ]]; then
+  echo
+  echo "No GPU here: the GPU grid (DenseNet-121 at 224 and 512 px, batch 1-64, fp32 and bf16) is not yet measured on a GPU."
+  exit 0
+fi
+grid_seconds="${BENCH_GRID_SECONDS:-3}"
+grid="target/bench-grid.jsonl"; : > "$grid"
+for size in ${BENCH_GRID_SIZES:-224 512}; do
+  # No reference: the grid compares maps alone (the OOD score's cost is in the table above).
+  b="target/bench-models/densenet121-${size}px"
+  [[ -f "$b/model.toml" ]] || python3 models/tools/export.py --arch densenet121 --num-classes 18 --size "$size" --out "$b"
+  for precision in fp32 bf16; do
+    for batch in ${BENCH_GRID_BATCHES:-1 2 4 8 16 32 64}; do
+      echo "==> grid: ${size} px, $precision, batch $batch on $grid_device"
+      x=$(target/release/xcam-worker bench --model "$b" --device "$grid_device" --precision "$precision" --batch "$batch" \
+            --seconds "$grid_seconds" --replicas 1 --headline --json)
+      r=$(python3 scripts/bench_reference.py --bundle "$b" --batch "$batch" --seconds "$grid_seconds" \
+            --device "${grid_device%%:*}" --precision "$precision")
+      echo "{\"size\": $size, \"xcam\": $x, \"ref\": $r}" >> "$grid"
+    done
+  done
+done
+gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1 || true)
+cuda=$(python3 -c 'import torch; print(torch.version.cuda)' 2>/dev/null || true)
+python3 - "$grid" "$grid_device" "${gpu:-no GPU}" "$cuda" <<'PY'
+import datetime, json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+print()
+print(f"DenseNet-121 (18 outputs) on {sys.argv[2]}: {sys.argv[3]}, CUDA {sys.argv[4]}, {datetime.date.today()}; one model copy")
+print(f"| {'px':>4} | {'precision':9} | {'batch':>5} | {'forward/s':>10} | {'xcam CAM/s':>10} | {'pgc CAM/s':>10} | {'xcam/fwd':>8} | {'xcam/pgc':>8} |")
+print(f"|{'-'*6}|{'-'*11}|{'-'*7}|{'-'*12}|{'-'*12}|{'-'*12}|{'-'*10}|{'-'*10}|")
+worst_fwd, worst_pgc = float("inf"), float("inf")
+for r in rows:
+    x, p = r["xcam"], r["ref"]
+    fwd, cam, pgc = x["forward_images_per_s"], x["gradcam_images_per_s"], p["gradcam_images_per_s"]
+    worst_fwd, worst_pgc = min(worst_fwd, cam / fwd), min(worst_pgc, cam / pgc)
+    print(f"| {r['size']:>4} | {x['precision']:9} | {x['batch']:>5} | {fwd:10.1f} | {cam:10.1f} | {pgc:10.1f} | {cam / fwd:7.2f}x | {cam / pgc:7.2f}x |")
+print()
+print(f"lowest Grad-CAM / forward-only over the grid:     {worst_fwd:.2f}  (target >= 0.9 on a GPU)")
+print(f"lowest xcam / pytorch-grad-cam, like for like:    {worst_pgc:.2f}  (target >= 3 on a GPU)")
+PY

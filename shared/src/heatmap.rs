@@ -6,7 +6,7 @@
 //! of a few dozen numbers, not megabytes of pixels per image. Overlays are built from pixels
 //! only: nothing of the input file's metadata is carried over.
 
-use std::{io::Cursor, sync::LazyLock};
+use std::{io::Cursor, ops::Range, sync::LazyLock};
 
 use image::{
     ImageEncoder, RgbImage,
@@ -146,39 +146,57 @@ impl Upsampled {
         }
     }
 
-    /// The lowest and highest value of each row, without writing the rows out.
-    pub fn row_ranges(&self) -> Vec<(f32, f32)> {
+    /// The rows in runs that blend the same two grid rows, top to bottom. Down a run each
+    /// column is `a + (b − a)·fy` with `fy` growing, monotone even as rounded, so the run's
+    /// lowest and highest values lie in its first or last row.
+    pub fn runs(&self) -> impl Iterator<Item = Range<usize>> + '_ {
+        let mut start = 0;
+        (1..=self.rows.len()).filter_map(move |y| {
+            let pair = |y: usize| (self.rows[y].0, self.rows[y].1);
+            (y == self.rows.len() || pair(y) != pair(start)).then(|| {
+                let run = start..y;
+                start = y;
+                run
+            })
+        })
+    }
+
+    /// The lowest and highest value of the rows `rows` (one run of [`Self::runs`]), from its
+    /// first and last row only.
+    pub fn run_range(&self, rows: &Range<usize>) -> (f32, f32) {
+        let (a, b) = (self.row_range(rows.start), self.row_range(rows.end - 1));
+        (a.0.min(b.0), a.1.max(b.1))
+    }
+
+    /// The lowest and highest value of row `y`, without writing it out.
+    pub fn row_range(&self, y: usize) -> (f32, f32) {
         // Independent lanes, so the compiler keeps eight minima and maxima in one register each.
         const LANES: usize = 8;
         let w = self.width;
-        self.rows
-            .iter()
-            .map(|&(y0, y1, fy)| {
-                let (upper, lower) = (&self.wide[y0 * w..][..w], &self.wide[y1 * w..][..w]);
-                let (mut lo, mut hi) = ([f32::INFINITY; LANES], [f32::NEG_INFINITY; LANES]);
-                let (uppers, upper_rest) = upper.as_chunks::<LANES>();
-                let (lowers, lower_rest) = lower.as_chunks::<LANES>();
-                for (a, b) in uppers.iter().zip(lowers) {
-                    for i in 0..LANES {
-                        let v = a[i] + (b[i] - a[i]) * fy;
-                        // Comparisons, not f32::min/max: their NaN rules cost three instructions
-                        // a lane where these cost one (a map holds no NaN).
-                        lo[i] = if v < lo[i] { v } else { lo[i] };
-                        hi[i] = if v > hi[i] { v } else { hi[i] };
-                    }
-                }
-                let rest = upper_rest.iter().zip(lower_rest);
-                let lanes = lo.into_iter().zip(hi);
-                rest.map(|(&a, &b)| {
-                    let v = a + (b - a) * fy;
-                    (v, v)
-                })
-                .chain(lanes)
-                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), (l, h)| {
-                    (lo.min(l), hi.max(h))
-                })
-            })
-            .collect()
+        let (y0, y1, fy) = self.rows[y];
+        let (upper, lower) = (&self.wide[y0 * w..][..w], &self.wide[y1 * w..][..w]);
+        let (mut lo, mut hi) = ([f32::INFINITY; LANES], [f32::NEG_INFINITY; LANES]);
+        let (uppers, upper_rest) = upper.as_chunks::<LANES>();
+        let (lowers, lower_rest) = lower.as_chunks::<LANES>();
+        for (a, b) in uppers.iter().zip(lowers) {
+            for i in 0..LANES {
+                let v = a[i] + (b[i] - a[i]) * fy;
+                // Comparisons, not f32::min/max: their NaN rules cost three instructions a lane
+                // where these cost one (a map holds no NaN).
+                lo[i] = if v < lo[i] { v } else { lo[i] };
+                hi[i] = if v > hi[i] { v } else { hi[i] };
+            }
+        }
+        let rest = upper_rest.iter().zip(lower_rest);
+        let lanes = lo.into_iter().zip(hi);
+        rest.map(|(&a, &b)| {
+            let v = a + (b - a) * fy;
+            (v, v)
+        })
+        .chain(lanes)
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), (l, h)| {
+            (lo.min(l), hi.max(h))
+        })
     }
 }
 
@@ -278,7 +296,35 @@ pub fn npy_f32(map: &[f32], width: u32, height: u32) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::strategy::{Just, Strategy};
+
     use super::*;
+
+    proptest::proptest! {
+        /// A run's range, read from its two end rows, is exactly the range of all its rows.
+        #[test]
+        fn a_runs_extremes_lie_in_its_end_rows(
+            (h, w, values) in (1usize..9, 1usize..9).prop_flat_map(|(h, w)| {
+                (Just(h), Just(w), proptest::collection::vec(-2f32..2.0, h * w))
+            }),
+            width in 1u32..300,
+            height in 1u32..300,
+        ) {
+            let grid = Grid { h, w, values };
+            let map = Upsampled::new(&grid, &Geometry { width, height, square: 0 });
+            let mut covered = 0;
+            for rows in map.runs() {
+                proptest::prop_assert_eq!(rows.start, covered);
+                covered = rows.end;
+                let every_row = rows.clone().map(|y| map.row_range(y)).fold(
+                    (f32::INFINITY, f32::NEG_INFINITY),
+                    |(lo, hi), (l, h)| (lo.min(l), hi.max(h)),
+                );
+                proptest::prop_assert_eq!(map.run_range(&rows), every_row);
+            }
+            proptest::prop_assert_eq!(covered, height as usize);
+        }
+    }
 
     #[test]
     fn npy_header_is_aligned_and_describes_the_shape() {

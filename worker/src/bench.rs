@@ -65,13 +65,19 @@ enum Loop {
         faithfulness: Faithfulness,
         ood: bool,
     },
+    /// The headline method as a worker runs it, with the input in the other memory layout
+    /// than the device's default: whether channels-last pays is measured, not assumed.
+    Layout {
+        method: Method,
+        channels_last: bool,
+    },
 }
 
 impl Loop {
     /// Forward only; every method as a worker runs it; the headline method without the
     /// out-of-distribution score; the headline method at each faithfulness setting. Only the
     /// first and the headline method as a worker runs it when `headline_only`.
-    fn all(method: Method, has_reference: bool, headline_only: bool) -> Vec<Loop> {
+    fn all(method: Method, has_reference: bool, headline_only: bool, device: Device) -> Vec<Loop> {
         let explain = |method, faithfulness, ood| Loop::Explain {
             method,
             faithfulness,
@@ -90,6 +96,10 @@ impl Loop {
         }
         loops.push(explain(method, Faithfulness::Drop, has_reference));
         loops.push(explain(method, Faithfulness::Full, has_reference));
+        loops.push(Loop::Layout {
+            method,
+            channels_last: !LoadedModel::channels_last_on(device),
+        });
         loops
     }
 
@@ -110,6 +120,17 @@ impl Loop {
                 }
                 name
             }
+            Loop::Layout {
+                method,
+                channels_last,
+            } => {
+                let layout = if channels_last {
+                    "channels-last"
+                } else {
+                    "contiguous"
+                };
+                format!("{method}, input {layout}")
+            }
         }
     }
 }
@@ -126,7 +147,7 @@ pub fn run(
     headline_only: bool,
 ) -> Result<BenchReport, EngineError> {
     let has_reference = bundle.manifest.reference.is_some();
-    let loops = Loop::all(method, has_reference, headline_only);
+    let loops = Loop::all(method, has_reference, headline_only, device);
     let round = Duration::from_secs_f64((seconds / 5.0).clamp(0.2, 2.0));
     let rounds = (seconds / round.as_secs_f64()).ceil() as usize;
     // Every replica runs the same loop at the same time, from when all have loaded.
@@ -193,6 +214,8 @@ struct Replica {
     model: LoadedModel,
     /// The same model without its reference, for the loops without the OOD score.
     plain: Option<LoadedModel>,
+    /// The same model taking its input in the other memory layout, for [`Loop::Layout`].
+    flipped: Option<LoadedModel>,
     x: Tensor,
     geometry: Geometry,
     device: String,
@@ -215,16 +238,27 @@ impl Replica {
         } else {
             None
         };
+        let flipped = match loops.iter().find(|l| matches!(l, Loop::Layout { .. })) {
+            Some(Loop::Layout { channels_last, .. }) => {
+                let mut flipped = LoadedModel::load(bundle.clone(), device, precision)?;
+                flipped.set_channels_last(*channels_last);
+                Some(flipped)
+            }
+            _ => None,
+        };
         let spec = &model.bundle.manifest.input;
         tch::manual_seed(0);
-        let x = Tensor::randn(
+        // Random 16-bit levels, as a worker hands the engine a stored plane's.
+        let x = Tensor::randint_low(
+            i64::from(i16::MIN),
+            i64::from(i16::MAX) + 1,
             [
                 batch as i64,
-                i64::from(spec.channels),
+                1,
                 i64::from(spec.height),
                 i64::from(spec.width),
             ],
-            (Kind::Float, Device::Cpu),
+            (Kind::Int16, Device::Cpu),
         );
         let geometry = Geometry {
             width: spec.width,
@@ -237,6 +271,7 @@ impl Replica {
             device: crate::device::describe(model.device),
             model,
             plain,
+            flipped,
             batch,
         };
         for l in loops {
@@ -249,17 +284,21 @@ impl Replica {
     /// backbone, head backward, CAM weighting, upsampling to the input size, normalisation,
     /// peak and box, and the extra forwards of its faithfulness setting.
     fn run(&self, l: Loop) -> Result<(), EngineError> {
-        let Loop::Explain {
-            method,
-            faithfulness,
-            ood,
-        } = l
-        else {
-            return self.model.forward_only(&self.x).map(drop);
-        };
-        let model = match (&self.plain, ood) {
-            (Some(plain), false) => plain,
-            _ => &self.model,
+        let (model, method, faithfulness) = match l {
+            Loop::Forward => return self.model.forward_only(&self.x).map(drop),
+            Loop::Explain {
+                method,
+                faithfulness,
+                ood,
+            } => match (&self.plain, ood) {
+                (Some(plain), false) => (plain, method, faithfulness),
+                _ => (&self.model, method, faithfulness),
+            },
+            Loop::Layout { method, .. } => (
+                self.flipped.as_ref().unwrap_or(&self.model),
+                method,
+                Faithfulness::Off,
+            ),
         };
         let target = Target {
             method,

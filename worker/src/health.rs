@@ -7,7 +7,8 @@
 //! - `GET /metrics`: this worker's counters in the Prometheus text format (images by outcome,
 //!   processing time, queue wait, dynamic batch sizes, jobs waiting out an outage), counted as
 //!   they happen: the fleet's work is the sum of its workers' (`--metrics-bind` is the same flag),
-//!   and its resident and peak memory, read at each scrape.
+//!   and its resident and peak memory and each GPU's (see [`crate::gpu_memory`]), read at each
+//!   scrape.
 //!
 //! It carries no data and takes no input, so it needs no token; bind it where only the
 //! cluster can reach it.
@@ -137,6 +138,7 @@ pub async fn serve(
                 "/metrics",
                 get(move || {
                     record_memory();
+                    crate::gpu_memory::record();
                     let text = metrics.render();
                     async move {
                         ([("content-type", "text/plain; version=0.0.4")], text).into_response()

@@ -4,6 +4,7 @@
 //! - [`engine`]: the model on its device, owned by an inference thread that batches requests.
 //! - [`explain`], [`bench`]: the `explain` and `bench` subcommands.
 //! - [`cli`]: the command line; [`config`]: its typed settings.
+//! - [`health`]: liveness, readiness and metrics; [`gpu_memory`]: what its GPUs hold.
 
 pub mod bench;
 pub mod cli;
@@ -11,5 +12,6 @@ pub mod config;
 pub mod device;
 pub mod engine;
 pub mod explain;
+pub mod gpu_memory;
 pub mod health;
 pub mod pipeline;

@@ -138,14 +138,26 @@ pub fn encode(fitted: &Fitted) -> Vec<u8> {
     for v in [g.width, g.height, g.square, image.width, image.height] {
         out.extend_from_slice(&v.to_le_bytes());
     }
-    for &v in &image.pixels {
-        out.extend_from_slice(&quantise(v).to_le_bytes());
+    for v in levels(fitted) {
+        out.extend_from_slice(&v.to_le_bytes());
     }
     out
 }
 
-/// Reads a fitted plane back; anything [`encode`] did not write is `Corrupt`.
-pub fn decode(bytes: &[u8]) -> Result<Fitted, DecodeError> {
+/// A fitted plane as stored: its geometry and its 16-bit levels, not yet converted to floats
+/// (the engine does that on its device).
+#[derive(Debug, Clone, Copy)]
+pub struct Stored<'a> {
+    pub geometry: Geometry,
+    pub width: u32,
+    pub height: u32,
+    /// width × height little-endian `u16` levels, row-major: 65 535 is white.
+    pub levels: &'a [u8],
+}
+
+/// Checks a fitted plane's header and size without converting a sample; anything [`encode`]
+/// did not write is `Corrupt`.
+pub fn read(bytes: &[u8]) -> Result<Stored<'_>, DecodeError> {
     let header = bytes.get(..HEADER).ok_or(DecodeError::Corrupt)?;
     if &header[..MAGIC.len()] != MAGIC {
         return Err(DecodeError::Corrupt);
@@ -160,23 +172,41 @@ pub fn decode(bytes: &[u8]) -> Result<Fitted, DecodeError> {
         square: field(2),
     };
     let (width, height) = (field(3), field(4));
-    let samples = &bytes[HEADER..];
-    if width == 0 || height == 0 || samples.len() as u64 != u64::from(width) * u64::from(height) * 2
+    let levels = &bytes[HEADER..];
+    if width == 0 || height == 0 || levels.len() as u64 != u64::from(width) * u64::from(height) * 2
     {
         return Err(DecodeError::Corrupt);
     }
-    let pixels = samples
+    Ok(Stored {
+        geometry,
+        width,
+        height,
+        levels,
+    })
+}
+
+/// Reads a fitted plane back as floats in [0, 1].
+pub fn decode(bytes: &[u8]) -> Result<Fitted, DecodeError> {
+    let stored = read(bytes)?;
+    let pixels = stored
+        .levels
         .chunks_exact(2)
         .map(|s| f32::from(u16::from_le_bytes([s[0], s[1]])) / 65_535.0)
         .collect();
     Ok(Fitted {
-        geometry,
+        geometry: stored.geometry,
         image: GrayImage {
-            width,
-            height,
+            width: stored.width,
+            height: stored.height,
             pixels,
         },
     })
+}
+
+/// A fitted image's pixels as the 16-bit levels it is stored in (exactly: [`fit`] quantised
+/// them).
+pub fn levels(fitted: &Fitted) -> Vec<u16> {
+    fitted.image.pixels.iter().map(|&v| quantise(v)).collect()
 }
 
 #[cfg(test)]

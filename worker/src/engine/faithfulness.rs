@@ -92,15 +92,16 @@ pub fn score(
     Ok(scores)
 }
 
-/// Deletion and insertion AUC of arbitrary maps (M×h×w) over inputs (M×C×H×W): what
-/// [`score`] computes with `curves`, for comparing a map with others (random, a blob).
+/// Deletion and insertion AUC of arbitrary maps (M×h×w) over images (M×1×H×W levels, see
+/// [`super::preprocess`]): what [`score`] computes with `curves`, for comparing a map with
+/// others (random, a blob).
 pub fn deletion_insertion(
     model: &LoadedModel,
-    x: &Tensor,
+    levels: &Tensor,
     maps: &Tensor,
     labels: &[usize],
 ) -> Result<(Vec<f32>, Vec<f32>), EngineError> {
-    let x = x.to_device(model.device);
+    let x = model.inputs(levels);
     let (height, width) = (x.size()[2], x.size()[3]);
     let saliency = at_input_size(&normalised(&maps.to_device(model.device)), height, width);
     curves(model, &x, &saliency, labels)
@@ -133,7 +134,7 @@ fn scores_of(
     let mut out = Vec::with_capacity(rows as usize);
     for start in (0..rows).step_by(CHUNK as usize) {
         let chunk = x.narrow(0, start, CHUNK.min(rows - start));
-        let p = model.forward_only(&chunk)?;
+        let p = model.probabilities(&chunk)?;
         for (j, row) in (start..start + chunk.size()[0]).enumerate() {
             let label = labels[(row / repeat) as usize] as i64;
             out.push(p.double_value(&[j as i64, label]) as f32);

@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 use xcam_shared::{
     bundle::Bundle,
     heatmap::Geometry,
-    imaging::{GrayImage, fitted::Fitted},
+    imaging::{GrayImage, fitted::Stored},
 };
 
 pub use cam::{Faithfulness, LabelSelection, Method};
@@ -119,6 +119,7 @@ struct Request {
 pub struct Engine {
     tx: mpsc::Sender<Request>,
     bundle: Bundle,
+    devices: Vec<tch::Device>,
     device: String,
     precision: Precision,
     parallelism: Parallelism,
@@ -201,6 +202,7 @@ impl Engine {
         Ok(Self {
             tx,
             bundle,
+            devices,
             device,
             precision,
             parallelism,
@@ -221,9 +223,14 @@ impl Engine {
         &self.bundle
     }
 
-    /// The device actually used (`cpu`, `cuda:0`).
+    /// The devices actually used (`cpu`, `cuda:0,cuda:1`).
     pub fn device(&self) -> &str {
         &self.device
+    }
+
+    /// The devices its replicas run on.
+    pub fn devices(&self) -> &[tch::Device] {
+        &self.devices
     }
 
     /// Validates a target against this model.
@@ -234,7 +241,8 @@ impl Engine {
             .map_err(|e| EngineError::BadRequest(e.to_string()))
     }
 
-    /// Queues one prepared image; the reply comes when its batch has run.
+    /// Queues one prepared image (its levels, see [`preprocess`]); the reply comes when its
+    /// batch has run.
     pub fn submit(
         &self,
         input: Tensor,
@@ -242,15 +250,12 @@ impl Engine {
     ) -> Result<oneshot::Receiver<Result<Inferred, EngineError>>, EngineError> {
         self.check_target(&target)?;
         let spec = &self.bundle.manifest.input;
-        let want = [
-            i64::from(spec.channels),
-            i64::from(spec.height),
-            i64::from(spec.width),
-        ];
-        if input.size() != want {
+        let want = [1, i64::from(spec.height), i64::from(spec.width)];
+        if input.size() != want || input.kind() != tch::Kind::Int16 {
             return Err(EngineError::BadRequest(format!(
-                "input has shape {:?}, the model takes {want:?}",
-                input.size()
+                "input has shape {:?} of {:?}, the model takes 16-bit levels of shape {want:?}",
+                input.size(),
+                input.kind()
             )));
         }
         let (reply, rx) = oneshot::channel();
@@ -264,8 +269,8 @@ impl Engine {
         Ok(rx)
     }
 
-    /// Prepares one decoded image for the model (resize, letterbox, normalise: CPU work, on
-    /// the caller's thread) and queues it. The one way into the engine for every caller.
+    /// Prepares one decoded image for the model (resize, letterbox: CPU work, on the caller's
+    /// thread) and queues it.
     pub fn enqueue(&self, image: &GrayImage, target: Target) -> Result<Pending, EngineError> {
         self.enqueue_prepared(
             preprocess::prepare(image, &self.bundle.manifest.input),
@@ -273,10 +278,14 @@ impl Engine {
         )
     }
 
-    /// Queues an image fitted to this model's input at ingestion; only normalising is left.
-    pub fn enqueue_fitted(&self, fitted: &Fitted, target: Target) -> Result<Pending, EngineError> {
-        let spec = &self.bundle.manifest.input;
-        self.enqueue_prepared(preprocess::prepare_fitted(fitted, spec), target)
+    /// Queues an image fitted to this model's input at ingestion, as stored: a copy of its
+    /// levels, cheap enough for any thread.
+    pub fn enqueue_stored(
+        &self,
+        stored: &Stored<'_>,
+        target: Target,
+    ) -> Result<Pending, EngineError> {
+        self.enqueue_prepared(preprocess::prepare_stored(stored), target)
     }
 
     fn enqueue_prepared(
@@ -492,8 +501,7 @@ fn run_batch(model: &LoadedModel, batch: Vec<Request>, device: &Arc<str>) -> (Du
     // A libtorch error surfaces as a Rust panic in some tch calls; it must fail this batch,
     // not kill the thread every later job depends on.
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        let x = Tensor::stack(&inputs, 0);
-        model.explain(&x, &targets)
+        model.explain(&Tensor::stack(&inputs, 0), &targets)
     }))
     .unwrap_or_else(|panic| {
         let reason = panic

@@ -8,6 +8,7 @@ use super::{
     EngineError, Precision,
     cam::{self, Faithfulness, LabelSelection, Method},
     faithfulness::{self, FaithfulnessScores, MapToScore},
+    preprocess::Normaliser,
     reference::Reference,
 };
 
@@ -46,6 +47,7 @@ pub struct LoadedModel {
     features: CModule,
     head: CModule,
     reference: Option<Reference>,
+    normaliser: Normaliser,
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -54,6 +56,7 @@ impl std::fmt::Debug for LoadedModel {
             .field("bundle", &self.bundle.dir)
             .field("device", &self.device)
             .field("precision", &self.precision)
+            .field("channels_last", &self.channels_last())
             .finish()
     }
 }
@@ -78,19 +81,19 @@ impl LoadedModel {
             features: load(bundle.features_path())?,
             head: load(bundle.head_path())?,
             reference: Reference::load(&bundle, device)?,
+            normaliser: Normaliser::new(
+                &bundle.manifest.input,
+                device,
+                Self::channels_last_on(device),
+            ),
             device,
             precision,
             bundle,
         };
         let spec = &model.bundle.manifest.input;
         let dummy = Tensor::zeros(
-            [
-                2,
-                i64::from(spec.channels),
-                i64::from(spec.height),
-                i64::from(spec.width),
-            ],
-            (Kind::Float, Device::Cpu),
+            [2, 1, i64::from(spec.height), i64::from(spec.width)],
+            (Kind::Int16, Device::Cpu),
         );
         for _ in 0..3 {
             let probabilities = model.forward_only(&dummy)?;
@@ -113,8 +116,38 @@ impl LoadedModel {
         EngineError::Inference(format!("{}: {e}", self.bundle.name()))
     }
 
-    /// Probabilities (sigmoid of the logits: labels are independent findings) for a batch.
-    pub fn forward_only(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+    /// Whether a model on `device` takes its input channels-last unless told: on a GPU, where
+    /// reduced-precision convolutions run on tensor cores in NHWC; not on the CPU, where
+    /// `xcam-worker bench` measured it slower (the "channels_last" loop).
+    pub fn channels_last_on(device: Device) -> bool {
+        device.is_cuda()
+    }
+
+    /// Whether the input goes to the backbone channels-last (NHWC strides).
+    pub fn channels_last(&self) -> bool {
+        self.normaliser.channels_last()
+    }
+
+    /// Sends the input channels-last or not, whatever the device (`xcam-worker bench` measures
+    /// both).
+    pub fn set_channels_last(&mut self, on: bool) {
+        self.normaliser = Normaliser::new(&self.bundle.manifest.input, self.device, on);
+    }
+
+    /// The model's input for a batch of levels (N×1×H×W, see [`super::preprocess`]): on the
+    /// device, normalised, fp32.
+    pub fn inputs(&self, levels: &Tensor) -> Tensor {
+        self.normaliser.apply(levels)
+    }
+
+    /// Probabilities (sigmoid of the logits: labels are independent findings) for a batch of
+    /// levels.
+    pub fn forward_only(&self, levels: &Tensor) -> Result<Tensor, EngineError> {
+        self.probabilities(&self.inputs(levels))
+    }
+
+    /// Probabilities for a batch of model inputs (normalised, as [`Self::inputs`] makes them).
+    pub(super) fn probabilities(&self, x: &Tensor) -> Result<Tensor, EngineError> {
         tch::no_grad(|| {
             let a = self
                 .features
@@ -133,15 +166,20 @@ impl LoadedModel {
         x.to_device(self.device).to_kind(self.precision.kind())
     }
 
-    /// Probabilities and CAMs for a batch (N×C×H×W on any device) with one target per image.
+    /// Probabilities and CAMs for a batch of levels (N×1×H×W on the CPU, see
+    /// [`super::preprocess`]) with one target per image.
     ///
     /// The backbone runs once without autograd; the head is differentiated with respect to its
     /// input A once per explained-label *slot*: slot s sums, over the images, the logit of each
     /// image's s-th explained label. Images do not interact in eval mode, so that one backward
     /// gives every image its own gradient.
-    pub fn explain(&self, x: &Tensor, targets: &[Target]) -> Result<Vec<RawOutput>, EngineError> {
+    pub fn explain(
+        &self,
+        levels: &Tensor,
+        targets: &[Target],
+    ) -> Result<Vec<RawOutput>, EngineError> {
         let n = targets.len();
-        let x = x.to_device(self.device);
+        let x = self.inputs(levels);
         let activations = tch::no_grad(|| self.features.forward_ts(&[self.model_input(&x)]))
             .map_err(|e| self.model_error(e))?;
         let ood = match &self.reference {

@@ -1,55 +1,125 @@
-//! From decoded pixels to the model's input tensor, remembering (as a [`Geometry`]) how to map a
-//! map at the model's resolution back onto the original image.
+//! From decoded pixels to what the engine takes: an image's 16-bit levels at the model's input
+//! size, with the [`Geometry`] that maps a map at the model's resolution back onto the original.
+//!
+//! Levels, not normalised floats: the replica converts and normalises a whole batch at once on
+//! its device ([`super::model::LoadedModel::inputs`]), so a GPU is sent half the bytes of fp32
+//! and the host does no per-pixel arithmetic for an image fitted at ingestion.
 
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
 pub use xcam_shared::heatmap::Geometry;
 use xcam_shared::{
     bundle::{InputSpec, Normalization},
     imaging::{
         GrayImage,
-        fitted::{self, Fitted},
+        fitted::{self, Stored},
     },
 };
 
-/// One image ready for the model: a C×H×W float tensor on the CPU.
+// Fitted planes store little-endian levels, which go to libtorch as they are.
+#[cfg(not(target_endian = "little"))]
+compile_error!("xcam hands stored little-endian levels to libtorch unconverted");
+
+/// One image ready for the engine: its levels as a 1×H×W tensor on the CPU. The kind is
+/// `Int16` holding `u16` bits (tch has no unsigned 16-bit kind); the engine reads them back
+/// modulo 2¹⁶.
 #[derive(Debug)]
 pub struct Prepared {
     pub input: Tensor,
     pub geometry: Geometry,
 }
 
-/// Resizes (bilinear, antialiased when shrinking), pads for letterbox, normalises.
+/// Resizes (bilinear, antialiased when shrinking) and pads for letterbox: the same fitting,
+/// to the same 16-bit levels, as ingestion stores, so one image gets one map either way.
 ///
 /// Plain Rust on purpose: this runs on the callers' threads, beside the inference thread, and a
 /// libtorch op here would start a second OpenMP team competing with the model's for the cores.
 pub fn prepare(image: &GrayImage, spec: &InputSpec) -> Prepared {
-    prepare_fitted(&fitted::fit(image, spec.into()), spec)
-}
-
-/// Normalises an image already fitted to the model's input size (at ingestion).
-pub fn prepare_fitted(fitted: &Fitted, spec: &InputSpec) -> Prepared {
-    let data = normalise(&fitted.image.pixels, &spec.normalize, spec.channels);
-    let input = Tensor::from_slice(&data).view([
-        i64::from(spec.channels),
-        i64::from(fitted.image.height),
-        i64::from(fitted.image.width),
-    ]);
+    let fitted = fitted::fit(image, spec.into());
+    let levels: Vec<u8> = fitted::levels(&fitted)
+        .into_iter()
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    let (width, height) = (fitted.image.width, fitted.image.height);
     Prepared {
-        input,
+        input: levels_tensor(&levels, width, height),
         geometry: fitted.geometry,
     }
 }
 
-fn normalise(plane: &[f32], norm: &Normalization, channels: u32) -> Vec<f32> {
-    let mut out = Vec::with_capacity(plane.len() * channels as usize);
-    for c in 0..channels as usize {
-        let (scale, offset) = match norm {
-            Normalization::Range { low, high } => (high - low, *low),
-            Normalization::MeanStd { mean, std } => (1.0 / std[c], -mean[c] / std[c]),
-        };
-        out.extend(plane.iter().map(|v| v * scale + offset));
+/// An image fitted at ingestion, as stored: one copy of its levels, nothing converted.
+pub fn prepare_stored(stored: &Stored<'_>) -> Prepared {
+    Prepared {
+        input: levels_tensor(stored.levels, stored.width, stored.height),
+        geometry: stored.geometry,
     }
-    out
+}
+
+fn levels_tensor(levels: &[u8], width: u32, height: u32) -> Tensor {
+    Tensor::from_data_size(
+        levels,
+        &[1, i64::from(height), i64::from(width)],
+        Kind::Int16,
+    )
+}
+
+/// Turns a batch of levels (N×1×H×W) into the model's input (N×C×H×W fp32, normalised) on one
+/// device: one conversion and one fused multiply-add that also spreads the grey plane over the
+/// model's channels.
+#[derive(Debug)]
+pub struct Normaliser {
+    device: Device,
+    /// 1×C×1×1: per channel, what a level is multiplied by and what is added then.
+    scale: Tensor,
+    offset: Tensor,
+    channels_last: bool,
+}
+
+impl Normaliser {
+    pub fn new(spec: &InputSpec, device: Device, channels_last: bool) -> Self {
+        let (scale, offset): (Vec<f32>, Vec<f32>) = (0..spec.channels as usize)
+            .map(|c| {
+                let (scale, offset) = match &spec.normalize {
+                    Normalization::Range { low, high } => (high - low, *low),
+                    Normalization::MeanStd { mean, std } => (1.0 / std[c], -mean[c] / std[c]),
+                };
+                (scale / 65_535.0, offset)
+            })
+            .unzip();
+        let per_channel =
+            |v: Vec<f32>| Tensor::from_slice(&v).view([1, -1, 1, 1]).to_device(device);
+        Self {
+            device,
+            scale: per_channel(scale),
+            offset: per_channel(offset),
+            channels_last,
+        }
+    }
+
+    pub fn channels_last(&self) -> bool {
+        self.channels_last
+    }
+
+    pub fn apply(&self, levels: &Tensor) -> Tensor {
+        let levels = if self.device.is_cuda() {
+            // From pinned host memory the copy is a DMA the host need not wait for; the
+            // arithmetic after it is queued on the same stream, so it sees the data.
+            levels
+                .pin_memory(self.device)
+                .to_device_(self.device, Kind::Int16, true, false)
+        } else {
+            levels.shallow_clone()
+        };
+        // The stored bits are u16, which i16 reads as negative from 32 768 on; masking them
+        // in i32 is a third of the cost of a floating-point remainder.
+        let levels = levels.to_kind(Kind::Int).bitwise_and(0xFFFF);
+        let x = levels * &self.scale + &self.offset;
+        if self.channels_last {
+            // NHWC strides under NCHW sizes: convolutions follow their input's layout.
+            x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+        } else {
+            x
+        }
+    }
 }
 
 #[cfg(test)]
@@ -93,11 +163,17 @@ mod tests {
         }
     }
 
+    /// Levels as floats in [0, 1], the way [`Normaliser`] reads them.
+    fn unit(levels: &Tensor) -> Vec<f32> {
+        let normaliser = Normaliser::new(&spec(ResizePolicy::Stretch), Device::Cpu, false);
+        Vec::<f32>::try_from(normaliser.apply(&levels.unsqueeze(0)).flatten(0, -1)).unwrap()
+    }
+
     /// Maps the model input back (as a CAM would be) and finds the bright block again.
     fn round_trip(resize: ResizePolicy) -> Vec<f32> {
         let prepared = prepare(&image(), &spec(resize));
         assert_eq!(prepared.input.size(), [1, 64, 64]);
-        let input = Vec::<f32>::try_from(prepared.input.flatten(0, -1)).unwrap();
+        let input = unit(&prepared.input);
         let grid = Grid {
             h: 64,
             w: 64,
@@ -156,10 +232,39 @@ mod tests {
                 square: 200
             }
         );
-        let corner = prepared.input.double_value(&[0, 0, 0]);
+        let corner = unit(&prepared.input)[0];
         assert!(
             (corner - 0.1).abs() < 1e-4,
             "padding is the minimum: {corner}"
         );
+    }
+
+    #[test]
+    fn normalising_on_the_device_is_the_host_formula_over_every_channel() {
+        let levels: Vec<u16> = vec![0, 1, 32_767, 32_768, 50_000, 65_535];
+        let bytes: Vec<u8> = levels.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let batch = levels_tensor(&bytes, 3, 2).unsqueeze(0);
+        let spec = InputSpec {
+            channels: 3,
+            normalize: Normalization::MeanStd {
+                mean: vec![0.485, 0.456, 0.406],
+                std: vec![0.229, 0.224, 0.225],
+            },
+            ..spec(ResizePolicy::Stretch)
+        };
+        for channels_last in [false, true] {
+            let x = Normaliser::new(&spec, Device::Cpu, channels_last).apply(&batch);
+            assert_eq!(x.size(), [1, 3, 2, 3]);
+            for c in 0..3 {
+                for (i, &level) in levels.iter().enumerate() {
+                    let Normalization::MeanStd { mean, std } = &spec.normalize else {
+                        unreachable!()
+                    };
+                    let want = (f32::from(level) / 65_535.0 - mean[c]) / std[c];
+                    let got = x.double_value(&[0, c as i64, i as i64 / 3, i as i64 % 3]) as f32;
+                    assert!((got - want).abs() < 1e-5, "channel {c}, level {level}");
+                }
+            }
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! From a raw, low-resolution CAM to what a person reads: a map over the original image in
 //! [0, 1], its peak, and the box around the strongest region — all in original-image pixels.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, ops::Range};
 
 use serde::Serialize;
 use xcam_shared::{
@@ -104,36 +104,44 @@ pub fn finish(raw: &RawOutput, geometry: &Geometry, bundle: &Bundle, device: &st
 /// The peak ([x, y] of the first maximum) and the strongest region of a CAM's map over the
 /// original image (`heatmap::full_map`), or None for a blank map.
 ///
-/// The map is never held whole: a first pass takes each row's range, and only the rows that
-/// reach the region's cut are drawn again. Normalising is monotone, so the map's maximum is the
-/// normalised highest value and a row reaches a level exactly when its own highest value does.
+/// The map is never held whole, nor every row drawn: the map's range comes from the first and
+/// last row of each run of rows blending the same two grid rows ([`Upsampled::runs`]), and
+/// only the runs that reach the region's cut are drawn, row by row. Normalising is monotone, so
+/// the map's maximum is the normalised highest value and a run reaches a level exactly when its
+/// own highest value does.
 fn locate(grid: &Grid, raw_max: f32, geometry: &Geometry) -> Option<([u32; 2], [u32; 4])> {
     let map = Upsampled::new(grid, geometry);
-    let ranges = map.row_ranges();
-    let range = ranges
-        .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &(l, h)| {
-            (lo.min(l), hi.max(h))
-        });
+    let runs: Vec<(Range<usize>, (f32, f32))> = map
+        .runs()
+        .map(|rows| {
+            let range = map.run_range(&rows);
+            (rows, range)
+        })
+        .collect();
+    let range = runs.iter().fold(
+        (f32::INFINITY, f32::NEG_INFINITY),
+        |(lo, hi), (_, (l, h))| (lo.min(*l), hi.max(*h)),
+    );
     let normalise = heatmap::normaliser(range, raw_max)?;
     let top = normalise(range.1);
     let mut regions = RegionScan::new(0.5 * top);
     let (mut row, mut peak) = (vec![0.0; map.width()], None);
-    for (y, &(_, row_high)) in ranges.iter().enumerate() {
-        let row_top = normalise(row_high);
-        if row_top < regions.cut {
+    for (rows, (_, run_high)) in runs {
+        if normalise(run_high) < regions.cut {
             regions.gap();
             continue;
         }
-        map.row(y, &mut row);
-        row.iter_mut().for_each(|v| *v = normalise(*v));
-        if peak.is_none() && row_top == top {
-            peak = row
-                .iter()
-                .position(|&v| v == top)
-                .map(|x| [x as u32, y as u32]);
+        for y in rows {
+            map.row(y, &mut row);
+            row.iter_mut().for_each(|v| *v = normalise(*v));
+            if peak.is_none() {
+                peak = row
+                    .iter()
+                    .position(|&v| v == top)
+                    .map(|x| [x as u32, y as u32]);
+            }
+            regions.push(&row, y);
         }
-        regions.push(&row, y);
     }
     Some((peak?, regions.largest_box()))
 }

@@ -374,21 +374,23 @@ async fn explain(ctx: &JobContext, job: &GradCamJobV1) -> Result<Explained, JobE
         Err(BlobError::NotFound { .. }) => (ctx.blobs.get(&job.blob_key).await?, false),
         Err(e) => return Err(e.into()),
     };
-    let engine = ctx.engine.clone();
-    // Reading a plane back (a copy, or a PNG inflate and a resize for an old one) is CPU
-    // work: a blocking thread, never the executor.
-    let pending = tokio::task::spawn_blocking(move || {
-        let unreadable = |e: DecodeError| JobError::Permanent {
-            code: "image_missing",
-            message: format!("the stored pixel plane is unreadable: {e}"),
-        };
-        Ok::<_, JobError>(if fitted {
-            engine.enqueue_fitted(&fitted::decode(&bytes).map_err(unreadable)?, target)?
-        } else {
-            engine.enqueue(&plane::decode(&bytes).map_err(unreadable)?, target)?
+    let unreadable = |e: DecodeError| JobError::Permanent {
+        code: "image_missing",
+        message: format!("the stored pixel plane is unreadable: {e}"),
+    };
+    let pending = if fitted {
+        // A fitted plane is handed over as stored (a header check and one copy of its levels,
+        // no per-pixel work): no hand-off to a blocking thread.
+        let stored = fitted::read(&bytes).map_err(unreadable)?;
+        ctx.engine.enqueue_stored(&stored, target)?
+    } else {
+        // An old plane is a PNG to inflate and resize: a blocking thread, never the executor.
+        let engine = ctx.engine.clone();
+        tokio::task::spawn_blocking(move || {
+            Ok::<_, JobError>(engine.enqueue(&plane::decode(&bytes).map_err(unreadable)?, target)?)
         })
-    })
-    .await??;
+        .await??
+    };
     let ran = tokio::time::timeout(ctx.job_timeout, pending.ran())
         .await
         .map_err(|_| JobError::Permanent {

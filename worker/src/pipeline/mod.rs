@@ -64,6 +64,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let engine = tokio::task::spawn_blocking(move || Engine::start(bundle, &devices, options))
             .await?
             .with_context(|| format!("loading model {spec}"))?;
+        crate::gpu_memory::watch(engine.devices());
         engines.insert(name, engine);
     }
     let device = engines
