@@ -85,6 +85,7 @@ PY
   end=$(date +%s.%N)
   local statements=$(( $(worker_statements) - statements_before ))
   local trips=$(( $(round_trips) - trips_before ))
+  curl -fsS "http://127.0.0.1:$metrics_port/metrics" > "$dir/metrics.txt"
   kill $worker_pid; wait $worker_pid 2>/dev/null || true; unset worker_pid
   id=$(sed -n 's/^batch \([0-9a-f-]*\):.*/\1/p' <<<"$out" | head -1)
   get "$api/v1/batches/$id" > "$dir/view.json"
@@ -95,8 +96,14 @@ import json, sys
 from pathlib import Path
 d = Path(sys.argv[1])
 view, before, after = (json.loads((d / f).read_text()) for f in ("view.json", "engine_before.json", "engine_after.json"))
+metrics = {}
+for l in (d / "metrics.txt").read_text().splitlines():
+    if l and not l.startswith("#"):
+        name, value = l.rsplit(" ", 1)
+        metrics[name.split("{")[0]] = metrics.get(name.split("{")[0], 0) + float(value)
+batch = metrics.get("xcam_worker_dynamic_batch_size_sum", 0) / max(metrics.get("xcam_worker_dynamic_batch_size_count", 0), 1)
 print(json.dumps(dict(name=sys.argv[2], view=view, before=before, after=after, wall=float(sys.argv[4]) - float(sys.argv[3]),
-                      statements=int(sys.argv[5]), round_trips=int(sys.argv[6]))))
+                      statements=int(sys.argv[5]), round_trips=int(sys.argv[6]), mean_batch=batch)))
 PY
 }
 
@@ -198,6 +205,7 @@ for line in open(sys.argv[6]):
     print(f"| {'pipeline, upload to batch done':52} | {n / r['wall']:11.1f} |")
     print(f"pipeline / engine Grad-CAM: {steady / cam:.2f} (target >= {targets.get(r['name'], 0.9)}); "
           f"with upload and ingestion: {n / r['wall'] / cam:.2f}")
+    print(f"mean dynamic batch in the pipeline: {r['mean_batch']:.1f} of {engine['batch']}")
     print(f"worker per image: {r['statements'] / max(n, 1):.2f} Postgres statements, "
           f"{r['round_trips'] / max(n, 1):.2f} Redis round trips (targets <= 1)")
 print()

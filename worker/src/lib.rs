@@ -5,6 +5,7 @@
 //! - [`explain`], [`bench`]: the `explain` and `bench` subcommands.
 //! - [`cli`]: the command line; [`config`]: its typed settings.
 //! - [`health`]: liveness, readiness and metrics; [`gpu_memory`]: what its GPUs hold.
+//! - [`host_allocator`]: how glibc's allocator keeps what libtorch frees.
 
 pub mod bench;
 pub mod cli;
@@ -14,4 +15,5 @@ pub mod engine;
 pub mod explain;
 pub mod gpu_memory;
 pub mod health;
+pub mod host_allocator;
 pub mod pipeline;
