@@ -113,14 +113,13 @@ impl Upsampled {
             };
         let cols = axis(out_w, w, left, width);
         // Separable: each source row is widened once, then every output row blends two of them.
-        let wide = grid
-            .values
-            .chunks_exact(w)
-            .flat_map(|src| {
+        let mut wide = Vec::with_capacity(h * width);
+        for src in grid.values.chunks_exact(w) {
+            wide.extend(
                 cols.iter()
-                    .map(|&(x0, x1, fx)| src[x0] + (src[x1] - src[x0]) * fx)
-            })
-            .collect();
+                    .map(|&(x0, x1, fx)| src[x0] + (src[x1] - src[x0]) * fx),
+            );
+        }
         Self {
             width,
             wide,
@@ -204,6 +203,46 @@ impl Upsampled {
 pub fn normaliser((lo, hi): (f32, f32), raw_max: f32) -> Option<impl Fn(f32) -> f32 + Copy> {
     let scale = 1.0 / (hi - lo + 1e-7);
     (raw_max > 0.0).then_some(move |x: f32| (x - lo) * scale)
+}
+
+/// The least value in `[lo, hi]` that `normalise` takes to `level` or above, for comparing raw
+/// values with a normalised level without normalising them: `normalise` is monotone (a rounded
+/// subtraction, then a rounded product with a positive scale), so for every `v` in `[lo, hi]`,
+/// `v >= threshold` exactly when `normalise(v) >= level`. Infinity when not even `hi` reaches it.
+pub fn raw_threshold(normalise: impl Fn(f32) -> f32, level: f32, (lo, hi): (f32, f32)) -> f32 {
+    // f32s in value order as u32s in integer order, so the search halves the floats between.
+    let key = |v: f32| {
+        let bits = v.to_bits();
+        if v.is_sign_negative() {
+            !bits
+        } else {
+            bits | 0x8000_0000
+        }
+    };
+    let value = |k: u32| {
+        f32::from_bits(if k & 0x8000_0000 != 0 {
+            k & 0x7fff_ffff
+        } else {
+            !k
+        })
+    };
+    if normalise(lo) >= level {
+        return lo;
+    }
+    if normalise(hi) < level {
+        return f32::INFINITY;
+    }
+    // normalise(value(below)) < level <= normalise(value(reaching)).
+    let (mut below, mut reaching) = (key(lo), key(hi));
+    while reaching - below > 1 {
+        let mid = below + (reaching - below) / 2;
+        if normalise(value(mid)) >= level {
+            reaching = mid;
+        } else {
+            below = mid;
+        }
+    }
+    value(reaching)
 }
 
 /// Per-image min–max normalisation, as pytorch-grad-cam does; a blank map stays all zeros.
@@ -301,6 +340,25 @@ mod tests {
     use super::*;
 
     proptest::proptest! {
+        /// Comparing a raw value with the threshold says what normalising it and comparing
+        /// with the level says, for values anywhere in the range, near the threshold included.
+        #[test]
+        fn a_raw_threshold_sorts_values_as_their_normalised_level_does(
+            lo in -5.0f32..5.0,
+            span in 1e-6f32..10.0,
+            raw_max in 0.01f32..10.0,
+            level in 0.0f32..1.0,
+            at in proptest::collection::vec(0.0f32..=1.0, 1..64),
+        ) {
+            let hi = lo + span;
+            let normalise = normaliser((lo, hi), raw_max).unwrap();
+            let threshold = raw_threshold(normalise, level, (lo, hi));
+            let near = [threshold, f32::from_bits(threshold.to_bits().wrapping_sub(1)), f32::from_bits(threshold.to_bits() + 1)];
+            for v in at.iter().map(|t| lo + span * t).chain(near).filter(|v| (lo..=hi).contains(v)) {
+                proptest::prop_assert_eq!(v >= threshold, normalise(v) >= level, "v {} threshold {}", v, threshold);
+            }
+        }
+
         /// A run's range, read from its two end rows, is exactly the range of all its rows.
         #[test]
         fn a_runs_extremes_lie_in_its_end_rows(

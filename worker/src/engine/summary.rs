@@ -107,8 +107,9 @@ pub fn finish(raw: &RawOutput, geometry: &Geometry, bundle: &Bundle, device: &st
 /// The map is never held whole, nor every row drawn: the map's range comes from the first and
 /// last row of each run of rows blending the same two grid rows ([`Upsampled::runs`]), and
 /// only the runs that reach the region's cut are drawn, row by row. Normalising is monotone, so
-/// the map's maximum is the normalised highest value and a run reaches a level exactly when its
-/// own highest value does.
+/// the map's maximum is the normalised highest value, a run reaches a level exactly when its
+/// own highest value does, and a raw value reaches it exactly when it reaches the level's raw
+/// threshold ([`heatmap::raw_threshold`]).
 fn locate(grid: &Grid, raw_max: f32, geometry: &Geometry) -> Option<([u32; 2], [u32; 4])> {
     let map = Upsampled::new(grid, geometry);
     let runs: Vec<(Range<usize>, (f32, f32))> = map
@@ -124,20 +125,22 @@ fn locate(grid: &Grid, raw_max: f32, geometry: &Geometry) -> Option<([u32; 2], [
     );
     let normalise = heatmap::normaliser(range, raw_max)?;
     let top = normalise(range.1);
-    let mut regions = RegionScan::new(0.5 * top);
+    // Rows are compared raw with the levels' raw thresholds, never normalised.
+    let cut = heatmap::raw_threshold(normalise, 0.5 * top, range);
+    let peak_at = heatmap::raw_threshold(normalise, top, range);
+    let mut regions = RegionScan::new(cut);
     let (mut row, mut peak) = (vec![0.0; map.width()], None);
     for (rows, (_, run_high)) in runs {
-        if normalise(run_high) < regions.cut {
+        if run_high < cut {
             regions.gap();
             continue;
         }
         for y in rows {
             map.row(y, &mut row);
-            row.iter_mut().for_each(|v| *v = normalise(*v));
             if peak.is_none() {
                 peak = row
                     .iter()
-                    .position(|&v| v == top)
+                    .position(|&v| v >= peak_at)
                     .map(|x| [x as u32, y as u32]);
             }
             regions.push(&row, y);
