@@ -31,3 +31,34 @@ pub fn init(args: &TelemetryArgs) {
             .try_init()
     };
 }
+
+/// How often histogram samples recorded since the last scrape are folded into their buckets.
+const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Builds `builder`'s Prometheus recorder, makes it the process's (if none is yet: tests build
+/// several apps in one process), and returns its handle for `/metrics`.
+///
+/// A recorder keeps every histogram sample until something drains it; without a scraper that
+/// was never, and a worker held every image's timings for as long as it ran. A thread of its own
+/// drains them every few seconds, whether or not anyone scrapes.
+pub fn install_prometheus(
+    builder: metrics_exporter_prometheus::PrometheusBuilder,
+) -> metrics_exporter_prometheus::PrometheusHandle {
+    let recorder = builder.build_recorder();
+    let handle = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_ok() {
+        let upkeep = handle.clone();
+        let started = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(METRICS_UPKEEP);
+                    upkeep.run_upkeep();
+                }
+            });
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "no thread to drain metrics: histograms grow until scraped");
+        }
+    }
+    handle
+}

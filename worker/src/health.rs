@@ -77,7 +77,7 @@ pub fn recorder() -> PrometheusHandle {
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
+            let builder = PrometheusBuilder::new()
                 .set_buckets(&[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
                 .and_then(|b| {
                     b.set_buckets_for_metric(
@@ -91,11 +91,8 @@ pub fn recorder() -> PrometheusHandle {
                         &[0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0],
                     )
                 })
-                .expect("static buckets are valid")
-                .build_recorder();
-            let handle = recorder.handle();
-            let _ = metrics::set_global_recorder(recorder);
-            handle
+                .expect("static buckets are valid");
+            xcam_shared::telemetry::install_prometheus(builder)
         })
         .clone()
 }

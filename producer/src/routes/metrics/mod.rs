@@ -31,16 +31,13 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 fn recorder() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new()
+        let builder = PrometheusBuilder::new()
             .set_buckets(&[
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ])
-            .expect("static buckets are valid")
-            .build_recorder();
-        let handle = recorder.handle();
-        // Another recorder may be installed (tests build several apps): keep ours usable anyway.
-        let _ = metrics::set_global_recorder(recorder);
-        handle
+            .expect("static buckets are valid");
+        // Another recorder may be installed (tests build several apps): ours stays usable anyway.
+        xcam_shared::telemetry::install_prometheus(builder)
     })
 }
 
