@@ -41,6 +41,44 @@ pub fn keep_freed_memory() -> bool {
     true
 }
 
+/// How often the free memory the allocator kept goes back to the kernel.
+const RELEASE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Hands the free memory kept by [`keep_freed_memory`] back to the kernel once a minute, on a
+/// thread of its own.
+///
+/// What the allocator keeps is not all reused: a worker's resident set crept up by about 1 KiB
+/// an image while the memory it actually held stayed level (heaptrack: 79 MiB live throughout
+/// 20 000 images), the growth in glibc's heaps (the main one and the engine threads'). Once a
+/// minute costs the next batch one round of page faults. It does not stop the creep (README,
+/// Performance), only returns what is free.
+pub fn release_free_memory_periodically() {
+    let started = std::thread::Builder::new()
+        .name("malloc-trim".into())
+        .spawn(|| {
+            loop {
+                std::thread::sleep(RELEASE_EVERY);
+                release_free_memory();
+            }
+        });
+    if let Err(e) = started {
+        tracing::warn!(error = %e, "no thread to hand free memory back: the resident set may creep up");
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn release_free_memory() {
+    // SAFETY: malloc_trim only walks the allocator's own arenas under their locks and advises
+    // the kernel about pages no allocation holds; it touches no memory of ours.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_free_memory() {}
+
 #[cfg(test)]
 mod tests {
     /// glibc refuses an mmap threshold above its ceiling; these must be within its bounds.

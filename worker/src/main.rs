@@ -10,5 +10,6 @@ fn main() -> anyhow::Result<()> {
             "the C allocator did not take xcam's settings: libtorch's CPU memory goes back to the kernel after every batch"
         );
     }
+    xcam_worker::host_allocator::release_free_memory_periodically();
     cli::run(cli)
 }
