@@ -7,7 +7,7 @@
 //! demo bundle (2 cores, batch 32) the engine threads spent more time in the kernel than in
 //! libtorch's kernels: 9 s of system time in a 6 s `xcam-worker bench`, 1 400 images/s. Keeping
 //! freed memory in the process makes it 0.3 s and 2 400 images/s, for a resident set about an
-//! eighth larger and flat (it is bounded by the largest batch's working set).
+//! eighth larger.
 //!
 //! The worker's own allocations (fitted planes, maps' rows, statements' buffers) share the
 //! settings. With them, glibc's allocator served the pipeline better than mimalloc, which
