@@ -66,3 +66,21 @@ pub fn instance_name() -> String {
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     )
 }
+
+/// Runs `task` every `period` on a thread of its own named `name`, for as long as the process
+/// lives: upkeep that must go on whether or not the async runtime is busy or running at all.
+pub fn every(
+    name: &str,
+    period: std::time::Duration,
+    mut task: impl FnMut() + Send + 'static,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(period);
+                task();
+            }
+        })
+        .map(drop)
+}

@@ -48,15 +48,9 @@ pub fn install_prometheus(
     let handle = recorder.handle();
     if metrics::set_global_recorder(recorder).is_ok() {
         let upkeep = handle.clone();
-        let started = std::thread::Builder::new()
-            .name("metrics-upkeep".into())
-            .spawn(move || {
-                loop {
-                    std::thread::sleep(METRICS_UPKEEP);
-                    upkeep.run_upkeep();
-                }
-            });
-        if let Err(e) = started {
+        if let Err(e) = crate::every("metrics-upkeep", METRICS_UPKEEP, move || {
+            upkeep.run_upkeep()
+        }) {
             tracing::warn!(error = %e, "no thread to drain metrics: histograms grow until scraped");
         }
     }

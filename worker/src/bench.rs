@@ -66,7 +66,7 @@ enum Loop {
         ood: bool,
     },
     /// The headline method as a worker runs it, with the input in the other memory layout
-    /// than the device's default: whether channels-last pays is measured, not assumed.
+    /// than the default: whether channels-last pays is measured, not assumed.
     Layout {
         method: Method,
         channels_last: bool,
@@ -77,7 +77,7 @@ impl Loop {
     /// Forward only; every method as a worker runs it; the headline method without the
     /// out-of-distribution score; the headline method at each faithfulness setting. Only the
     /// first and the headline method as a worker runs it when `headline_only`.
-    fn all(method: Method, has_reference: bool, headline_only: bool, device: Device) -> Vec<Loop> {
+    fn all(method: Method, has_reference: bool, headline_only: bool) -> Vec<Loop> {
         let explain = |method, faithfulness, ood| Loop::Explain {
             method,
             faithfulness,
@@ -98,7 +98,7 @@ impl Loop {
         loops.push(explain(method, Faithfulness::Full, has_reference));
         loops.push(Loop::Layout {
             method,
-            channels_last: !LoadedModel::channels_last_on(device),
+            channels_last: !LoadedModel::CHANNELS_LAST,
         });
         loops
     }
@@ -147,7 +147,7 @@ pub fn run(
     headline_only: bool,
 ) -> Result<BenchReport, EngineError> {
     let has_reference = bundle.manifest.reference.is_some();
-    let loops = Loop::all(method, has_reference, headline_only, device);
+    let loops = Loop::all(method, has_reference, headline_only);
     let round = Duration::from_secs_f64((seconds / 5.0).clamp(0.2, 2.0));
     let rounds = (seconds / round.as_secs_f64()).ceil() as usize;
     // Every replica runs the same loop at the same time, from when all have loaded.

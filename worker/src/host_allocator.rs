@@ -53,15 +53,7 @@ const RELEASE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 /// minute costs the next batch one round of page faults. It does not stop the creep (README,
 /// Performance), only returns what is free.
 pub fn release_free_memory_periodically() {
-    let started = std::thread::Builder::new()
-        .name("malloc-trim".into())
-        .spawn(|| {
-            loop {
-                std::thread::sleep(RELEASE_EVERY);
-                release_free_memory();
-            }
-        });
-    if let Err(e) = started {
+    if let Err(e) = xcam_shared::every("malloc-trim", RELEASE_EVERY, release_free_memory) {
         tracing::warn!(error = %e, "no thread to hand free memory back: the resident set may creep up");
     }
 }

@@ -81,11 +81,7 @@ impl LoadedModel {
             features: load(bundle.features_path())?,
             head: load(bundle.head_path())?,
             reference: Reference::load(&bundle, device)?,
-            normaliser: Normaliser::new(
-                &bundle.manifest.input,
-                device,
-                Self::channels_last_on(device),
-            ),
+            normaliser: Normaliser::new(&bundle.manifest.input, device, Self::CHANNELS_LAST),
             device,
             precision,
             bundle,
@@ -116,14 +112,12 @@ impl LoadedModel {
         EngineError::Inference(format!("{}: {e}", self.bundle.name()))
     }
 
-    /// Whether a model on `device` takes its input channels-last unless told: everywhere. On
-    /// the CPU `xcam-worker bench` measured DenseNet-121 11 % faster with it (24.7 → 27.4
-    /// images/s, batch 8, 2 cores) and the demo bundle the same within noise; on a GPU,
+    /// Whether a model takes its input channels-last unless told, on every device. On the CPU
+    /// `xcam-worker bench` measured DenseNet-121 11 % faster with it (24.7 → 27.4 images/s,
+    /// batch 8, 2 cores) and the demo bundle the same within noise; on a GPU,
     /// reduced-precision convolutions run on tensor cores in NHWC. The bench's "input
     /// contiguous" loop measures the other layout on each machine.
-    pub fn channels_last_on(_device: Device) -> bool {
-        true
-    }
+    pub const CHANNELS_LAST: bool = true;
 
     /// Whether the input goes to the backbone channels-last (NHWC strides).
     pub fn channels_last(&self) -> bool {
