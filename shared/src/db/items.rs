@@ -191,6 +191,7 @@ pub async fn claim_all(
         .unzip();
     let batches: Vec<Uuid> = requests.iter().map(|r| r.batch_id).collect();
     // The CTE is materialised, so each batch is locked before any of its items.
+    // `items.id = ANY($1)` repeats the join: see `outcome::record_all`.
     let claimed: Vec<ClaimRow> = sqlx::query_as(
         r#"WITH locked AS MATERIALIZED (
                SELECT id FROM batches WHERE id = ANY($2) ORDER BY id FOR NO KEY UPDATE
@@ -203,7 +204,7 @@ pub async fn claim_all(
                   open_claims = items.open_claims + w.fresh, worker_id = $4,
                   started_at = COALESCE(items.started_at, now())
            FROM wanted w
-           WHERE items.id = w.id AND items.batch_id = w.batch_id
+           WHERE items.id = w.id AND items.batch_id = w.batch_id AND items.id = ANY($1)
              AND items.batch_id IN (SELECT id FROM locked)
              AND items.status IN ('queued', 'running')
            RETURNING items.id, items.entry_name, items.queued_at, items.attempts, items.open_claims"#,
