@@ -216,5 +216,13 @@ if memory:
     at = lambda share: next((rss for n, rss in memory if n >= share * total), memory[-1][1])
     print(f"worker RSS over {total} images (demo, batch 32): {at(0.1) / 1024:.0f} MiB at 10 %, "
           f"{at(0.5) / 1024:.0f} MiB at 50 %, {memory[-1][1] / 1024:.0f} MiB at the end, peak {memory_peak / 1024:.0f} MiB")
+    # Flat means no trend once warm: the least-squares slope of the samples past 10 %, and
+    # their range (the allocator's releases make a sawtooth).
+    warm = [(n, rss) for n, rss in memory if n >= 0.1 * total]
+    if len(warm) >= 3:
+        mn = sum(n for n, _ in warm) / len(warm); mr = sum(r for _, r in warm) / len(warm)
+        slope = sum((n - mn) * (r - mr) for n, r in warm) / max(sum((n - mn) ** 2 for n, _ in warm), 1)
+        print(f"  past 10 %: {min(r for _, r in warm) / 1024:.0f}–{max(r for _, r in warm) / 1024:.0f} MiB, "
+              f"trend {slope * 10000 / 1024:+.1f} MiB per 10 000 images")
 PY
 bench_done
