@@ -137,10 +137,19 @@ impl Upsampled {
 
     /// Writes row `y` (`width` values) into `out`.
     pub fn row(&self, y: usize, out: &mut [f32]) {
+        self.row_span(y, 0..self.width, out);
+    }
+
+    /// Writes the columns `columns` of row `y` into `out[columns]`, leaving the rest of `out`
+    /// as it was; each value exactly as [`Self::row`] writes it.
+    pub fn row_span(&self, y: usize, columns: Range<usize>, out: &mut [f32]) {
         let (y0, y1, fy) = self.rows[y];
         let w = self.width;
-        let (upper, lower) = (&self.wide[y0 * w..][..w], &self.wide[y1 * w..][..w]);
-        for ((o, &a), &b) in out.iter_mut().zip(upper).zip(lower) {
+        let (upper, lower) = (
+            &self.wide[y0 * w..][columns.clone()],
+            &self.wide[y1 * w..][columns.clone()],
+        );
+        for ((o, &a), &b) in out[columns].iter_mut().zip(upper).zip(lower) {
             *o = a + (b - a) * fy;
         }
     }

@@ -104,12 +104,13 @@ pub fn finish(raw: &RawOutput, geometry: &Geometry, bundle: &Bundle, device: &st
 /// The peak ([x, y] of the first maximum) and the strongest region of a CAM's map over the
 /// original image (`heatmap::full_map`), or None for a blank map.
 ///
-/// The map is never held whole, nor every row drawn: the map's range comes from the first and
-/// last row of each run of rows blending the same two grid rows ([`Upsampled::runs`]), and
-/// only the runs that reach the region's cut are drawn, row by row. Normalising is monotone, so
-/// the map's maximum is the normalised highest value, a run reaches a level exactly when its
-/// own highest value does, and a raw value reaches it exactly when it reaches the level's raw
-/// threshold ([`heatmap::raw_threshold`]).
+/// The map is never held whole, nor every pixel drawn. Down a run of rows blending the same two
+/// grid rows ([`Upsampled::runs`]) each column is monotone, so a run's extremes lie in its first
+/// and last rows: the map's range comes from those two rows of each run, a run is drawn only if
+/// they reach the region's cut, and then only in the columns where one of them does — no other
+/// pixel of the run can. Normalising is monotone, so the map's maximum is the normalised highest
+/// value, and a raw value reaches a level exactly when it reaches the level's raw threshold
+/// ([`heatmap::raw_threshold`]).
 fn locate(grid: &Grid, raw_max: f32, geometry: &Geometry) -> Option<([u32; 2], [u32; 4])> {
     let map = Upsampled::new(grid, geometry);
     let runs: Vec<(Range<usize>, (f32, f32))> = map
@@ -129,24 +130,73 @@ fn locate(grid: &Grid, raw_max: f32, geometry: &Geometry) -> Option<([u32; 2], [
     let cut = heatmap::raw_threshold(normalise, 0.5 * top, range);
     let peak_at = heatmap::raw_threshold(normalise, top, range);
     let mut regions = RegionScan::new(cut);
-    let (mut row, mut peak) = (vec![0.0; map.width()], None);
+    let width = map.width();
+    let (mut row, mut last, mut peak) = (vec![0.0; width], vec![0.0; width], None);
+    let mut spans = Vec::new();
     for (rows, (_, run_high)) in runs {
         if run_high < cut {
             regions.gap();
             continue;
         }
+        map.row(rows.start, &mut row);
+        map.row(rows.end - 1, &mut last);
+        spans_reaching(&row, &last, cut, &mut spans);
         for y in rows {
-            map.row(y, &mut row);
-            if peak.is_none() {
-                peak = row
-                    .iter()
-                    .position(|&v| v >= peak_at)
-                    .map(|x| [x as u32, y as u32]);
+            for span in &spans {
+                map.row_span(y, span.clone(), &mut row);
             }
-            regions.push(&row, y);
+            // The peak reaches the cut, so it lies in a span; spans run left to right.
+            if peak.is_none() {
+                peak = spans.iter().find_map(|span| {
+                    let x = first_where(&row[span.clone()], |v| v >= peak_at)?;
+                    Some([(span.start + x) as u32, y as u32])
+                });
+            }
+            regions.push(&row, &spans, y);
         }
     }
     Some((peak?, regions.largest_box()))
+}
+
+/// The index of the first value for which `hit` holds. Eight at a time: a whole chunk is
+/// tested without branching (one vector compare), and only the chunk that holds it is searched.
+fn first_where(values: &[f32], hit: impl Fn(f32) -> bool) -> Option<usize> {
+    const LANES: usize = 8;
+    let (chunks, rest) = values.as_chunks::<LANES>();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let mut hits = [false; LANES];
+        for (h, &v) in hits.iter_mut().zip(chunk) {
+            *h = hit(v);
+        }
+        let mask = hits
+            .iter()
+            .enumerate()
+            .fold(0u32, |mask, (j, &h)| mask | (u32::from(h) << j));
+        if mask != 0 {
+            return Some(i * LANES + mask.trailing_zeros() as usize);
+        }
+    }
+    let tail = chunks.len() * LANES;
+    rest.iter().position(|&v| hit(v)).map(|j| tail + j)
+}
+
+/// The maximal runs of columns where `first` or `last` reaches `cut`, left to right.
+fn spans_reaching(first: &[f32], last: &[f32], cut: f32, spans: &mut Vec<Range<usize>>) {
+    spans.clear();
+    let mut start = None;
+    for (x, (&a, &b)) in first.iter().zip(last).enumerate() {
+        match (a >= cut || b >= cut, start) {
+            (true, None) => start = Some(x),
+            (false, Some(s)) => {
+                spans.push(s..x);
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        spans.push(s..first.len());
+    }
 }
 
 /// Finds the box of the largest 8-connected region where the map is at least `cut`, fed one
@@ -171,34 +221,36 @@ impl RegionScan {
         }
     }
 
-    /// Row `y`, after row `y - 1`.
-    fn push(&mut self, row: &[f32], y: usize) {
-        let (w, cut) = (row.len(), self.cut);
+    /// Row `y`, after row `y - 1`: only its columns in `spans` are read (left to right, none
+    /// touching), every other column being below the cut.
+    fn push(&mut self, row: &[f32], spans: &[Range<usize>], y: usize) {
+        let cut = self.cut;
         self.current.clear();
-        let mut x = 0;
-        while x < w {
-            let Some(start) = row[x..].iter().position(|&v| v >= cut).map(|i| x + i) else {
-                break;
-            };
-            let end = row[start..]
-                .iter()
-                .position(|&v| v < cut)
-                .map_or(w, |i| start + i);
-            let id = self.regions.add(start, end, y);
-            // 8-connected: runs touch when their column spans overlap or meet diagonally.
-            for run in self
-                .above
-                .iter()
-                .filter(|r| r.start <= end && start <= r.end)
-            {
-                self.regions.join(id, run.region);
+        for span in spans {
+            let mut x = span.start;
+            while x < span.end {
+                let Some(start) = first_where(&row[x..span.end], |v| v >= cut).map(|i| x + i)
+                else {
+                    break;
+                };
+                let end =
+                    first_where(&row[start..span.end], |v| v < cut).map_or(span.end, |i| start + i);
+                let id = self.regions.add(start, end, y);
+                // 8-connected: runs touch when their column spans overlap or meet diagonally.
+                for run in self
+                    .above
+                    .iter()
+                    .filter(|r| r.start <= end && start <= r.end)
+                {
+                    self.regions.join(id, run.region);
+                }
+                self.current.push(Run {
+                    start,
+                    end,
+                    region: id,
+                });
+                x = end;
             }
-            self.current.push(Run {
-                start,
-                end,
-                region: id,
-            });
-            x = end;
         }
         std::mem::swap(&mut self.above, &mut self.current);
     }
@@ -290,7 +342,8 @@ mod tests {
             .take(height as usize)
             .enumerate()
         {
-            scan.push(row, y);
+            let whole_row = 0..row.len();
+            scan.push(row, std::slice::from_ref(&whole_row), y);
         }
         scan.largest_box()
     }
