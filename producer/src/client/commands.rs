@@ -276,8 +276,9 @@ async fn submit(api: &Api, args: SubmitArgs) -> Result<u8, ClientError> {
         .len();
     let bar = std::sync::Arc::new(std::sync::Mutex::new(Progress::bytes(size)));
     let counter = bar.clone();
-    // The archive is streamed from disk, never read into memory, with the bar fed as it goes.
-    let stream = tokio_util::io::ReaderStream::new(file).inspect(move |chunk| {
+    // The archive is streamed from disk, never read into memory, with the bar fed as it goes;
+    // a MiB a read, as each read of a tokio file is a hand-off to a blocking thread.
+    let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).inspect(move |chunk| {
         if let (Ok(bytes), Ok(bar)) = (chunk, counter.lock()) {
             bar.inc(bytes.len() as u64);
         }
@@ -368,9 +369,11 @@ async fn export(api: &Api, id: &str, path: &std::path::Path) -> Result<u64, Clie
     let response = api
         .get_raw(&format!("/v1/batches/{}/results.csv", encode(id)))
         .await?;
-    let mut out = tokio::fs::File::create(path)
+    let file = tokio::fs::File::create(path)
         .await
         .map_err(|e| ClientError::Local(format!("{}: {e}", path.display())))?;
+    // Written a MiB at a time, not a hand-off to a blocking thread per chunk of the body.
+    let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
     let mut stream = response.bytes_stream();
     let mut written = 0u64;
     while let Some(chunk) = stream.next().await {
