@@ -2,7 +2,14 @@
 //! inflation, actual sizes enforced again while inflating (declared sizes can lie), images found
 //! by their bytes, never by their names. Entries are never written to disk under their names.
 
-use std::{fs::File, io::Read, path::Path};
+use std::{
+    fs::File,
+    io::Read,
+    num::NonZero,
+    path::Path,
+    sync::atomic::{AtomicUsize, Ordering},
+    thread,
+};
 
 use tokio::sync::mpsc;
 use xcam_shared::imaging::{
@@ -309,9 +316,14 @@ pub fn scan(path: &Path, limits: ArchiveLimits) -> Result<ScanResult, ArchiveErr
     })
 }
 
-/// Inflates the candidate entries in order, decodes and validates each, and sends its pixel
-/// planes, full and fitted to `fit` (never the entry's own bytes), over `tx`. A corrupt,
-/// oversized or invalid entry is a rejection of that entry, not a failure of the archive.
+/// Inflates the candidate entries, decodes and validates each, and sends its pixel planes, full
+/// and fitted to `fit` (never the entry's own bytes), over `tx`. A corrupt, oversized or invalid
+/// entry is a rejection of that entry, not a failure of the archive.
+///
+/// Decoding and encoding planes is most of an ingestion's work, so one reader per core takes
+/// the entries in turn, each through its own handle on the archive; entries therefore arrive
+/// out of archive order (each carries its index). Memory holds one entry per reader and what
+/// `tx` buffers.
 pub fn read_entries(
     path: &Path,
     entries: &[Entry],
@@ -320,41 +332,65 @@ pub fn read_entries(
     fit: Fit,
     tx: &mpsc::Sender<(Entry, EntryRead)>,
 ) -> anyhow::Result<()> {
-    let mut zip = ZipArchive::new(File::open(path)?)?;
-    for entry in entries.iter().filter(|e| e.rejection.is_none()) {
-        let read = zip
-            .by_index(entry.index)
-            .map_err(|e| Rejection::new("corrupt_entry", e.to_string()))
-            .and_then(|file| {
-                let mut bytes = Vec::with_capacity(entry.size.min(limits.max_entry_bytes) as usize);
-                file.take(limits.max_entry_bytes + 1)
-                    .read_to_end(&mut bytes)
-                    .map_err(|e| Rejection::new("corrupt_entry", e.to_string()))?;
-                if bytes.len() as u64 > limits.max_entry_bytes {
-                    return Err(Rejection::new(
-                        "entry_too_large",
-                        format!("inflates to more than {} bytes", limits.max_entry_bytes),
-                    ));
-                }
-                // Validate now, so a bad image is reported at upload, not discovered by a worker.
-                let decoded = imaging::decode_with(&bytes, &image_limits)
-                    .map_err(|e| Rejection::new(e.code(), e.to_string()))?;
-                drop(bytes);
-                let full = imaging::plane::encode(&decoded.image).map_err(|e| {
-                    Rejection::new("corrupt_image", format!("the pixels cannot be stored: {e}"))
-                })?;
-                let fitted = fitted::encode(&fitted::fit(&decoded.image, fit));
-                Ok(Planes {
-                    full: full.into(),
-                    fitted: fitted.into(),
-                    warnings: decoded.warnings,
-                })
-            });
-        if tx.blocking_send((entry.clone(), read)).is_err() {
-            anyhow::bail!("ingestion stopped");
+    let candidates: Vec<&Entry> = entries.iter().filter(|e| e.rejection.is_none()).collect();
+    let next = AtomicUsize::new(0);
+    let readers = thread::available_parallelism()
+        .map_or(1, NonZero::get)
+        .min(candidates.len())
+        .max(1);
+    let read_some = || -> anyhow::Result<()> {
+        let mut zip = ZipArchive::new(File::open(path)?)?;
+        while let Some(&entry) = candidates.get(next.fetch_add(1, Ordering::Relaxed)) {
+            let read = read_entry(&mut zip, entry, limits, image_limits, fit);
+            if tx.blocking_send((entry.clone(), read)).is_err() {
+                anyhow::bail!("ingestion stopped");
+            }
         }
+        Ok(())
+    };
+    thread::scope(|scope| {
+        let readers: Vec<_> = (0..readers).map(|_| scope.spawn(read_some)).collect();
+        readers.into_iter().try_for_each(|r| {
+            r.join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    })
+}
+
+/// One entry's planes, or why it is refused.
+fn read_entry(
+    zip: &mut ZipArchive<File>,
+    entry: &Entry,
+    limits: ArchiveLimits,
+    image_limits: imaging::ImageLimits,
+    fit: Fit,
+) -> EntryRead {
+    let file = zip
+        .by_index(entry.index)
+        .map_err(|e| Rejection::new("corrupt_entry", e.to_string()))?;
+    let mut bytes = Vec::with_capacity(entry.size.min(limits.max_entry_bytes) as usize);
+    file.take(limits.max_entry_bytes + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Rejection::new("corrupt_entry", e.to_string()))?;
+    if bytes.len() as u64 > limits.max_entry_bytes {
+        return Err(Rejection::new(
+            "entry_too_large",
+            format!("inflates to more than {} bytes", limits.max_entry_bytes),
+        ));
     }
-    Ok(())
+    // Validate now, so a bad image is reported at upload, not discovered by a worker.
+    let decoded = imaging::decode_with(&bytes, &image_limits)
+        .map_err(|e| Rejection::new(e.code(), e.to_string()))?;
+    drop(bytes);
+    let full = imaging::plane::encode(&decoded.image).map_err(|e| {
+        Rejection::new("corrupt_image", format!("the pixels cannot be stored: {e}"))
+    })?;
+    let fitted = fitted::encode(&fitted::fit(&decoded.image, fit));
+    Ok(Planes {
+        full: full.into(),
+        fitted: fitted.into(),
+        warnings: decoded.warnings,
+    })
 }
 
 /// Finder and OS clutter that is never a radiograph.

@@ -110,7 +110,7 @@ pub fn fit(image: &GrayImage, to: Fit) -> Fitted {
     // so `xcam-worker explain` and the pipeline give one image the same map.
     let pixels = plane
         .iter()
-        .map(|&v| quantise(v) as f32 / 65_535.0)
+        .map(|&v| super::level16(v) as f32 / 65_535.0)
         .collect();
     Fitted {
         geometry,
@@ -120,10 +120,6 @@ pub fn fit(image: &GrayImage, to: Fit) -> Fitted {
             pixels,
         },
     }
-}
-
-fn quantise(v: f32) -> u16 {
-    (v.clamp(0.0, 1.0) * 65_535.0).round() as u16
 }
 
 /// The "directory" holding a plane's fitted copies.
@@ -206,7 +202,12 @@ pub fn decode(bytes: &[u8]) -> Result<Fitted, DecodeError> {
 /// A fitted image's pixels as the 16-bit levels it is stored in (exactly: [`fit`] quantised
 /// them).
 pub fn levels(fitted: &Fitted) -> Vec<u16> {
-    fitted.image.pixels.iter().map(|&v| quantise(v)).collect()
+    fitted
+        .image
+        .pixels
+        .iter()
+        .map(|&v| super::level16(v))
+        .collect()
 }
 
 #[cfg(test)]

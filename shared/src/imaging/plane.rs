@@ -20,11 +20,7 @@ pub const EXTENSION: &str = "png";
 
 /// Encodes a decoded image as a plane.
 pub fn encode(image: &GrayImage) -> Result<Vec<u8>, image::ImageError> {
-    let samples: Vec<u16> = image
-        .pixels
-        .iter()
-        .map(|v| (v.clamp(0.0, 1.0) * 65_535.0).round() as u16)
-        .collect();
+    let samples: Vec<u16> = image.pixels.iter().map(|&v| super::level16(v)).collect();
     let plane =
         image::ImageBuffer::<image::Luma<u16>, _>::from_raw(image.width, image.height, samples)
             .ok_or_else(|| {
