@@ -85,6 +85,11 @@ pub struct ServeArgs {
     /// `Retry-After`.
     #[arg(long = "max-ingestions", env = "XCAM_MAX_INGESTIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_ingestions: u32,
+    /// Archive entries decoded at once across every ingestion: each holds its image's pixels
+    /// while it is checked and re-encoded (about 1.3 GiB for a 16 384² image, the largest
+    /// accepted), so this bounds the memory decoding takes [default: one per core, up to 4].
+    #[arg(long, env = "XCAM_DECODERS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub decoders: Option<u16>,
     /// How long a client may take to send a request's headers; also how long an idle
     /// keep-alive connection stays open.
     #[arg(long = "header-timeout", env = "XCAM_HEADER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -148,6 +153,15 @@ impl ServeArgs {
     /// The certificate and key, when the API terminates TLS itself.
     pub fn tls(&self) -> Option<(&std::path::Path, &std::path::Path)> {
         self.tls_cert.as_deref().zip(self.tls_key.as_deref())
+    }
+
+    /// Entries decoded at once: as configured, else one per core, up to 4 (with the default 4
+    /// ingestions, no more than one each would decode on their own).
+    pub fn decoders(&self) -> usize {
+        self.decoders.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+            usize::from,
+        )
     }
 
     pub fn image_limits(&self) -> xcam_shared::imaging::ImageLimits {

@@ -27,7 +27,7 @@ use xcam_shared::{
 
 use crate::{
     config::ServeArgs,
-    ingest::spool::Spool,
+    ingest::{Decoders, spool::Spool},
     queue::Queue,
     reconciler::Reconciler,
     routes,
@@ -256,6 +256,7 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
             pseudonym_key: args.pseudonym_key()?,
             producer_id,
             ingestions: Arc::new(tokio::sync::Semaphore::new(args.max_ingestions as usize)),
+            decoders: Arc::new(Decoders::new(args.decoders())),
             body_idle: args.body_idle_timeout,
         }),
         tasks: TaskTracker::new(),

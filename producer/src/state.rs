@@ -9,7 +9,7 @@ use xcam_shared::{access::Action, blob::BlobStore, bundle::Bundle, imaging::Imag
 use crate::{
     erase::Eraser,
     error::ApiError,
-    ingest::{ArchiveLimits, Ingestor, PseudonymKey, spool::Spool},
+    ingest::{ArchiveLimits, Decoders, Ingestor, PseudonymKey, spool::Spool},
     queue::Queue,
 };
 
@@ -79,6 +79,8 @@ pub struct Settings {
     pub producer_id: String,
     /// One permit per ingestion this server may run at once.
     pub ingestions: Arc<tokio::sync::Semaphore>,
+    /// The entries decoded at once, shared by every ingestion.
+    pub decoders: Arc<Decoders>,
     /// Longest pause while a request body arrives.
     pub body_idle: std::time::Duration,
 }
@@ -128,6 +130,7 @@ impl AppState {
             queue: self.queue.clone(),
             limits: self.settings.limits,
             image_limits: self.settings.image_limits,
+            decoders: self.settings.decoders.clone(),
         }
     }
 }

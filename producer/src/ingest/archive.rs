@@ -7,7 +7,10 @@ use std::{
     io::Read,
     num::NonZero,
     path::Path,
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::{
+        Condvar, Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
     thread,
 };
 
@@ -316,32 +319,45 @@ pub fn scan(path: &Path, limits: ArchiveLimits) -> Result<ScanResult, ArchiveErr
     })
 }
 
+/// How entries are read: the caps they must meet, the fit of their copy for the workers, and
+/// the decoding slots they share with every other ingestion.
+#[derive(Clone, Copy)]
+pub struct Reading<'a> {
+    pub limits: ArchiveLimits,
+    pub image_limits: imaging::ImageLimits,
+    pub fit: Fit,
+    pub decoders: &'a Decoders,
+}
+
 /// Inflates the candidate entries, decodes and validates each, and sends its pixel planes, full
 /// and fitted to `fit` (never the entry's own bytes), over `tx`. A corrupt, oversized or invalid
 /// entry is a rejection of that entry, not a failure of the archive.
 ///
 /// Decoding and encoding planes is most of an ingestion's work, so one reader per core takes
 /// the entries in turn, each through its own handle on the archive; entries therefore arrive
-/// out of archive order (each carries its index). Memory holds one entry per reader and what
-/// `tx` buffers.
+/// out of archive order (each carries its index). A reader decodes only in one of the
+/// process's [`Decoders`] slots, so memory holds at most that many decoded images, whatever the
+/// number of uploads or cores, plus the encoded planes `tx` buffers.
 pub fn read_entries(
     path: &Path,
     entries: &[Entry],
-    limits: ArchiveLimits,
-    image_limits: imaging::ImageLimits,
-    fit: Fit,
+    reading: Reading<'_>,
     tx: &mpsc::Sender<(Entry, EntryRead)>,
 ) -> anyhow::Result<()> {
     let candidates: Vec<&Entry> = entries.iter().filter(|e| e.rejection.is_none()).collect();
     let next = AtomicUsize::new(0);
     let readers = thread::available_parallelism()
         .map_or(1, NonZero::get)
+        .min(reading.decoders.slots)
         .min(candidates.len())
         .max(1);
     let read_some = || -> anyhow::Result<()> {
         let mut zip = ZipArchive::new(File::open(path)?)?;
         while let Some(&entry) = candidates.get(next.fetch_add(1, Ordering::Relaxed)) {
-            let read = read_entry(&mut zip, entry, limits, image_limits, fit);
+            let read = {
+                let _slot = reading.decoders.enter();
+                read_entry(&mut zip, entry, reading)
+            };
             if tx.blocking_send((entry.clone(), read)).is_err() {
                 anyhow::bail!("ingestion stopped");
             }
@@ -357,14 +373,54 @@ pub fn read_entries(
     })
 }
 
+/// Slots for decoding archive entries, shared by every ingestion of a process: a blocking
+/// thread takes one for as long as it holds an entry's decoded pixels.
+#[derive(Debug)]
+pub struct Decoders {
+    slots: usize,
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl Decoders {
+    pub fn new(slots: usize) -> Self {
+        let slots = slots.max(1);
+        Self {
+            slots,
+            free: Mutex::new(slots),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Waits for a free slot; it is given back when the guard is dropped.
+    fn enter(&self) -> DecoderSlot<'_> {
+        let free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut free = self
+            .freed
+            .wait_while(free, |free| *free == 0)
+            .unwrap_or_else(PoisonError::into_inner);
+        *free -= 1;
+        DecoderSlot(self)
+    }
+}
+
+struct DecoderSlot<'a>(&'a Decoders);
+
+impl Drop for DecoderSlot<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        self.0.freed.notify_one();
+    }
+}
+
 /// One entry's planes, or why it is refused.
-fn read_entry(
-    zip: &mut ZipArchive<File>,
-    entry: &Entry,
-    limits: ArchiveLimits,
-    image_limits: imaging::ImageLimits,
-    fit: Fit,
-) -> EntryRead {
+fn read_entry(zip: &mut ZipArchive<File>, entry: &Entry, reading: Reading<'_>) -> EntryRead {
+    let Reading {
+        limits,
+        image_limits,
+        fit,
+        ..
+    } = reading;
     let file = zip
         .by_index(entry.index)
         .map_err(|e| Rejection::new("corrupt_entry", e.to_string()))?;
@@ -481,6 +537,32 @@ mod fuzz {
         out.into_inner()
     }
 
+    #[test]
+    fn decoding_never_holds_more_images_than_the_process_has_slots() {
+        let decoders = Decoders::new(3);
+        let (inside, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    for _ in 0..5 {
+                        let _slot = decoders.enter();
+                        let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        thread::sleep(std::time::Duration::from_millis(2));
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        let most = most.into_inner();
+        assert!((1..=3).contains(&most), "{most} decoded at once");
+        assert_eq!(
+            *decoders.free.lock().unwrap(),
+            3,
+            "every slot was given back"
+        );
+    }
+
     fn scan_bytes(bytes: &[u8]) {
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), bytes).unwrap();
@@ -493,12 +575,15 @@ mod fuzz {
                     read_entries(
                         &path,
                         &entries,
-                        LIMITS,
-                        imaging::ImageLimits::default(),
-                        Fit {
-                            width: 64,
-                            height: 64,
-                            resize: xcam_shared::bundle::ResizePolicy::Letterbox,
+                        Reading {
+                            limits: LIMITS,
+                            image_limits: imaging::ImageLimits::default(),
+                            fit: Fit {
+                                width: 64,
+                                height: 64,
+                                resize: xcam_shared::bundle::ResizePolicy::Letterbox,
+                            },
+                            decoders: &Decoders::new(2),
                         },
                         &tx,
                     )

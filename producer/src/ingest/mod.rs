@@ -33,7 +33,7 @@ use xcam_shared::{
 };
 
 use crate::queue::Queue;
-pub use archive::{ArchiveError, ArchiveLimits, ScanResult};
+pub use archive::{ArchiveError, ArchiveLimits, Decoders, ScanResult};
 pub use pseudonym::PseudonymKey;
 
 /// What a batch asks for, as given on upload.
@@ -124,6 +124,7 @@ pub struct Ingestor {
     pub queue: Queue,
     pub limits: ArchiveLimits,
     pub image_limits: ImageLimits,
+    pub decoders: Arc<Decoders>,
 }
 
 /// A stored entry: its plane's hash, blob key and size, and warnings; or why it was refused.
@@ -187,10 +188,17 @@ impl Ingestor {
         rows.add(request.batch_id, &refused).await?;
         let (tx, mut rx) = mpsc::channel(4);
         let (limits, image_limits, fit) = (self.limits, self.image_limits, request.fit);
-        // Inflation and decoding are CPU work: they run on a blocking thread and hand entries
+        let decoders = self.decoders.clone();
+        // Inflation and decoding are CPU work: they run on blocking threads and hand entries
         // over one by one, so memory holds a few entries at a time, whatever the archive's size.
         let reader = tokio::task::spawn_blocking(move || {
-            archive::read_entries(&spool, &entries, limits, image_limits, fit, &tx)
+            let read = archive::Reading {
+                limits,
+                image_limits,
+                fit,
+                decoders: &decoders,
+            };
+            archive::read_entries(&spool, &entries, read, &tx)
         });
         // Entries go on in groups: one status look and one claim statement per group, so
         // Postgres costs a round trip per group, not per entry.
