@@ -158,8 +158,8 @@ fn locate(grid: &Grid, raw_max: f32, geometry: &Geometry) -> Option<([u32; 2], [
     Some((peak?, regions.largest_box()))
 }
 
-/// The index of the first value for which `hit` holds. Eight at a time: a whole chunk is
-/// tested without branching (one vector compare), and only the chunk that holds it is searched.
+/// The index of the first value for which `hit` holds, eight at a time: a chunk's tests are
+/// gathered into a mask with no branch per value, and the first set bit is the answer.
 fn first_where(values: &[f32], hit: impl Fn(f32) -> bool) -> Option<usize> {
     const LANES: usize = 8;
     let (chunks, rest) = values.as_chunks::<LANES>();
