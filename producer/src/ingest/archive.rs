@@ -500,6 +500,32 @@ mod tests {
             "a climbing path is unsafe, not clutter"
         );
     }
+
+    #[test]
+    fn decoding_never_holds_more_images_than_the_process_has_slots() {
+        let decoders = Decoders::new(3);
+        let (inside, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    for _ in 0..5 {
+                        let _slot = decoders.enter();
+                        let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        thread::sleep(std::time::Duration::from_millis(2));
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        let most = most.into_inner();
+        assert!((1..=3).contains(&most), "{most} decoded at once");
+        assert_eq!(
+            *decoders.free.lock().unwrap(),
+            3,
+            "every slot was given back"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -535,32 +561,6 @@ mod fuzz {
         std::io::Write::write_all(&mut zip, b"hello").unwrap();
         zip.finish().unwrap();
         out.into_inner()
-    }
-
-    #[test]
-    fn decoding_never_holds_more_images_than_the_process_has_slots() {
-        let decoders = Decoders::new(3);
-        let (inside, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
-        thread::scope(|scope| {
-            for _ in 0..8 {
-                scope.spawn(|| {
-                    for _ in 0..5 {
-                        let _slot = decoders.enter();
-                        let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
-                        most.fetch_max(now, Ordering::SeqCst);
-                        thread::sleep(std::time::Duration::from_millis(2));
-                        inside.fetch_sub(1, Ordering::SeqCst);
-                    }
-                });
-            }
-        });
-        let most = most.into_inner();
-        assert!((1..=3).contains(&most), "{most} decoded at once");
-        assert_eq!(
-            *decoders.free.lock().unwrap(),
-            3,
-            "every slot was given back"
-        );
     }
 
     fn scan_bytes(bytes: &[u8]) {
