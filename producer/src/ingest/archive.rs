@@ -4,11 +4,12 @@
 
 use std::{
     fs::File,
-    io::Read,
+    io::{Read, Seek, SeekFrom},
     num::NonZero,
+    os::unix::fs::FileExt,
     path::Path,
     sync::{
-        Condvar, Mutex, PoisonError,
+        Arc, Condvar, Mutex, PoisonError,
         atomic::{AtomicUsize, Ordering},
     },
     thread,
@@ -351,8 +352,10 @@ pub fn read_entries(
         .min(reading.decoders.slots)
         .min(candidates.len())
         .max(1);
+    // The directory is parsed once; each reader reads through a clone at its own position.
+    let archive = ZipArchive::new(PositionedFile::open(path)?)?;
     let read_some = || -> anyhow::Result<()> {
-        let mut zip = ZipArchive::new(File::open(path)?)?;
+        let mut zip = archive.clone();
         while let Some(&entry) = candidates.get(next.fetch_add(1, Ordering::Relaxed)) {
             let read = {
                 let _slot = reading.decoders.enter();
@@ -371,6 +374,49 @@ pub fn read_entries(
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })
     })
+}
+
+/// A file read at a position of its own: clones share the file, not a cursor, so readers of
+/// one archive each seek on their own while sharing its parsed directory.
+#[derive(Clone)]
+struct PositionedFile {
+    file: Arc<File>,
+    len: u64,
+    at: u64,
+}
+
+impl PositionedFile {
+    fn open(path: &Path) -> std::io::Result<Self> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        Ok(Self {
+            file: Arc::new(file),
+            len,
+            at: 0,
+        })
+    }
+}
+
+impl Read for PositionedFile {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for PositionedFile {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let at = match to {
+            SeekFrom::Start(at) => Some(at),
+            SeekFrom::End(by) => self.len.checked_add_signed(by),
+            SeekFrom::Current(by) => self.at.checked_add_signed(by),
+        };
+        self.at = at.ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start")
+        })?;
+        Ok(self.at)
+    }
 }
 
 /// Slots for decoding archive entries, shared by every ingestion of a process: a blocking
@@ -414,7 +460,11 @@ impl Drop for DecoderSlot<'_> {
 }
 
 /// One entry's planes, or why it is refused.
-fn read_entry(zip: &mut ZipArchive<File>, entry: &Entry, reading: Reading<'_>) -> EntryRead {
+fn read_entry(
+    zip: &mut ZipArchive<PositionedFile>,
+    entry: &Entry,
+    reading: Reading<'_>,
+) -> EntryRead {
     let Reading {
         limits,
         image_limits,
