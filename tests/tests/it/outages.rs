@@ -139,14 +139,20 @@ async fn services_started_during_an_outage_wait_for_it() {
         early.is_running() && late.is_running(),
         "both workers run on"
     );
-    let registered: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM workers WHERE stopped_at IS NULL")
-            .fetch_one(&stack.db.pool)
-            .await
-            .unwrap();
-    assert_eq!(
-        registered, 2,
-        "both workers registered once Postgres let them"
-    );
+    // The late worker tries again at most 5 s apart (`patience`): a batch of 30 may be done
+    // before its next try, so registration is waited for, not assumed.
+    eventually(
+        Duration::from_secs(30),
+        "both workers to register once Postgres lets them",
+        || async {
+            let registered: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM workers WHERE stopped_at IS NULL")
+                    .fetch_one(&stack.db.pool)
+                    .await
+                    .unwrap();
+            (registered == 2).then_some(())
+        },
+    )
+    .await;
     xcam_tests::clean_redis(&stack.redis_url, &stack.prefix).await;
 }
