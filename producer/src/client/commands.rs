@@ -265,6 +265,10 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
+/// Bytes a local file is read or written at a time: every read or write of a tokio file is a
+/// hand-off to a blocking thread, so a MiB each rather than a few KiB (or a body's chunk).
+const FILE_IO: usize = 1 << 20;
+
 async fn submit(api: &Api, args: SubmitArgs) -> Result<u8, ClientError> {
     let file = tokio::fs::File::open(&args.file)
         .await
@@ -276,9 +280,8 @@ async fn submit(api: &Api, args: SubmitArgs) -> Result<u8, ClientError> {
         .len();
     let bar = std::sync::Arc::new(std::sync::Mutex::new(Progress::bytes(size)));
     let counter = bar.clone();
-    // The archive is streamed from disk, never read into memory, with the bar fed as it goes;
-    // a MiB a read, as each read of a tokio file is a hand-off to a blocking thread.
-    let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).inspect(move |chunk| {
+    // The archive is streamed from disk, never read into memory, with the bar fed as it goes.
+    let stream = tokio_util::io::ReaderStream::with_capacity(file, FILE_IO).inspect(move |chunk| {
         if let (Ok(bytes), Ok(bar)) = (chunk, counter.lock()) {
             bar.inc(bytes.len() as u64);
         }
@@ -372,8 +375,7 @@ async fn export(api: &Api, id: &str, path: &std::path::Path) -> Result<u64, Clie
     let file = tokio::fs::File::create(path)
         .await
         .map_err(|e| ClientError::Local(format!("{}: {e}", path.display())))?;
-    // Written a MiB at a time, not a hand-off to a blocking thread per chunk of the body.
-    let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
+    let mut out = tokio::io::BufWriter::with_capacity(FILE_IO, file);
     let mut stream = response.bytes_stream();
     let mut written = 0u64;
     while let Some(chunk) = stream.next().await {
