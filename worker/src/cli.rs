@@ -29,7 +29,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Explain images from files: writes <stem>.overlay.png, <stem>.cam.npy and <stem>.json.
+    /// Explain images from files: writes STEM.overlay.png, STEM.cam.npy and STEM.json for each.
     Explain(ExplainArgs),
     /// Measure forward-only and Grad-CAM throughput of a bundle, side by side.
     Bench(BenchArgs),

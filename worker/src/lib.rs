@@ -2,7 +2,7 @@
 //! (`xcam-worker run`) consumes the batch pipeline's jobs from Redis.
 //!
 //! - [`engine`]: the model on its device, owned by an inference thread that batches requests.
-//! - [`explain`], [`bench`]: the `explain` and `bench` subcommands.
+//! - [`explain`], [`mod@bench`]: the `explain` and `bench` subcommands.
 //! - [`cli`]: the command line; [`config`]: its typed settings.
 //! - [`health`]: liveness, readiness and metrics; [`gpu_memory`]: what its GPUs hold.
 //! - [`host_allocator`]: how glibc's allocator keeps what libtorch frees.

@@ -36,11 +36,12 @@ pub enum Deletion {
 /// Deletes a batch's rows: items and results, the batch, its plane claims; blanks the entry
 /// names and item ids of its inference-log rows (their timings and outcomes stay).
 ///
-/// Safe against workers still running the batch: their result and log writes lock the item row
-/// they depend on (see [`crate::db::results::upsert`]), so they either finish before the
-/// items go, and their rows are blanked here, or find no item and write nothing. Locks are
-/// taken items first, batch row second, as a worker's result insert takes them (the item, then
-/// the batch through its foreign key), so the two never wait on each other in a circle.
+/// Safe against workers still running the batch: they claim items and record outcomes under a
+/// lock on the batch row (see [`crate::db::outcome::record_all`]), and every log row they write
+/// locks its item row (see [`crate::db::logs::insert_all`]). Their writes either commit before
+/// this takes those rows, and their log rows are blanked here, or wait for it and find the batch
+/// or item gone and write nothing. Each takes a batch row before item rows, as this does, so
+/// none waits on another in a circle.
 pub async fn delete_batch(db: &PgPool, batch: Uuid) -> sqlx::Result<Deletion> {
     let mut tx = db.begin().await?;
     // NO KEY UPDATE: waits for an ingestion committing its items (which updates the batch), but

@@ -8,11 +8,19 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 use xcam_shared::{
     access::{Action, Outcome, Role},
-    db::audit::{self, AuditFilter},
+    db::{
+        audit::{self, AuditFilter},
+        erasure,
+        logs::NewLogEntry,
+        outcome,
+    },
+    status::LogStatus,
 };
 use xcam_tests::{
-    Producer, Stack, Store, client_with, contains, eventually, files_under, make_token, pg_dump,
-    png, png_zip, redis_contents, zip_of,
+    Producer, Stack, Store, TestDb, client_with, contains, eventually, files_under, make_token,
+    pg_dump, png, png_zip, redis_contents,
+    scale::{self, Size},
+    zip_of,
 };
 
 /// What xcam held of a batch before it was deleted: the strings that must not outlive it.
@@ -231,6 +239,106 @@ async fn a_deleted_batch_leaves_nothing(store: Store) {
         2
     );
     stack.finish().await;
+}
+
+/// A worker logs an attempt that will be retried (and settles its claim) only while its item
+/// exists: one whose batch was deleted meanwhile leaves no log row, so no entry name of the
+/// batch outlives it.
+#[tokio::test]
+async fn a_retry_logged_after_its_batch_was_deleted_writes_nothing() {
+    let db = TestDb::create().await;
+    // The smallest load with a log old enough for `scale::load`'s own look-ups.
+    let size = Size {
+        log_rows: 500,
+        items: 10,
+        items_per_batch: 5,
+        big_batch: 1,
+        small_batch: 1,
+        days: 90,
+    };
+    let loaded = scale::load(&db.pool, size).await;
+    let (live, doomed) = (loaded.big_batch, loaded.small_batch);
+    sqlx::query(
+        "UPDATE items SET status = 'running', open_claims = 1, finished_at = NULL WHERE batch_id = ANY($1)",
+    )
+    .bind([live, doomed])
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let item_of = |batch: Uuid| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Uuid>("SELECT id FROM items WHERE batch_id = $1")
+                .bind(batch)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let attempt = |batch_id: Uuid, item_id: Uuid, filename: &str| NewLogEntry {
+        model_name: "demo".into(),
+        model_version: "1".into(),
+        prediction: None,
+        probability: None,
+        filename: filename.into(),
+        processing_time_ms: 1.0,
+        queue_wait_ms: None,
+        batch_id,
+        item_id,
+        attempt: 1,
+        status: LogStatus::Retrying,
+        error_code: Some("inference_failed"),
+        error_message: Some("a test attempt".into()),
+        worker_id: "privacy-worker".into(),
+        device: "cpu".into(),
+        dynamic_batch_size: None,
+    };
+    let logged = |item: Uuid| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_as::<_, (String, Option<Uuid>)>(
+                "SELECT filename, item_id FROM inference_log WHERE worker_id = 'privacy-worker' AND item_id = $1",
+            )
+            .bind(item)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+
+    // An item still there: its attempt is logged and its claim settled.
+    let kept = item_of(live).await;
+    outcome::retrying(&db.pool, &attempt(live, kept, "kept.png"))
+        .await
+        .unwrap();
+    assert_eq!(
+        logged(kept).await,
+        vec![("kept.png".to_owned(), Some(kept))]
+    );
+    let open_claims: i32 = sqlx::query_scalar("SELECT open_claims FROM items WHERE id = $1")
+        .bind(kept)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(open_claims, 0, "the retried attempt is settled");
+
+    // An item whose batch was deleted while its attempt ran: nothing is written.
+    let gone = item_of(doomed).await;
+    assert!(matches!(
+        erasure::delete_batch(&db.pool, doomed).await.unwrap(),
+        erasure::Deletion::Deleted(_)
+    ));
+    outcome::retrying(&db.pool, &attempt(doomed, gone, "gone.png"))
+        .await
+        .unwrap();
+    assert!(logged(gone).await.is_empty());
+    let names: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM inference_log WHERE filename = 'gone.png'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(names, 0, "the deleted batch's entry name is not in the log");
+    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
