@@ -38,6 +38,12 @@ worker_statements() {
 
 prefix="bench$(date +%s)"
 export XCAM_QUEUE_PREFIX="$prefix" XCAM_BLOB_URL="file://$work/blobs" XCAM_MODELS_DIR="$work/models"
+# BENCH_S3=1: the blobs on the services' S3 server instead of a local directory.
+if [[ -n "${BENCH_S3:-}" ]]; then
+  : "${XCAM_S3_ENDPOINT:?BENCH_S3 needs the S3 server of make services: run through make bench-pipeline}"
+  export XCAM_BLOB_URL="s3://xcam/$prefix" AWS_ENDPOINT="$XCAM_S3_ENDPOINT" AWS_REGION=us-east-1 \
+    AWS_ACCESS_KEY_ID="$XCAM_S3_ACCESS_KEY_ID" AWS_SECRET_ACCESS_KEY="$XCAM_S3_SECRET_ACCESS_KEY" AWS_ALLOW_HTTP=true
+fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=$(free_port); metrics_port=$(free_port)
 api="http://127.0.0.1:$port"
@@ -91,6 +97,8 @@ PY
   get "$api/v1/batches/$id" > "$dir/view.json"
   echo "==> $name: engine alone (after)" >&2
   target/release/xcam-worker bench --model "$model" --device cpu --batch "$batch" --seconds 10 --headline --json > "$dir/engine_after.json"
+  # Its planes go with it (on S3 nothing else would remove them).
+  get -X DELETE "$api/v1/batches/$id" >/dev/null
   python3 - "$dir" "$name" "$start" "$end" "$statements" "$trips" <<'PY'
 import json, sys
 from pathlib import Path
@@ -183,7 +191,8 @@ memory = [tuple(int(v) for v in l.split()) for l in open(sys.argv[4]) if len(l.s
 memory_peak = int(sys.argv[5])
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 print()
-print(f"{cpu}, {os.cpu_count()} cores, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+store = "S3 (the services' server)" if os.environ["XCAM_BLOB_URL"].startswith("s3://") else "a local directory"
+print(f"{cpu}, {os.cpu_count()} cores, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; blobs in {store}")
 targets = {"demo": 0.6, "densenet": 0.9}
 for line in open(sys.argv[6]):
     r = json.loads(line)

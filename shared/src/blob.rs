@@ -42,11 +42,16 @@ pub enum BlobError {
     },
 }
 
+/// Puts a writer keeps in flight on S3, where each is a round trip: a producer storing one
+/// plane at a time waits out every round trip in turn.
+const REMOTE_PUTS_IN_FLIGHT: usize = 16;
+
 /// A cheap-to-clone handle on the store.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     store: Arc<dyn ObjectStore>,
     url: String,
+    puts_in_flight: usize,
 }
 
 impl BlobStore {
@@ -69,6 +74,7 @@ impl BlobStore {
                     .into(),
             ));
         }
+        let mut puts_in_flight = REMOTE_PUTS_IN_FLIGHT;
         let store: Arc<dyn ObjectStore> = match parsed.scheme() {
             "file" => {
                 let dir = parsed
@@ -76,6 +82,9 @@ impl BlobStore {
                     .map_err(|()| bad("a file:// URL must hold an absolute path".into()))?;
                 std::fs::create_dir_all(&dir)
                     .map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
+                // A local put writes a staging file and renames it: a writer killed half way
+                // leaves its staging files behind, one per put in flight.
+                puts_in_flight = 1;
                 // Deleting the last file of a directory removes the directory too: its name is
                 // a batch or item id, which must not outlive the batch.
                 Arc::new(
@@ -94,6 +103,7 @@ impl BlobStore {
         Ok(Self {
             store,
             url: url.to_owned(),
+            puts_in_flight,
         })
     }
 
@@ -122,6 +132,12 @@ impl BlobStore {
     /// The URL the store was opened from.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// How many puts a writer of many blobs should keep in flight: one on a local directory,
+    /// several on S3.
+    pub fn puts_in_flight(&self) -> usize {
+        self.puts_in_flight
     }
 
     fn failed(&self, key: &str, e: object_store::Error) -> BlobError {
@@ -301,4 +317,24 @@ pub fn derived_key(batch: uuid::Uuid, item: uuid::Uuid, label: &str, ext: &str) 
         })
         .collect();
     format!("{}/{label}.{ext}", derived_item_prefix(batch, item))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A local directory takes one put at a time (each leaves a staging file while it runs);
+    /// S3 takes several, each a round trip.
+    #[test]
+    fn puts_in_flight_follow_the_store() {
+        let dir = std::env::temp_dir().join(format!("xcam-blob-test-{}", std::process::id()));
+        assert_eq!(BlobStore::local(&dir).unwrap().puts_in_flight(), 1);
+        std::fs::remove_dir(&dir).unwrap();
+        let options = [
+            ("aws_endpoint".to_owned(), "http://127.0.0.1:9".to_owned()),
+            ("aws_region".to_owned(), "us-east-1".to_owned()),
+        ];
+        let s3 = BlobStore::open_with("s3://bucket/prefix", &options).unwrap();
+        assert_eq!(s3.puts_in_flight(), REMOTE_PUTS_IN_FLIGHT);
+    }
 }

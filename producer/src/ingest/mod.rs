@@ -17,6 +17,7 @@ pub mod upload;
 
 use std::sync::Arc;
 
+use futures::{StreamExt, TryStreamExt};
 use sqlx::PgPool;
 use tokio::{
     io::{AsyncSeekExt, AsyncWriteExt},
@@ -24,7 +25,7 @@ use tokio::{
 };
 use uuid::Uuid;
 use xcam_shared::{
-    blob::{BlobStore, plane_key, sha256_hex},
+    blob::{BlobError, BlobStore, plane_key, sha256_hex},
     db::{self, items::NewItem},
     imaging::{ImageLimits, Warning, fitted::Fit},
     jobs::GradCamJobV1,
@@ -317,18 +318,18 @@ impl Ingestor {
         // Claimed before they are written, so a delete of another batch with the same pixels
         // cannot remove them before this batch's items reference them.
         db::erasure::claim_planes(&self.db, request.batch_id, &keys).await?;
-        // One at a time: a producer killed during a put can leave the file store's staging file
-        // behind, and concurrent puts widen that window (the kill-mid-ingestion test found it).
-        for (_, read) in &hashed {
-            if let Ok((planes, _, key)) = read {
-                self.blobs.put_if_absent(key, planes.full.clone()).await?;
-                // The fitted copy after its plane: a plane is never without it for long, and
-                // a worker that finds no copy reads the plane itself.
-                self.blobs
-                    .put_if_absent(&request.fit.key(key), planes.fitted.clone())
-                    .await?;
-            }
-        }
+        // As many planes at once as the store takes (see `BlobStore::puts_in_flight`): one on
+        // a local directory, where a producer killed during a put leaves its staging file behind
+        // (the kill-mid-ingestion test found it), several on S3, where a put is a round trip.
+        let puts: Vec<_> = hashed
+            .iter()
+            .filter_map(|(_, read)| read.as_ref().ok())
+            .map(|(planes, _, key)| self.store_planes(request, key, planes))
+            .collect();
+        futures::stream::iter(puts)
+            .buffer_unordered(self.blobs.puts_in_flight())
+            .try_for_each(|_| async { Ok(()) })
+            .await?;
         Ok(hashed
             .into_iter()
             .map(|(entry, read)| {
@@ -338,6 +339,21 @@ impl Ingestor {
                 new_item(request, &entry, stored)
             })
             .collect())
+    }
+
+    /// Stores one entry's planes: the full one, then the copy fitted to the model (a plane is
+    /// never without its copy for long, and a worker that finds no copy reads the plane itself).
+    async fn store_planes(
+        &self,
+        request: &BatchRequest,
+        key: &str,
+        planes: &archive::Planes,
+    ) -> Result<(), BlobError> {
+        self.blobs.put_if_absent(key, planes.full.clone()).await?;
+        self.blobs
+            .put_if_absent(&request.fit.key(key), planes.fitted.clone())
+            .await?;
+        Ok(())
     }
 }
 
