@@ -31,6 +31,11 @@ pub mod tls;
 
 pub use startup::{Application, app, build_state};
 
+/// Bytes a local file is read or written at a time, by the server (upload spools) and the client
+/// (archives it sends, reports it saves): every read or write of a tokio file is a hand-off to a
+/// blocking thread, so a MiB each rather than a few KiB (or a body's chunk).
+pub(crate) const FILE_IO: usize = 1 << 20;
+
 /// Serves until SIGINT/SIGTERM (`xcam serve`).
 pub async fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
     Application::build(&args)

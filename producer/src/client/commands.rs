@@ -265,10 +265,6 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
-/// Bytes a local file is read or written at a time: every read or write of a tokio file is a
-/// hand-off to a blocking thread, so a MiB each rather than a few KiB (or a body's chunk).
-const FILE_IO: usize = 1 << 20;
-
 async fn submit(api: &Api, args: SubmitArgs) -> Result<u8, ClientError> {
     let file = tokio::fs::File::open(&args.file)
         .await
@@ -281,11 +277,12 @@ async fn submit(api: &Api, args: SubmitArgs) -> Result<u8, ClientError> {
     let bar = std::sync::Arc::new(std::sync::Mutex::new(Progress::bytes(size)));
     let counter = bar.clone();
     // The archive is streamed from disk, never read into memory, with the bar fed as it goes.
-    let stream = tokio_util::io::ReaderStream::with_capacity(file, FILE_IO).inspect(move |chunk| {
-        if let (Ok(bytes), Ok(bar)) = (chunk, counter.lock()) {
-            bar.inc(bytes.len() as u64);
-        }
-    });
+    let stream =
+        tokio_util::io::ReaderStream::with_capacity(file, crate::FILE_IO).inspect(move |chunk| {
+            if let (Ok(bytes), Ok(bar)) = (chunk, counter.lock()) {
+                bar.inc(bytes.len() as u64);
+            }
+        });
     let name = args
         .file
         .file_name()
@@ -375,7 +372,7 @@ async fn export(api: &Api, id: &str, path: &std::path::Path) -> Result<u64, Clie
     let file = tokio::fs::File::create(path)
         .await
         .map_err(|e| ClientError::Local(format!("{}: {e}", path.display())))?;
-    let mut out = tokio::io::BufWriter::with_capacity(FILE_IO, file);
+    let mut out = tokio::io::BufWriter::with_capacity(crate::FILE_IO, file);
     let mut stream = response.bytes_stream();
     let mut written = 0u64;
     while let Some(chunk) = stream.next().await {

@@ -65,9 +65,6 @@ fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// Bytes written to the spool file at a time.
-const SPOOL_WRITE: usize = 1 << 20;
-
 /// Reads the form; the `file` field goes to disk in `dir`, chunk by chunk.
 pub async fn read_form(
     mut multipart: Multipart,
@@ -189,10 +186,9 @@ async fn spool_file(
         .tempfile_in(dir)
         .map_err(internal)?
         .into_temp_path();
-    // Every write to a tokio file is a hand-off to a blocking thread: a body's chunks (a few
-    // KiB each) are gathered into writes of a MiB.
+    // A body's chunks (a few KiB each) are gathered into writes of `FILE_IO`.
     let file = tokio::fs::File::create(&spool).await.map_err(internal)?;
-    let mut out = tokio::io::BufWriter::with_capacity(SPOOL_WRITE, file);
+    let mut out = tokio::io::BufWriter::with_capacity(crate::FILE_IO, file);
     let mut written = 0u64;
     while let Some(chunk) = field.try_next().await.map_err(&bad)? {
         written += chunk.len() as u64;
