@@ -903,6 +903,34 @@ pub async fn empty_batch(pool: &PgPool) -> Uuid {
     id
 }
 
+/// The log row a worker writes for a failed attempt at `item_id` of `batch_id` (demo model, one
+/// try, `img.png`), for tests that write outcomes through the worker's own statements; they set
+/// over it what their attempt says.
+pub fn failed_attempt_log(
+    batch_id: Uuid,
+    item_id: Uuid,
+    worker_id: &str,
+) -> xcam_shared::db::logs::NewLogEntry {
+    xcam_shared::db::logs::NewLogEntry {
+        model_name: "demo".into(),
+        model_version: "1".into(),
+        prediction: None,
+        probability: None,
+        filename: "img.png".into(),
+        processing_time_ms: 1.0,
+        queue_wait_ms: None,
+        batch_id,
+        item_id,
+        attempt: 1,
+        status: xcam_shared::status::LogStatus::Failed,
+        error_code: Some("decode_failed"),
+        error_message: Some("a test outcome".into()),
+        worker_id: worker_id.into(),
+        device: "cpu".into(),
+        dynamic_batch_size: None,
+    }
+}
+
 /// A CSV's header and its rows as column → cell.
 pub fn parse_csv(text: &str) -> (Vec<String>, Vec<std::collections::BTreeMap<String, String>>) {
     let mut reader = csv::Reader::from_reader(text.as_bytes());

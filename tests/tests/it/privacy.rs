@@ -17,8 +17,8 @@ use xcam_shared::{
     status::LogStatus,
 };
 use xcam_tests::{
-    Producer, Stack, Store, TestDb, client_with, contains, eventually, files_under, make_token,
-    pg_dump, png, png_zip, redis_contents,
+    Producer, Stack, Store, TestDb, client_with, contains, eventually, failed_attempt_log,
+    files_under, make_token, pg_dump, png, png_zip, redis_contents,
     scale::{self, Size},
     zip_of,
 };
@@ -276,22 +276,11 @@ async fn a_retry_logged_after_its_batch_was_deleted_writes_nothing() {
         }
     };
     let attempt = |batch_id: Uuid, item_id: Uuid, filename: &str| NewLogEntry {
-        model_name: "demo".into(),
-        model_version: "1".into(),
-        prediction: None,
-        probability: None,
         filename: filename.into(),
-        processing_time_ms: 1.0,
-        queue_wait_ms: None,
-        batch_id,
-        item_id,
-        attempt: 1,
         status: LogStatus::Retrying,
         error_code: Some("inference_failed"),
         error_message: Some("a test attempt".into()),
-        worker_id: "privacy-worker".into(),
-        device: "cpu".into(),
-        dynamic_batch_size: None,
+        ..failed_attempt_log(batch_id, item_id, "privacy-worker")
     };
     let logged = |item: Uuid| {
         let pool = db.pool.clone();

@@ -482,22 +482,8 @@ async fn groups_read_their_own_items(db: &PgPool, batch: Uuid, group: &[Uuid]) {
         .map(|&item_id| Outcome {
             result: None,
             log: NewLogEntry {
-                model_name: "demo".into(),
-                model_version: "1".into(),
-                prediction: None,
-                probability: None,
-                filename: "img.png".into(),
-                processing_time_ms: 1.0,
-                queue_wait_ms: None,
-                batch_id: batch,
-                item_id,
-                attempt: 1,
-                status: LogStatus::Failed,
-                error_code: Some("decode_failed"),
-                error_message: Some("a test outcome".into()),
-                worker_id: "scale-worker".into(),
-                device: "cpu".into(),
                 dynamic_batch_size: Some(group.len() as i32),
+                ..xcam_tests::failed_attempt_log(batch, item_id, "scale-worker")
             },
             warnings: Vec::new(),
         })
