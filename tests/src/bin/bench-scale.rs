@@ -342,24 +342,25 @@ async fn main() -> anyhow::Result<()> {
 
     println!("==> the {big}-entry batch's CSV report");
     // Every item gets a copy of a result as a worker writes it (predictions and 16×16 maps of
-    // two labels), so each CSV row is as wide as a real one.
-    let grid: Vec<f32> = (0..256).map(|i| (i as f32 * 0.37).sin().abs()).collect();
+    // two labels, their values in `grids`), so each CSV row is as wide as a real one.
+    let grids: Vec<f32> = (0..512).map(|i| (i as f32 * 0.37).sin().abs()).collect();
     let cam = |label: &str| {
         serde_json::json!({"label": label, "method": "gradcam", "peak": [21, 30],
-            "bbox": [8, 12, 36, 44], "raw_max": 1.7, "grid": {"h": 16, "w": 16, "values": grid}})
+            "bbox": [8, 12, 36, 44], "raw_max": 1.7, "grid": {"h": 16, "w": 16, "values": []}})
     };
     sqlx::query(
         r#"WITH done AS (UPDATE items SET status = 'succeeded', finished_at = now()
                          WHERE batch_id = $1::uuid RETURNING id)
            INSERT INTO results (item_id, batch_id, model_name, model_version, predictions, top_label,
-                                top_probability, method, cams, image_width, image_height, device,
-                                worker_id, attempt, processing_ms, queue_wait_ms)
+                                top_probability, method, cams, grids, image_width, image_height,
+                                device, worker_id, attempt, processing_ms, queue_wait_ms)
            SELECT id, $1::uuid, 'demo', '1', '{"opacity": 0.91, "nodule": 0.12}', 'opacity', 0.91,
-                  'gradcam', $2, 64, 64, 'cpu', 'worker-0', 1, 61.5, 1200
+                  'gradcam', $2, $3, 64, 64, 'cpu', 'worker-0', 1, 61.5, 1200
            FROM done"#,
     )
     .bind(&batch)
     .bind(serde_json::json!([cam("opacity"), cam("nodule")]))
+    .bind(&grids)
     .execute(&pool)
     .await?;
     println!("    streaming it");

@@ -4,8 +4,11 @@
 use std::time::Duration;
 
 use serde_json::Value;
+use uuid::Uuid;
 use xcam_shared::{bundle::Bundle, heatmap, imaging};
-use xcam_tests::{Stack, Store, demo_bundle, demo_samples_zip, eventually, parse_csv, zip_of};
+use xcam_tests::{
+    Producer, Stack, Store, demo_bundle, demo_samples_zip, eventually, parse_csv, zip_of,
+};
 use xcam_worker::{
     device::DeviceSpec,
     engine::{Engine, EngineOptions, LabelSelection, Method, Target},
@@ -170,6 +173,7 @@ async fn demo_samples_through_the_pipeline(store: Store) {
         ))
         .await;
     assert_eq!(page2["items"].as_array().unwrap().len(), 26);
+    stored_grids_read_back_in_either_layout(&stack, &api, &id, &page).await;
     let (_, workers) = api.get_json("/v1/workers").await;
     assert_eq!(workers.as_array().unwrap().len(), 1, "{workers}");
     assert_eq!(workers[0]["device"], "cpu");
@@ -191,6 +195,60 @@ async fn demo_samples_through_the_pipeline(store: Store) {
         "a stopped worker leaves the live list: {workers}"
     );
     stack.finish().await;
+}
+
+/// Workers store each result's grid values as one `real[]` beside CAMs that keep only their
+/// shape (`0013_grids_as_floats.sql`); a result stored before, its values in the CAMs' JSON,
+/// reads back the same.
+async fn stored_grids_read_back_in_either_layout(
+    stack: &Stack,
+    api: &Producer,
+    batch: &str,
+    page: &Value,
+) {
+    let pool = &stack.db.pool;
+    let batch_id: Uuid = batch.parse().unwrap();
+    let (split, cams): (i64, i64) = sqlx::query_as(
+        r#"SELECT count(*) FILTER (WHERE cardinality(grids) > 0
+                                     AND NOT jsonb_path_exists(cams, '$[*].grid.values[0]')),
+                  count(*)
+           FROM results WHERE batch_id = $1"#,
+    )
+    .bind(batch_id)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (split, cams),
+        (36, 36),
+        "every result keeps its values in grids"
+    );
+
+    let first = &page["items"][0];
+    let item: Uuid = first["item_id"].as_str().unwrap().parse().unwrap();
+    let (stored, _) = xcam_shared::db::results::cams(pool, item)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stored.iter().all(|c| c.grid.is_consistent()));
+    sqlx::query("UPDATE results SET cams = $1, grids = NULL WHERE item_id = $2")
+        .bind(sqlx::types::Json(&stored))
+        .bind(item)
+        .execute(pool)
+        .await
+        .unwrap();
+    let (_, again) = api
+        .get_json(&format!("/v1/batches/{batch}/results?limit=10"))
+        .await;
+    assert_eq!(
+        &again["items"][0], first,
+        "a result stored before reads the same"
+    );
+    let (older, _) = xcam_shared::db::results::cams(pool, item)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(older, stored);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,7 +283,7 @@ async fn two_workers_share_a_queue_and_each_item_gets_one_result() {
     let id = created["id"].as_str().unwrap().to_owned();
     let batch = api.wait_for_batch(&id, BATCH_DEADLINE).await;
     assert_eq!(batch["status"], "succeeded", "{batch}");
-    let batch_id: uuid::Uuid = id.parse().unwrap();
+    let batch_id: Uuid = id.parse().unwrap();
     let (results, items): (i64, i64) = sqlx::query_as("SELECT (SELECT count(*) FROM results WHERE batch_id = $1), (SELECT count(*) FROM items WHERE batch_id = $1)")
         .bind(batch_id)
         .fetch_one(&stack.db.pool)
@@ -292,7 +350,7 @@ async fn a_worker_killed_mid_batch_loses_no_job() {
     let (status, created) = api.upload(zip_owned(&entries), &[("model", "demo")]).await;
     assert_eq!(status, 202, "{created}");
     let id = created["id"].as_str().unwrap().to_owned();
-    let batch_id: uuid::Uuid = id.parse().unwrap();
+    let batch_id: Uuid = id.parse().unwrap();
     // Kill it while it holds claimed work.
     let pool = stack.db.pool.clone();
     let name = victim.name.clone();
@@ -415,7 +473,7 @@ async fn bad_uploads_get_stable_codes_and_leave_nothing_behind() {
         "{body}"
     );
     let (status, body) = api
-        .get_json(&format!("/v1/batches/{}", uuid::Uuid::now_v7()))
+        .get_json(&format!("/v1/batches/{}", Uuid::now_v7()))
         .await;
     assert_eq!(
         (status, body["code"].as_str()),
