@@ -4,7 +4,11 @@
 //! (`s3://BUCKET/PREFIX`, configured by the standard `AWS_*` variables) differ only in the URL.
 //! Every producer and worker of a deployment must name the same store.
 
-use std::{path::Path as FsPath, sync::Arc, time::Duration};
+use std::{
+    path::{Path as FsPath, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -52,6 +56,8 @@ pub struct BlobStore {
     store: Arc<dyn ObjectStore>,
     url: String,
     puts_in_flight: usize,
+    /// A local store's directory: deletes there also remove what killed puts left behind.
+    local_root: Option<PathBuf>,
 }
 
 impl BlobStore {
@@ -75,6 +81,7 @@ impl BlobStore {
             ));
         }
         let mut puts_in_flight = REMOTE_PUTS_IN_FLIGHT;
+        let mut local_root = None;
         let store: Arc<dyn ObjectStore> = match parsed.scheme() {
             "file" => {
                 let dir = parsed
@@ -85,6 +92,7 @@ impl BlobStore {
                 // A local put writes a staging file and renames it: a writer killed half way
                 // leaves its staging files behind, one per put in flight.
                 puts_in_flight = 1;
+                local_root = Some(dir.clone());
                 // Deleting the last file of a directory removes the directory too: its name is
                 // a batch or item id, which must not outlive the batch.
                 Arc::new(
@@ -104,6 +112,7 @@ impl BlobStore {
             store,
             url: url.to_owned(),
             puts_in_flight,
+            local_root,
         })
     }
 
@@ -213,9 +222,47 @@ impl BlobStore {
     /// Removes a blob; one that is already gone is not an error.
     pub async fn delete(&self, key: &str) -> Result<(), BlobError> {
         match self.store.delete(&Path::from(key)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.failed(key, e)),
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(self.failed(key, e)),
         }
+        self.remove_staged(key, Staged::Of).await
+    }
+
+    /// On a local store, removes the staging files that puts killed half way left for `key`
+    /// ([`Staged::Of`]) or anywhere under it ([`Staged::Under`]), and the directories that
+    /// leaves empty. A staging file is `{path}#{n}`; the store's listings skip it, so nothing
+    /// else would ever remove it, and it holds a plane's pixels.
+    async fn remove_staged(&self, key: &str, which: Staged) -> Result<(), BlobError> {
+        let Some(root) = self.local_root.clone() else {
+            return Ok(());
+        };
+        let path = root.join(key);
+        let removed = tokio::task::spawn_blocking(move || {
+            let dir = match which {
+                Staged::Of => {
+                    remove_staging_files_of(&path)?;
+                    path.parent().map(FsPath::to_path_buf)
+                }
+                Staged::Under => {
+                    remove_staging_files_under(&path)?;
+                    Some(path)
+                }
+            };
+            if let Some(dir) = dir {
+                prune_empty_dirs(&root, &dir);
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        removed.map_err(|source| BlobError::Store {
+            store: self.url.clone(),
+            key: key.to_owned(),
+            source: object_store::Error::Generic {
+                store: "LocalFileSystem",
+                source: Box::new(source),
+            },
+        })
     }
 
     /// Every key under a prefix (a "directory"), or under the whole store for `""`.
@@ -235,6 +282,7 @@ impl BlobStore {
         for key in &keys {
             self.delete(key).await?;
         }
+        self.remove_staged(prefix, Staged::Under).await?;
         Ok(keys.len())
     }
 
@@ -245,6 +293,80 @@ impl BlobStore {
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(self.failed(key, e)),
         }
+    }
+}
+
+/// Which staging files [`BlobStore::remove_staged`] removes.
+#[derive(Debug, Clone, Copy)]
+enum Staged {
+    /// Those of one key.
+    Of,
+    /// Every one under a prefix.
+    Under,
+}
+
+/// Staging names a put takes are the first free of `#1`, `#2`, …: a kill leaves them from `#1`
+/// up, with a gap only where a put of the same key at the same time finished. So they are
+/// probed in turn, past this many misses, rather than found by reading a directory that may
+/// hold thousands of planes.
+const STAGING_PROBES: u32 = 4;
+
+/// Removes the staging files a local put of `path` left.
+fn remove_staging_files_of(path: &FsPath) -> std::io::Result<()> {
+    let (mut n, mut misses) = (1, 0);
+    while misses < STAGING_PROBES {
+        let mut staged = path.as_os_str().to_owned();
+        staged.push(format!("#{n}"));
+        match std::fs::remove_file(&staged) {
+            Ok(()) => misses = 0,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => misses += 1,
+            Err(e) => return Err(e),
+        }
+        n += 1;
+    }
+    Ok(())
+}
+
+/// Whether a file name is a local put's staging file: `{name}#{digits}` (object_store's
+/// `LocalFileSystem`; a name with anything else after its `#` is a blob of its own).
+fn is_staging_file(name: &str) -> bool {
+    name.rsplit_once('#')
+        .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Removes every staging file in `dir` and the directories below it, and the directories that
+/// leaves empty. A directory that does not exist holds none.
+fn remove_staging_files_under(dir: &FsPath) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            remove_staging_files_under(&entry.path())?;
+            prune_empty_dirs(dir, &entry.path());
+        } else if is_staging_file(&entry.file_name().to_string_lossy()) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes `dir` and its parents up to (not including) `root` while they are empty, as the
+/// store does when it deletes a directory's last blob: a directory's name may be a batch's id.
+fn prune_empty_dirs(root: &FsPath, dir: &FsPath) {
+    let mut dir = Some(dir);
+    while let Some(d) = dir.filter(|d| d.starts_with(root) && *d != root) {
+        if std::fs::remove_dir(d).is_err() {
+            return;
+        }
+        dir = d.parent();
     }
 }
 
@@ -336,5 +458,68 @@ mod tests {
         ];
         let s3 = BlobStore::open_with("s3://bucket/prefix", &options).unwrap();
         assert_eq!(s3.puts_in_flight(), REMOTE_PUTS_IN_FLIGHT);
+    }
+
+    /// What a producer killed during a put leaves behind (`{key}#{n}`: object_store's staging
+    /// file, which listings skip) goes when its key, or a prefix above it, is deleted; a blob
+    /// whose key holds a `#` stays.
+    #[tokio::test]
+    async fn deletes_remove_what_killed_puts_left_behind() {
+        let root = tempfile::tempdir().unwrap();
+        let store = BlobStore::local(root.path()).unwrap();
+        let planes = root.path().join("planes/ab");
+        std::fs::create_dir_all(&planes).unwrap();
+        // Two puts killed half way, beside a third of the same key that finished (`#1`, renamed).
+        std::fs::write(planes.join("abc.plane#2"), b"half a plane").unwrap();
+        std::fs::write(planes.join("abc.plane#3"), b"half a plane").unwrap();
+        store
+            .put("planes/ab/abd.plane", Bytes::from_static(b"kept"))
+            .await
+            .unwrap();
+        store
+            .put("planes/ab/abc.plane#v2", Bytes::from_static(b"kept"))
+            .await
+            .unwrap();
+
+        store.delete("planes/ab/abc.plane").await.unwrap();
+        let mut left: Vec<_> = std::fs::read_dir(&planes)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        // (The store writes a key's `#` as `%23`: on disk only staging files hold one.)
+        assert_eq!(left, ["abc.plane%23v2", "abd.plane"]);
+
+        // A killed put of a fitted copy: the directory holds only its staging file.
+        let fitted = root.path().join("planes/ab/abd.plane.fitted");
+        std::fs::create_dir_all(&fitted).unwrap();
+        std::fs::write(fitted.join("224.fit#1"), b"half a copy").unwrap();
+        assert_eq!(
+            store
+                .delete_prefix("planes/ab/abd.plane.fitted")
+                .await
+                .unwrap(),
+            0
+        );
+        assert!(!fitted.exists());
+        store.delete("planes/ab/abd.plane").await.unwrap();
+        store.delete("planes/ab/abc.plane#v2").await.unwrap();
+        assert_eq!(
+            std::fs::read_dir(root.path()).unwrap().count(),
+            0,
+            "no empty directory stays"
+        );
+        // Deleting what is not there, staging files included, is not an error.
+        store.delete("planes/zz/none.plane").await.unwrap();
+        store.delete_prefix("derived/none").await.unwrap();
+    }
+
+    #[test]
+    fn staging_files_are_told_from_blobs() {
+        assert!(is_staging_file("a.plane#1"));
+        assert!(is_staging_file("a.plane#12"));
+        assert!(!is_staging_file("a.plane#"));
+        assert!(!is_staging_file("a.plane#v2"));
+        assert!(!is_staging_file("a.plane"));
     }
 }
