@@ -56,8 +56,8 @@ pub struct BlobStore {
     store: Arc<dyn ObjectStore>,
     url: String,
     puts_in_flight: usize,
-    /// A local store's directory: deletes there also remove what killed puts left behind.
-    local_root: Option<PathBuf>,
+    /// A local store: deletes there also remove what killed puts left behind.
+    local: Option<Local>,
 }
 
 impl BlobStore {
@@ -81,7 +81,7 @@ impl BlobStore {
             ));
         }
         let mut puts_in_flight = REMOTE_PUTS_IN_FLIGHT;
-        let mut local_root = None;
+        let mut local = None;
         let store: Arc<dyn ObjectStore> = match parsed.scheme() {
             "file" => {
                 let dir = parsed
@@ -92,14 +92,20 @@ impl BlobStore {
                 // A local put writes a staging file and renames it: a writer killed half way
                 // leaves its staging files behind, one per put in flight.
                 puts_in_flight = 1;
-                local_root = Some(dir.clone());
                 // Deleting the last file of a directory removes the directory too: its name is
                 // a batch or item id, which must not outlive the batch.
-                Arc::new(
+                let store = Arc::new(
                     LocalFileSystem::new_with_prefix(&dir)
                         .map_err(|e| bad(e.to_string()))?
                         .with_automatic_cleanup(true),
-                )
+                );
+                // The store maps keys under the canonical directory.
+                let root = std::fs::canonicalize(&dir).map_err(|e| bad(e.to_string()))?;
+                local = Some(Local {
+                    store: store.clone(),
+                    root,
+                });
+                store
             }
             "s3" => s3(&parsed, options).map_err(bad)?,
             other => {
@@ -112,7 +118,7 @@ impl BlobStore {
             store,
             url: url.to_owned(),
             puts_in_flight,
-            local_root,
+            local,
         })
     }
 
@@ -233,10 +239,17 @@ impl BlobStore {
     /// leaves empty. A staging file is `{path}#{n}`; the store's listings skip it, so nothing
     /// else would ever remove it, and it holds a plane's pixels.
     async fn remove_staged(&self, key: &str, which: Staged) -> Result<(), BlobError> {
-        let Some(root) = self.local_root.clone() else {
+        let Some(local) = &self.local else {
             return Ok(());
         };
-        let path = root.join(key);
+        let root = local.root.clone();
+        let path = match key {
+            "" => root.clone(),
+            key => local
+                .store
+                .path_to_filesystem(&Path::from(key))
+                .map_err(|e| self.failed(key, e))?,
+        };
         let removed = tokio::task::spawn_blocking(move || {
             let dir = match which {
                 Staged::Of => {
@@ -296,6 +309,13 @@ impl BlobStore {
     }
 }
 
+/// A local directory's store, and that directory as the store resolved it.
+#[derive(Debug, Clone)]
+struct Local {
+    store: Arc<LocalFileSystem>,
+    root: PathBuf,
+}
+
 /// Which staging files [`BlobStore::remove_staged`] removes.
 #[derive(Debug, Clone, Copy)]
 enum Staged {
@@ -328,7 +348,7 @@ fn remove_staging_files_of(path: &FsPath) -> std::io::Result<()> {
 }
 
 /// Whether a file name is a local put's staging file: `{name}#{digits}` (object_store's
-/// `LocalFileSystem`; a name with anything else after its `#` is a blob of its own).
+/// `LocalFileSystem`, which writes a `#` of a key as `%23`).
 fn is_staging_file(name: &str) -> bool {
     name.rsplit_once('#')
         .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
@@ -512,6 +532,10 @@ mod tests {
         // Deleting what is not there, staging files included, is not an error.
         store.delete("planes/zz/none.plane").await.unwrap();
         store.delete_prefix("derived/none").await.unwrap();
+        std::fs::create_dir_all(root.path().join("derived/b/i")).unwrap();
+        std::fs::write(root.path().join("derived/b/i/x.png#1"), b"half").unwrap();
+        assert_eq!(store.delete_prefix("").await.unwrap(), 0, "the whole store");
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
     }
 
     #[test]
