@@ -227,11 +227,16 @@ impl BlobStore {
 
     /// Removes a blob; one that is already gone is not an error.
     pub async fn delete(&self, key: &str) -> Result<(), BlobError> {
-        match self.store.delete(&Path::from(key)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(self.failed(key, e)),
-        }
+        self.delete_object(key).await?;
         self.remove_staged(key, Staged::Of).await
+    }
+
+    /// [`BlobStore::delete`] without the staging files.
+    async fn delete_object(&self, key: &str) -> Result<(), BlobError> {
+        match self.store.delete(&Path::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.failed(key, e)),
+        }
     }
 
     /// On a local store, removes the staging files that puts killed half way left for `key`
@@ -293,8 +298,9 @@ impl BlobStore {
     pub async fn delete_prefix(&self, prefix: &str) -> Result<usize, BlobError> {
         let keys = self.list(prefix).await?;
         for key in &keys {
-            self.delete(key).await?;
+            self.delete_object(key).await?;
         }
+        // One walk of the prefix finds every key's staging files; no probe per key.
         self.remove_staged(prefix, Staged::Under).await?;
         Ok(keys.len())
     }
