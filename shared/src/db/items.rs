@@ -176,6 +176,24 @@ pub struct ClaimRequest {
     pub fresh: bool,
 }
 
+/// Claims a group's items that are still open: arrays of their ids, batch ids and whether each
+/// claim is a fresh attempt (1) or the same attempt again (0), and the worker's id. Public so
+/// that the plan tests run the statement itself.
+pub const CLAIM_ITEMS: &str = r#"WITH locked AS MATERIALIZED (
+        SELECT id FROM batches WHERE id = ANY($2) ORDER BY id FOR NO KEY UPDATE
+    ), wanted AS (
+        SELECT DISTINCT ON (id) id, batch_id, fresh
+        FROM unnest($1::uuid[], $2::uuid[], $3::int4[]) WITH ORDINALITY AS w(id, batch_id, fresh, n)
+        ORDER BY id, n
+    )
+    UPDATE items SET status = 'running', attempts = items.attempts + w.fresh,
+           open_claims = items.open_claims + w.fresh, worker_id = $4,
+           started_at = COALESCE(items.started_at, now())
+    FROM wanted w JOIN locked ON locked.id = w.batch_id
+    WHERE items.id = w.id AND items.batch_id IS NOT DISTINCT FROM w.batch_id AND items.id = ANY($1)
+      AND items.status IN ('queued', 'running')
+    RETURNING items.id, items.entry_name, items.queued_at, items.attempts, items.open_claims"#;
+
 /// Marks items running, in one statement; answers, in their order, `None` for an item that must
 /// not run: it was cancelled, it already has its final outcome (a duplicate delivery), or it is
 /// named twice (only the first runs). Locks the items' batches first, in id order, as every
@@ -190,31 +208,16 @@ pub async fn claim_all(
         .map(|r| (r.item_id, i32::from(r.fresh)))
         .unzip();
     let batches: Vec<Uuid> = requests.iter().map(|r| r.batch_id).collect();
-    // The CTE is materialised, so each batch is locked before any of its items.
-    // `items.id = ANY($1)` repeats the join: see `outcome::record_all`.
-    let claimed: Vec<ClaimRow> = sqlx::query_as(
-        r#"WITH locked AS MATERIALIZED (
-               SELECT id FROM batches WHERE id = ANY($2) ORDER BY id FOR NO KEY UPDATE
-           ), wanted AS (
-               SELECT DISTINCT ON (id) id, batch_id, fresh
-               FROM unnest($1::uuid[], $2::uuid[], $3::int4[]) WITH ORDINALITY AS w(id, batch_id, fresh, n)
-               ORDER BY id, n
-           )
-           UPDATE items SET status = 'running', attempts = items.attempts + w.fresh,
-                  open_claims = items.open_claims + w.fresh, worker_id = $4,
-                  started_at = COALESCE(items.started_at, now())
-           FROM wanted w
-           WHERE items.id = w.id AND items.batch_id = w.batch_id AND items.id = ANY($1)
-             AND items.batch_id IN (SELECT id FROM locked)
-             AND items.status IN ('queued', 'running')
-           RETURNING items.id, items.entry_name, items.queued_at, items.attempts, items.open_claims"#,
-    )
-    .bind(&items)
-    .bind(&batches)
-    .bind(&fresh)
-    .bind(worker)
-    .fetch_all(db)
-    .await?;
+    // The CTE is materialised, so each batch is locked before any of its items. The items are
+    // reached by key only (`items.id = ANY($1)` repeats the join; the batch is matched with
+    // `IS NOT DISTINCT FROM`, which no index serves): see `outcome::record_all`.
+    let claimed: Vec<ClaimRow> = sqlx::query_as(CLAIM_ITEMS)
+        .bind(&items)
+        .bind(&batches)
+        .bind(&fresh)
+        .bind(worker)
+        .fetch_all(db)
+        .await?;
     let mut claimed: std::collections::HashMap<Uuid, Claim> =
         claimed.into_iter().map(|r| (r.id, r.claim)).collect();
     Ok(items.iter().map(|id| claimed.remove(id)).collect())

@@ -48,6 +48,20 @@ pub enum Recorded {
     Nothing,
 }
 
+/// Finishes a group's items that are still open and returns their ids: arrays of their ids,
+/// batch ids, statuses, error codes, error messages, worker ids and the warnings each adds.
+/// Public so that the plan tests run the statement itself.
+pub const FINISH_ITEMS: &str = "UPDATE items SET status = v.status, error_code = v.error_code, \
+     error_message = v.error_message, worker_id = v.worker_id, finished_at = now(), \
+     open_claims = 0, warnings = items.warnings || v.warnings \
+     FROM (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], \
+                                $6::text[], $7::jsonb[]) \
+               AS u (id, batch_id, status, error_code, error_message, worker_id, warnings) \
+           ORDER BY id) AS v \
+     WHERE items.id = v.id AND items.batch_id IS NOT DISTINCT FROM v.batch_id AND items.id = ANY($1) \
+       AND items.status IN ('queued', 'running') \
+     RETURNING items.id";
+
 /// Records `outcomes` in one transaction; says, in their order, which were written. An item
 /// named twice is written once, by its first outcome.
 pub async fn record_all(db: &PgPool, outcomes: &[Outcome]) -> sqlx::Result<Vec<Recorded>> {
@@ -71,15 +85,16 @@ pub async fn record_all(db: &PgPool, outcomes: &[Outcome]) -> sqlx::Result<Vec<R
     // Only items still open take an outcome: one already finished was a duplicate delivery.
     //
     // The group comes as one array a column, so the statement's text is the same whatever the
-    // group's size. `items.id = ANY($1)` repeats the join so that the planner always has the
-    // primary key to reach the items by. Until autovacuum analyses a freshly ingested batch, the
-    // statistics say almost no item is open; the planner then put items on the outer side of a
-    // nested loop, reached through their open status (every open item of the batch), and scanned
-    // the group once per open item: 87 ms a group in an 8 000-image batch, growing with the batch,
-    // and the batch's lock held all the while. The group is sorted by key, so the planner merges
-    // it with the items in the order the key's index returns them: with the items first in a
-    // nested loop it was read again for each item (a row of VALUES re-evaluating its seven
-    // parameters each time), 2.2 of the 4.1 ms a 62-item group took.
+    // group's size ([`FINISH_ITEMS`]). Until autovacuum analyses a freshly ingested batch, the
+    // statistics say almost no item is open, and the planner reached the items through their open
+    // status — every open item of the batch, through `items_open_idx` or the batch's own
+    // `(batch_id, status)` index, once for each item of the group: 87 ms a group in an 8 000-image
+    // batch, 100 ms for 64 items of a 20 000-item one, the batch's lock held all the while. So the
+    // items are reached by key only: `items.id = ANY($1)` repeats the join, and the batch is
+    // matched with `IS NOT DISTINCT FROM`, which no index serves. The group is sorted by key, so
+    // the planner merges it with the items in the order the key's index returns them: with the
+    // items first in a nested loop it was read again for each item (a row of VALUES
+    // re-evaluating its seven parameters each time), 2.2 of the 4.1 ms a 62-item group took.
     let ids: Vec<Uuid> = open.iter().map(|o| o.log.item_id).collect();
     let batch_ids: Vec<Uuid> = open.iter().map(|o| o.log.batch_id).collect();
     let statuses: Vec<&str> = open.iter().map(|o| o.item_status().as_str()).collect();
@@ -90,25 +105,14 @@ pub async fn record_all(db: &PgPool, outcomes: &[Outcome]) -> sqlx::Result<Vec<R
         .collect();
     let workers: Vec<&str> = open.iter().map(|o| o.log.worker_id.as_str()).collect();
     let warnings: Vec<Json<&[Warning]>> = open.iter().map(|o| Json(&o.warnings[..])).collect();
-    let finish = sqlx::query_scalar(
-        "UPDATE items SET status = v.status, error_code = v.error_code, \
-         error_message = v.error_message, worker_id = v.worker_id, finished_at = now(), \
-         open_claims = 0, warnings = items.warnings || v.warnings \
-         FROM (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], \
-                                    $6::text[], $7::jsonb[]) \
-                   AS u (id, batch_id, status, error_code, error_message, worker_id, warnings) \
-               ORDER BY id) AS v \
-         WHERE items.id = v.id AND items.batch_id = v.batch_id AND items.id = ANY($1) \
-           AND items.status IN ('queued', 'running') \
-         RETURNING items.id",
-    )
-    .bind(&ids)
-    .bind(&batch_ids)
-    .bind(&statuses)
-    .bind(&codes)
-    .bind(&messages)
-    .bind(&workers)
-    .bind(&warnings);
+    let finish = sqlx::query_scalar(FINISH_ITEMS)
+        .bind(&ids)
+        .bind(&batch_ids)
+        .bind(&statuses)
+        .bind(&codes)
+        .bind(&messages)
+        .bind(&workers)
+        .bind(&warnings);
     let finished: HashSet<Uuid> = finish.fetch_all(&mut *tx).await?.into_iter().collect();
     if finished.is_empty() {
         return Ok(vec![Recorded::Nothing; outcomes.len()]);
