@@ -399,43 +399,72 @@ impl Figures {
 /// Batches in a row a GPU replica may fail before it stops taking work.
 const RETIRE_AFTER: u32 = 3;
 
+/// Whether a replica has failed long enough to stop taking work.
+///
+/// Only a GPU retires: a lost or exhausted device keeps failing, and its batches are better run
+/// by the others. A CPU failure says nothing about the CPU, so that replica goes on. The last
+/// replica serving never retires, so a worker always answers its jobs (with errors, which send
+/// them back to the queue) rather than leaving them waiting for a replica that will never come.
+struct Retirement<'a> {
+    gpu: bool,
+    failures: u32,
+    /// Replicas of the engine not retired, shared by all of them.
+    serving: &'a AtomicUsize,
+}
+
+impl<'a> Retirement<'a> {
+    fn new(gpu: bool, serving: &'a AtomicUsize) -> Self {
+        Self {
+            gpu,
+            failures: 0,
+            serving,
+        }
+    }
+
+    /// Counts a batch; true when this replica is to stop (its place is then given up).
+    fn after_batch(&mut self, ok: bool) -> bool {
+        if ok {
+            self.failures = 0;
+            return false;
+        }
+        self.failures += 1;
+        self.gpu
+            && self.failures >= RETIRE_AFTER
+            && self
+                .serving
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    (n > 1).then(|| n - 1)
+                })
+                .is_ok()
+    }
+}
+
 /// A replica's loop: gather a batch, run it, reply, until every sender is gone.
 ///
 /// A batch that fails is answered with the error (a transient one: its jobs go back to the
 /// queue) and counted in `xcam_worker_device_errors_total`. A GPU that fails [`RETIRE_AFTER`]
-/// batches in a row (lost, out of memory for good) is retired: its replica stops taking work
-/// and the others go on, unless it is the last.
+/// batches in a row (lost, out of memory for good) is retired ([`Retirement`]): its replica
+/// stops taking work and the others go on, unless it is the last.
 fn serve(model: &LoadedModel, shared: &Shared) {
     let options = shared.options;
     let device: Arc<str> = describe(model.device).into();
-    let mut failures = 0;
+    let mut retirement = Retirement::new(model.device.is_cuda(), &shared.serving);
     while let Some(batch) = gather(shared) {
         let size = batch.len() as u64;
         let (busy, ok) = run_batch(model, batch, &device);
-        if ok {
-            failures = 0;
-        } else {
-            failures += 1;
+        if !ok {
             metrics::counter!("xcam_worker_device_errors_total", "device" => device.to_string())
                 .increment(1);
-            let others_serve = || {
-                (shared.serving)
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                        (n > 1).then(|| n - 1)
-                    })
-                    .is_ok()
-            };
-            if model.device.is_cuda() && failures >= RETIRE_AFTER && others_serve() {
-                tracing::error!(
-                    model = model.bundle.name(),
-                    %device,
-                    failures,
-                    "this device failed every batch of its last few; its replica stops taking work"
-                );
-                metrics::gauge!("xcam_worker_device_retired", "device" => device.to_string())
-                    .set(1.0);
-                return;
-            }
+        }
+        if retirement.after_batch(ok) {
+            tracing::error!(
+                model = model.bundle.name(),
+                %device,
+                failures = retirement.failures,
+                "this device failed every batch of its last few; its replica stops taking work"
+            );
+            metrics::gauge!("xcam_worker_device_retired", "device" => device.to_string()).set(1.0);
+            return;
         }
         let mut f = shared
             .figures
@@ -538,5 +567,63 @@ fn run_batch(model: &LoadedModel, batch: Vec<Request>, device: &Arc<str>) -> (Du
             }
             (elapsed, false)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::{RETIRE_AFTER, Retirement};
+
+    #[test]
+    fn a_gpu_retires_after_failing_batches_in_a_row_while_another_replica_serves() {
+        let serving = AtomicUsize::new(2);
+        let mut gpu = Retirement::new(true, &serving);
+        for _ in 1..RETIRE_AFTER {
+            assert!(!gpu.after_batch(false));
+        }
+        assert!(gpu.after_batch(false));
+        assert_eq!(serving.load(Ordering::SeqCst), 1, "its place is given up");
+    }
+
+    #[test]
+    fn a_batch_that_runs_forgives_the_failures_before_it() {
+        let serving = AtomicUsize::new(2);
+        let mut gpu = Retirement::new(true, &serving);
+        for _ in 0..3 {
+            for _ in 1..RETIRE_AFTER {
+                assert!(!gpu.after_batch(false));
+            }
+            assert!(!gpu.after_batch(true));
+        }
+        assert_eq!(serving.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn the_last_replica_serving_never_retires() {
+        let serving = AtomicUsize::new(2);
+        let (mut first, mut second) = (
+            Retirement::new(true, &serving),
+            Retirement::new(true, &serving),
+        );
+        let mut retired = 0;
+        for _ in 0..10 {
+            retired +=
+                usize::from(first.after_batch(false)) + usize::from(second.after_batch(false));
+        }
+        assert_eq!(
+            retired, 1,
+            "one of the two retires; the other is then the last"
+        );
+        assert_eq!(serving.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_cpu_replica_never_retires() {
+        let serving = AtomicUsize::new(2);
+        let mut cpu = Retirement::new(false, &serving);
+        assert!((0..10).all(|_| !cpu.after_batch(false)));
+        assert_eq!(serving.load(Ordering::SeqCst), 2);
     }
 }
