@@ -7,6 +7,8 @@ cd "$root"
 batch="${BENCH_BATCH:-8}"
 seconds="${BENCH_SECONDS:-10}"
 bundle="target/bench-models/densenet121"
+# BENCH_GRID_ONLY=1: the GPU grid below alone (scripts/gpu-kit.sh, where device time is short).
+if [[ -z "${BENCH_GRID_ONLY:-}" ]]; then
 if [[ ! -f "$bundle/reference.npz" ]]; then
   python3 models/tools/export.py --arch densenet121 --num-classes 18 --out "$bundle" --reference-synthetic 200
 fi
@@ -54,6 +56,7 @@ print(f"Grad-CAM / forward-only (xcam, default):      {a['gradcam_images_per_s']
 print(f"xcam Grad-CAM / pytorch-grad-cam, like for like: {x['gradcam_images_per_s'] / r['gradcam_images_per_s']:.2f}  (target >= 2.5)")
 print(f"xcam worker default / pytorch-grad-cam:          {a['gradcam_images_per_s'] / r['gradcam_images_per_s']:.2f}")
 PY
+fi
 
 # On a GPU: DenseNet-121 at 224 and 512 px, batch 1 to 64, fp32 and bf16 — forward only, xcam
 # Grad-CAM and pytorch-grad-cam on the same GPU, one model copy each, in one run.
