@@ -12,8 +12,9 @@
 #   scripts/gpu-kit.sh pack      here: builds and packs .gpu-kit/part-NN and .gpu-kit/SHA256SUMS,
 #                                and prints the calls that take them over
 #   scripts/gpu-kit.sh receive   there, in the call that carries a part: keeps it in $KIT_STORE
-#   scripts/gpu-kit.sh check     there, last: unpacks, then runs the GPU engine tests and the
-#                                GPU grid of `make bench`, their logs in $OUT (or ./gpu-out)
+#   scripts/gpu-kit.sh check     there, last: unpacks, then runs the GPU engine tests, the GPU
+#                                grid of `make bench` and every loop of the worker's bench once,
+#                                their logs in $OUT (or ./gpu-out)
 #
 # A machine goes back 30 s after a call: make the calls one after the other.
 set -euo pipefail
@@ -135,6 +136,15 @@ check() {
   echo "==> the GPU grid of make bench"
   BENCH_GRID_ONLY=1 BENCH_GRID_BATCHES="${BENCH_GRID_BATCHES:-1 8 64}" BENCH_GRID_SECONDS="${BENCH_GRID_SECONDS:-2}" \
     timeout 360 scripts/bench.sh 2>&1 | tee "$out/bench-grid.log" || rc=1
+  # Every loop of the worker's own bench once, at the worker's default precision there: each
+  # CAM method, the OOD score's cost, faithfulness, and the other memory layout (channels_last).
+  echo "==> every loop of xcam-worker bench (DenseNet-121 with its reference, batch ${KIT_BATCH:-32})"
+  local bundle=target/bench-models/densenet121
+  [[ -f "$bundle/reference.npz" ]] ||
+    python3 models/tools/export.py --arch densenet121 --num-classes 18 --out "$bundle" --reference-synthetic 200
+  timeout 180 target/release/xcam-worker bench --model "$bundle" \
+    --device "${KIT_DEVICE:-cuda:0}" --batch "${KIT_BATCH:-32}" --seconds 2 --replicas 1 2>&1 \
+    | tee "$out/bench-loops.log" || rc=1
   return $rc
 }
 
