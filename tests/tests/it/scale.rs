@@ -460,8 +460,9 @@ async fn groups_read_their_own_items(db: &PgPool, batch: Uuid, group: &[Uuid]) {
         .unwrap();
         (calls, rows, pages)
     };
-    const CLAIM: &str = "WITH locked AS MATERIALIZED";
-    const FINISH: &str = "UPDATE items SET status = v.status";
+    // The statements' own openings, as pg_stat_statements keeps their text.
+    const CLAIM: &str = items::CLAIM_ITEMS.split_at(27).0;
+    const FINISH: &str = outcome::FINISH_ITEMS.split_at(34).0;
     let before = (pages(CLAIM).await, pages(FINISH).await);
     let requests: Vec<ClaimRequest> = group
         .iter()
