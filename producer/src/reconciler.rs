@@ -8,13 +8,16 @@
 //! Each pass looks at one page of open items and goes on from there the next time, so every
 //! open item is looked at within a few passes however many there are.
 
-use std::{sync::Mutex, time::Duration};
+use std::{collections::HashSet, sync::Mutex, time::Duration};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use xcam_shared::{db, jobs::GradCamJobV1};
+use xcam_shared::{
+    db::{self, items::OpenItem},
+    jobs::GradCamJobV1,
+};
 
 use crate::queue::Queue;
 
@@ -79,16 +82,38 @@ impl Reconciler {
         } else {
             open.last().map(|o| o.key())
         };
+        self.repush_missing(open).await
+    }
+
+    /// Pushes again the jobs of `open` (items read as open) that Redis does not hold.
+    ///
+    /// An item a worker finishes between the read and Redis's answer has no job any more either
+    /// (the worker acknowledges it once its outcome is committed): those are read again, and
+    /// only the ones still open are pushed. A job is missing only if its item is open after
+    /// Redis said so.
+    pub async fn repush_missing(&self, open: Vec<OpenItem>) -> anyhow::Result<usize> {
         if open.is_empty() {
             return Ok(0);
         }
         let keys: Vec<_> = open.iter().map(|o| (o.model_name.clone(), o.id)).collect();
         let present = self.queue.holds(&keys).await?;
-        let missing: Vec<GradCamJobV1> = open
+        let absent: Vec<OpenItem> = open
             .into_iter()
             .zip(present)
-            .filter(|(_, present)| !present)
-            .filter_map(|(o, _)| o.job())
+            .filter_map(|(o, present)| (!present).then_some(o))
+            .collect();
+        if absent.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<Uuid> = absent.iter().map(|o| o.id).collect();
+        let open_now: HashSet<Uuid> = db::items::still_open(&self.db, &ids)
+            .await?
+            .into_iter()
+            .collect();
+        let missing: Vec<GradCamJobV1> = absent
+            .into_iter()
+            .filter(|o| open_now.contains(&o.id))
+            .filter_map(OpenItem::job)
             .collect();
         if missing.is_empty() {
             return Ok(0);

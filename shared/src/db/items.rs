@@ -290,6 +290,16 @@ pub async fn open_before(
     .await
 }
 
+/// Of `ids`, those still open (queued or running).
+pub async fn still_open(db: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "SELECT id FROM items WHERE id = ANY($1) AND (status IN ('queued', 'running')) IS TRUE",
+    )
+    .bind(ids)
+    .fetch_all(db)
+    .await
+}
+
 /// An item that was refused, failed, or carries warnings.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Problem {

@@ -212,6 +212,11 @@ async fn redis_emptied_mid_batch_loses_nothing_and_the_reconciler_covers_every_o
     }
     let held: usize = conn.hlen(config.job_data_hash()).await.unwrap();
     assert_eq!((pushed, held), (250, 250), "pushed, held by Redis");
+    // What a pass reads as open now: every item is finished by the time it is handed back below.
+    let read_open = xcam_shared::db::items::open_before(&state.db, Duration::ZERO, None, 1_000)
+        .await
+        .unwrap();
+    assert_eq!(read_open.len(), 250);
 
     // Mid-batch, with a worker running and a producer reconciling as usual.
     let _reconciling = stack.producer(&[]).await;
@@ -231,6 +236,10 @@ async fn redis_emptied_mid_batch_loses_nothing_and_the_reconciler_covers_every_o
     let view = api.wait_for_batch(&batch.to_string(), DEADLINE).await;
     assert_eq!(view["status"], "succeeded", "{view}");
     stack.assert_each_item_done_once(batch, 250).await;
+
+    // Items read as open that workers finished before Redis was asked (their jobs acknowledged
+    // and gone) are not missing jobs: none is pushed again.
+    assert_eq!(reconciler.repush_missing(read_open).await.unwrap(), 0);
     stack.finish().await;
 }
 
