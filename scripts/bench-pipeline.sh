@@ -5,7 +5,8 @@
 #      and Redis round trips per image. (At 2 000 images/s a 3 000-image run lasts a second and
 #      a half, and its first and last batches weigh on it.)
 #   2. DenseNet-121: 500 radiographs, batch 8, the same way.
-#   3. A worker's resident memory over 100 000 images (BENCH_MEMORY_IMAGES), demo bundle.
+#   3. A worker's resident memory over 100 000 images (BENCH_MEMORY_IMAGES; BENCH_MEMORY_BATCHES
+#      archives of them at once), demo bundle.
 #   4. The producer's peak memory while it ingests a 1 GiB ZIP.
 # Each engine figure is `xcam-worker bench` for the same bundle, batch size and replicas, run
 # just before and just after its pipeline: on a shared machine a noisy neighbour during one of
@@ -122,14 +123,17 @@ pipeline demo demo "${BENCH_DEMO_IMAGES:-8000}" "${BENCH_DEMO_BATCH:-32}" >> "$r
 quick="${BENCH_QUICK:-}"
 [[ -n "$quick" ]] || pipeline densenet densenet121 "${BENCH_IMAGES:-500}" "${BENCH_BATCH:-8}" >> "$runs"
 
-# A worker's memory over a long run: its resident set sampled while it explains
-# $BENCH_MEMORY_IMAGES small images (distinct, so none is deduplicated), demo bundle.
+# A worker's memory over a long run: sampled while it explains $BENCH_MEMORY_IMAGES small images
+# (distinct, so none is deduplicated), demo bundle. BENCH_MEMORY_BATCHES=N uploads N such
+# archives at once (N × the images, each archive within the producer's 100 000 entries).
 memory_images="${BENCH_MEMORY_IMAGES:-100000}"
+memory_batches="${BENCH_MEMORY_BATCHES:-1}"
 [[ -z "$quick" ]] || memory_images=0
 : > "$work/memory.tsv"; memory_peak=0; before=0; peak=0; zip_bytes=0
 if (( memory_images > 0 )); then
-echo "==> memory: drawing $memory_images images"
-python3 - "$work/memory.zip" "$memory_images" <<'PY'
+echo "==> memory: drawing $memory_batches × $memory_images images"
+for k in $(seq 0 $((memory_batches - 1))); do
+python3 - "$work/memory-$k.zip" "$memory_images" "$k" <<'PY'
 import sys, zipfile, zlib, struct
 import numpy as np
 rng = np.random.default_rng(11)
@@ -140,26 +144,36 @@ def png(pixels):
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)) \
         + chunk(b"IDAT", zlib.compress(raw, 1)) + chunk(b"IEND", b"")
 base = rng.integers(0, 256, (96, 96), dtype=np.uint8)
+first = int(sys.argv[3]) * int(sys.argv[2])
 with zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_STORED) as z:
     for i in range(int(sys.argv[2])):
-        img = base.copy(); img.flat[i % img.size] ^= 1 + (i // img.size) % 255; img[0, :4] = np.frombuffer(struct.pack(">I", i), np.uint8)
+        n = first + i
+        img = base.copy(); img.flat[i % img.size] ^= 1 + (i // img.size) % 255; img[0, :4] = np.frombuffer(struct.pack(">I", n), np.uint8)
         z.writestr(f"m_{i:06d}.png", png(img))
 PY
+done
 DATABASE_URL="$worker_db" target/release/xcam-worker run --model demo --device cpu --max-batch 32 \
   --health-bind "127.0.0.1:$metrics_port" > "$work/memory-worker.log" 2>&1 & worker_pid=$!
 for _ in $(seq 300); do curl -fsS "http://127.0.0.1:$metrics_port/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
-memory_batch=$(get -F model=demo -F file=@"$work/memory.zip" "$api/v1/batches" | json 'd["id"]')
-: > "$work/memory.tsv"
+uploads=()
+for k in $(seq 0 $((memory_batches - 1))); do
+  get -F model=demo -F file=@"$work/memory-$k.zip" "$api/v1/batches" | json 'd["id"]' > "$work/memory-$k.batch" & uploads+=($!)
+done
+# Every 2 s: images explained (the worker's own count), its resident set, what the allocator's
+# heaps hold (KiB, as /proc says) and its threads. A resident set that climbs over a level heap
+# is free memory the allocator keeps, not memory the worker keeps.
 while :; do
-  view=$(get "$api/v1/batches/$memory_batch")
-  done_count=$(json 'd["counts"]["succeeded"] + d["counts"]["failed"]' <<<"$view")
-  echo -e "$done_count\t$(awk '/^VmRSS:/ {print $2}' /proc/$worker_pid/status)" >> "$work/memory.tsv"
-  [[ "$(json 'd["status"]' <<<"$view")" =~ ^(succeeded|failed|completed_with_errors)$ ]] && break
+  metrics=$(curl -fsS "http://127.0.0.1:$metrics_port/metrics")
+  done_count=$(awk '$1 ~ /^xcam_worker_images_total/ { n += $2 } END { printf "%d", n }' <<<"$metrics")
+  heap=$(awk '$1 == "xcam_worker_heap_in_use_bytes" { printf "%d", $2 / 1024 }' <<<"$metrics")
+  echo -e "$done_count\t$(awk '/^(VmRSS|Threads):/ { printf "%s\t", $2 }' /proc/$worker_pid/status)${heap:-0}" >> "$work/memory.tsv"
+  (( done_count >= memory_batches * memory_images )) && break
   sleep 2
 done
+wait "${uploads[@]}"
 memory_peak=$(awk '/^VmHWM:/ {print $2}' /proc/$worker_pid/status)
 kill $worker_pid; wait $worker_pid 2>/dev/null || true; unset worker_pid
-get -X DELETE "$api/v1/batches/$memory_batch" >/dev/null
+for k in $(seq 0 $((memory_batches - 1))); do get -X DELETE "$api/v1/batches/$(cat "$work/memory-$k.batch")" >/dev/null; done
 
 echo "==> producer memory while ingesting a 1 GiB ZIP"
 python3 - "$work/big.zip" <<'PY'
@@ -188,7 +202,7 @@ fi
 python3 - "$before" "$peak" "$zip_bytes" "$work/memory.tsv" "$memory_peak" "$runs" <<'PY'
 import json, sys, os, datetime
 before, peak, zip_bytes = (int(a) for a in sys.argv[1:4])
-memory = [tuple(int(v) for v in l.split()) for l in open(sys.argv[4]) if len(l.split()) == 2]
+memory = [tuple(int(v) for v in l.split()) for l in open(sys.argv[4]) if len(l.split()) == 4]
 memory_peak = int(sys.argv[5])
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 print()
@@ -223,16 +237,21 @@ if zip_bytes:
     print(f"producer RSS: {before / 1024:.0f} MiB before, {peak / 1024:.0f} MiB peak while ingesting a {zip_bytes / 2**30:.2f} GiB ZIP")
 if memory:
     total = memory[-1][0]
-    at = lambda share: next((rss for n, rss in memory if n >= share * total), memory[-1][1])
+    at = lambda share: next((m[1] for m in memory if m[0] >= share * total), memory[-1][1])
     print(f"worker RSS over {total} images (demo, batch 32): {at(0.1) / 1024:.0f} MiB at 10 %, "
           f"{at(0.5) / 1024:.0f} MiB at 50 %, {memory[-1][1] / 1024:.0f} MiB at the end, peak {memory_peak / 1024:.0f} MiB")
     # Flat means no trend once warm: the least-squares slope of the samples past 10 %, and
     # their range (the allocator's releases make a sawtooth).
-    warm = [(n, rss) for n, rss in memory if n >= 0.1 * total]
-    if len(warm) >= 3:
-        mn = sum(n for n, _ in warm) / len(warm); mr = sum(r for _, r in warm) / len(warm)
-        slope = sum((n - mn) * (r - mr) for n, r in warm) / max(sum((n - mn) ** 2 for n, _ in warm), 1)
-        print(f"  past 10 %: {min(r for _, r in warm) / 1024:.0f}–{max(r for _, r in warm) / 1024:.0f} MiB, "
+    warm = [m for m in memory if m[0] >= 0.1 * total]
+    def trend(what, column):
+        points = [(m[0], m[column]) for m in warm]
+        mn = sum(n for n, _ in points) / len(points); mv = sum(v for _, v in points) / len(points)
+        slope = sum((n - mn) * (v - mv) for n, v in points) / max(sum((n - mn) ** 2 for n, _ in points), 1)
+        print(f"  {what} past 10 %: {min(v for _, v in points) / 1024:.0f}–{max(v for _, v in points) / 1024:.0f} MiB, "
               f"trend {slope * 10000 / 1024:+.1f} MiB per 10 000 images")
+    if len(warm) >= 3:
+        trend("resident set", 1)
+        trend("heaps in use", 3)
+        print(f"  threads past 10 %: {min(m[2] for m in warm)}–{max(m[2] for m in warm)}")
 PY
 bench_done

@@ -140,7 +140,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => {
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .max_blocking_threads(blocking_threads())
+                .build()
+                .context("starting the async runtime")?;
             runtime.block_on(crate::pipeline::run(*args))
         }
         Command::Bench(args) => {
@@ -187,4 +191,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Threads for the worker's blocking I/O: reading blobs from a local directory (object_store
+/// hands each read to one), loading models.
+///
+/// Tokio's default (512) lets every burst add threads, and a worker holds a few hundred jobs at
+/// once, each reading its plane as it is fetched: a worker explaining 300 000 images grew to 200
+/// threads, each with its stack and its share of the allocator's arenas. A read from a local
+/// disk takes microseconds, so a few threads a core keep up; the CPU work has threads of its
+/// own (see `pipeline::cpu`).
+fn blocking_threads() -> usize {
+    4 * std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }

@@ -7,8 +7,8 @@
 //! - `GET /metrics`: this worker's counters in the Prometheus text format (images by outcome,
 //!   processing time, queue wait, dynamic batch sizes, jobs waiting out an outage), counted as
 //!   they happen: the fleet's work is the sum of its workers' (`--metrics-bind` is the same flag),
-//!   and its resident and peak memory and each GPU's (see [`crate::gpu_memory`]), read at each
-//!   scrape.
+//!   and its resident and peak memory, what its heaps hold and keep free (see
+//!   [`crate::host_allocator`]) and each GPU's (see [`crate::gpu_memory`]), read at each scrape.
 //!
 //! It carries no data and takes no input, so it needs no token; bind it where only the
 //! cluster can reach it.
@@ -135,6 +135,7 @@ pub async fn serve(
                 "/metrics",
                 get(move || {
                     record_memory();
+                    crate::host_allocator::record_heap();
                     crate::gpu_memory::record();
                     let text = metrics.render();
                     async move {

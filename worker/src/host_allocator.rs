@@ -74,6 +74,22 @@ fn release_free_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn release_free_memory() {}
 
+/// What the allocator's heaps hold for the process and what they keep free, for `/metrics`, read
+/// as each scrape comes: a resident set that climbs while the memory held stays level is free
+/// memory the allocator keeps (fragmentation), not memory the worker keeps.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+pub fn record_heap() {
+    // SAFETY: mallinfo2 reads the allocator's own counters under its arena locks and returns a
+    // plain struct; it touches no memory of ours.
+    let info = unsafe { libc::mallinfo2() };
+    metrics::gauge!("xcam_worker_heap_in_use_bytes").set((info.uordblks + info.hblkhd) as f64);
+    metrics::gauge!("xcam_worker_heap_free_bytes").set(info.fordblks as f64);
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn record_heap() {}
+
 #[cfg(test)]
 mod tests {
     /// glibc refuses an mmap threshold above its ceiling; these must be within its bounds.

@@ -86,13 +86,20 @@ async fn a_worker_loads_its_bundle_from_s3_checked_against_its_checksums() {
             "the worker's /metrics lacks {line}:\n{metrics}"
         );
     }
-    // Its memory, read at the scrape: a model is loaded, so well above a few MiB.
-    let resident: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("xcam_worker_resident_memory_bytes "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no resident memory in the worker's /metrics:\n{metrics}"));
+    // Its memory, read at the scrape: a model is loaded, so well above a few MiB, and what its
+    // heaps hold is part of what is resident.
+    let gauge = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in the worker's /metrics:\n{metrics}"))
+    };
+    let resident = gauge("xcam_worker_resident_memory_bytes");
     assert!(resident > 16e6, "{resident}");
+    let in_use = gauge("xcam_worker_heap_in_use_bytes");
+    assert!(in_use > 1e6 && in_use < resident, "{in_use} of {resident}");
+    gauge("xcam_worker_heap_free_bytes");
     let cached: Vec<_> = xcam_tests::files_under(cache.path());
     assert_eq!(
         cached.len(),

@@ -45,7 +45,10 @@ use xcam_shared::{
     status::LogStatus,
 };
 
-use super::group::{GroupError, Grouped};
+use super::{
+    cpu::{CpuPool, Unfinished},
+    group::{GroupError, Grouped},
+};
 use crate::{
     engine::{Engine, EngineError, Explanation, Inferred, Target, preprocess::Geometry},
     health::Health,
@@ -60,6 +63,8 @@ pub struct JobContext {
     pub outcomes: Grouped<Outcome, Recorded>,
     pub blobs: BlobStore,
     pub engine: Engine,
+    /// Where decoding and finishing maps run, one thread a core.
+    pub cpu: Arc<CpuPool>,
     pub worker_id: String,
     pub retry_budget: u32,
     /// Unsettled claims an item may have before it fails with `worker_crashed`.
@@ -134,8 +139,8 @@ impl From<EngineError> for JobError {
     }
 }
 
-impl From<tokio::task::JoinError> for JobError {
-    fn from(e: tokio::task::JoinError) -> Self {
+impl From<Unfinished> for JobError {
+    fn from(e: Unfinished) -> Self {
         JobError::Transient {
             code: "internal",
             message: e.to_string(),
@@ -384,12 +389,15 @@ async fn explain(ctx: &JobContext, job: &GradCamJobV1) -> Result<Explained, JobE
         let stored = fitted::read(&bytes).map_err(unreadable)?;
         ctx.engine.enqueue_stored(&stored, target)?
     } else {
-        // An old plane is a PNG to inflate and resize: a blocking thread, never the executor.
+        // An old plane is a PNG to inflate and resize: CPU work, never on the executor.
         let engine = ctx.engine.clone();
-        tokio::task::spawn_blocking(move || {
-            Ok::<_, JobError>(engine.enqueue(&plane::decode(&bytes).map_err(unreadable)?, target)?)
-        })
-        .await??
+        ctx.cpu
+            .run(move || {
+                Ok::<_, JobError>(
+                    engine.enqueue(&plane::decode(&bytes).map_err(unreadable)?, target)?,
+                )
+            })
+            .await??
     };
     let ran = tokio::time::timeout(ctx.job_timeout, pending.ran())
         .await
@@ -403,7 +411,7 @@ async fn explain(ctx: &JobContext, job: &GradCamJobV1) -> Result<Explained, JobE
     let geometry = ran.geometry;
     // Upsampling and summarising are CPU work too. The overlay and the full-size map are not
     // drawn here: the producer draws them from the grid when someone first asks.
-    let (explanation, inferred) = tokio::task::spawn_blocking(move || ran.finish()).await?;
+    let (explanation, inferred) = ctx.cpu.run(move || ran.finish()).await?;
     Ok(Explained {
         explanation,
         inferred,

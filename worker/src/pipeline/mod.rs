@@ -6,6 +6,7 @@
 //! leaves one result. A worker killed mid-job has its jobs re-queued by its peers once it has
 //! missed its heartbeats for `--orphan-after`.
 
+mod cpu;
 mod group;
 mod handler;
 
@@ -112,6 +113,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             async move { db::outcome::record_all(&db, &outcomes).await }
         }
     });
+    let cpu = Arc::new(cpu::CpuPool::new()?);
     let mut monitor = Monitor::new().shutdown_timeout(Duration::from_secs(120));
     for (model, engine) in engines {
         // Every replica's batch in flight, and more being claimed, fetched, finished and
@@ -127,6 +129,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             outcomes: outcomes.clone(),
             blobs: blobs.clone(),
             engine,
+            cpu: cpu.clone(),
             worker_id: worker_id.clone(),
             retry_budget: args.retry_budget,
             crash_claims: args.crash_claims,
