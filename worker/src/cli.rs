@@ -194,13 +194,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Threads for the worker's blocking I/O: reading blobs from a local directory (object_store
-/// hands each read to one), loading models.
-///
-/// Tokio's default (512) lets every burst add threads, and a worker holds a few hundred jobs at
-/// once, each reading its plane as it is fetched: a worker explaining 300 000 images grew to 200
-/// threads, each with its stack and its share of the allocator's arenas. A read from a local
-/// disk takes microseconds, so a few threads a core keep up; the CPU work has threads of its
-/// own (see `pipeline::cpu`).
+/// hands each read to one), loading models. Tokio's default (512) lets every burst of the few
+/// hundred jobs a worker holds add threads (see `pipeline::cpu` for what that cost); a read from
+/// a local disk takes microseconds, so a few threads a core keep up.
 fn blocking_threads() -> usize {
-    4 * std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+    4 * crate::device::host_cores()
 }

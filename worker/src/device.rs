@@ -165,7 +165,7 @@ impl Parallelism {
     /// single-threaded replicas explained about 1.4× the images/s of one two-threaded copy, and
     /// a busy neighbour thread slows one replica instead of stalling every barrier.
     pub fn resolve(requested: Option<usize>, device: Device) -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, NonZero::get);
+        let cores = host_cores();
         let replicas = requested
             .unwrap_or(if device.is_cuda() {
                 1
@@ -186,6 +186,11 @@ impl Parallelism {
             tch::set_num_threads(self.threads as i32);
         }
     }
+}
+
+/// The cores this process may run on (1 when the system cannot say).
+pub fn host_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, NonZero::get)
 }
 
 #[cfg(test)]

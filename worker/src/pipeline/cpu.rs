@@ -25,7 +25,7 @@ impl CpuPool {
     /// One thread a core.
     pub fn new() -> anyhow::Result<Self> {
         let threads = rayon::ThreadPoolBuilder::new()
-            .num_threads(std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
+            .num_threads(crate::device::host_cores())
             .thread_name(|i| format!("xcam-cpu-{i}"))
             .build()
             .context("starting the worker's CPU threads")?;
